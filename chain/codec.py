@@ -1,0 +1,362 @@
+"""The canonical codec: a frozen dataclass is a msgpack array of its fields, in order.
+
+One value has exactly one encoding. Decoding checks arity, types, integer ranges and size caps
+field by field, and rejects any bytes that would not re-encode identically, with a
+`DecodingError` that names the field (`Block.txs[3].payload.amount`).
+
+Field types are declared with the aliases below (`U64`, `Hash32`, `Bytes(n)`, `Str(n)`,
+`Seq(T, n)`), nested wire dataclasses, `T | None`, and tagged unions of wire dataclasses that
+each carry a distinct `TAG: ClassVar[int]` (encoded as `[tag, [fields...]]`).
+Floats, maps and extension types never appear on the wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+from chain.errors import BlyanError, DecodingError
+
+T = TypeVar("T")
+
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+"""Largest encoding `decode` accepts unless the caller passes another cap."""
+
+
+class EncodingError(BlyanError):
+    """A value that does not fit its declared wire type (a bug in the caller, not bad input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class Length:
+    lo: int
+    hi: int
+
+
+U8 = Annotated[int, IntRange(0, 2**8 - 1)]
+U16 = Annotated[int, IntRange(0, 2**16 - 1)]
+U32 = Annotated[int, IntRange(0, 2**32 - 1)]
+U64 = Annotated[int, IntRange(0, 2**64 - 1)]
+I64 = Annotated[int, IntRange(-(2**63), 2**63 - 1)]
+Hash32 = Annotated[bytes, Length(32, 32)]
+PubKey = Annotated[bytes, Length(32, 32)]
+Signature = Annotated[bytes, Length(64, 64)]
+Address = Annotated[bytes, Length(20, 20)]
+
+
+def Bytes(max_len: int, min_len: int = 0) -> Any:  # noqa: N802 - reads as a type
+    """Variable-length bytes of at most `max_len`."""
+    return Annotated[bytes, Length(min_len, max_len)]
+
+
+def Str(max_len: int, min_len: int = 0) -> Any:  # noqa: N802
+    """A UTF-8 string of at most `max_len` bytes."""
+    return Annotated[str, Length(min_len, max_len)]
+
+
+def Seq(elem: Any, max_len: int, min_len: int = 0) -> Any:  # noqa: N802
+    """A tuple of at most `max_len` elements of one type."""
+    return Annotated[tuple[elem, ...], Length(min_len, max_len)]
+
+
+def wire(cls: type[T]) -> type[T]:
+    """Make `cls` a frozen, slotted dataclass whose schema is checked now, not at first use."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    _schema_for(cls)
+    return cls
+
+
+# --- schema nodes ------------------------------------------------------------------------
+
+
+class _Node:
+    __slots__ = ()
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        raise NotImplementedError
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        raise NotImplementedError
+
+
+class _Int(_Node):
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not int or not self.lo <= value <= self.hi:
+            raise EncodingError(f"{path}: {value!r} is not an integer in [{self.lo}, {self.hi}]")
+        return value
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not int:
+            raise DecodingError(f"expected integer, got {type(obj).__name__}", path)
+        if not self.lo <= obj <= self.hi:
+            raise DecodingError(f"integer {obj} outside [{self.lo}, {self.hi}]", path)
+        return obj
+
+
+class _Bool(_Node):
+    __slots__ = ()
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not bool:
+            raise EncodingError(f"{path}: {value!r} is not a bool")
+        return value
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not bool:
+            raise DecodingError(f"expected bool, got {type(obj).__name__}", path)
+        return obj
+
+
+class _Bytes(_Node):
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not bytes or not self.lo <= len(value) <= self.hi:
+            raise EncodingError(f"{path}: not bytes of length [{self.lo}, {self.hi}]")
+        return value
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not bytes:
+            raise DecodingError(f"expected bytes, got {type(obj).__name__}", path)
+        if not self.lo <= len(obj) <= self.hi:
+            raise DecodingError(f"length {len(obj)} outside [{self.lo}, {self.hi}]", path)
+        return obj
+
+
+class _Str(_Node):
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not str or not self.lo <= len(value.encode()) <= self.hi:
+            raise EncodingError(f"{path}: not a string of [{self.lo}, {self.hi}] UTF-8 bytes")
+        return value
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not str:
+            raise DecodingError(f"expected string, got {type(obj).__name__}", path)
+        n = len(obj.encode())
+        if not self.lo <= n <= self.hi:
+            raise DecodingError(f"string of {n} bytes outside [{self.lo}, {self.hi}]", path)
+        return obj
+
+
+class _Seq(_Node):
+    __slots__ = ("elem", "lo", "hi")
+
+    def __init__(self, elem: _Node, lo: int, hi: int) -> None:
+        self.elem, self.lo, self.hi = elem, lo, hi
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not tuple or not self.lo <= len(value) <= self.hi:
+            raise EncodingError(f"{path}: not a tuple of [{self.lo}, {self.hi}] items")
+        return [self.elem.to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not list:
+            raise DecodingError(f"expected array, got {type(obj).__name__}", path)
+        if not self.lo <= len(obj) <= self.hi:
+            raise DecodingError(f"{len(obj)} items outside [{self.lo}, {self.hi}]", path)
+        return tuple(self.elem.from_wire(v, f"{path}[{i}]") for i, v in enumerate(obj))
+
+
+class _Optional(_Node):
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: _Node) -> None:
+        self.inner = inner
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        return None if value is None else self.inner.to_wire(value, path)
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        return None if obj is None else self.inner.from_wire(obj, path)
+
+
+class _Struct(_Node):
+    __slots__ = ("cls", "names", "nodes")
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.names: tuple[str, ...] = ()
+        self.nodes: tuple[_Node, ...] = ()
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        if type(value) is not self.cls:
+            raise EncodingError(f"{path}: expected {self.cls.__name__}, got {type(value).__name__}")
+        return [
+            node.to_wire(getattr(value, name), f"{path}.{name}")
+            for name, node in zip(self.names, self.nodes)
+        ]
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not list:
+            raise DecodingError(f"expected array for {self.cls.__name__}, got {type(obj).__name__}", path)
+        if len(obj) != len(self.nodes):
+            raise DecodingError(
+                f"{self.cls.__name__} needs {len(self.nodes)} fields, got {len(obj)}", path
+            )
+        values = [
+            node.from_wire(item, f"{path}.{name}")
+            for name, node, item in zip(self.names, self.nodes, obj)
+        ]
+        try:
+            return self.cls(*values)
+        except (BlyanError, ValueError) as err:  # a __post_init__ check of the class itself
+            raise DecodingError(str(err), path) from err
+
+
+class _Variant(_Node):
+    __slots__ = ("by_tag", "by_cls")
+
+    def __init__(self, classes: tuple[type, ...]) -> None:
+        self.by_tag: dict[int, _Struct] = {}
+        self.by_cls: dict[type, tuple[int, _Struct]] = {}
+        for cls in classes:
+            tag = getattr(cls, "TAG", None)
+            if type(tag) is not int or tag in self.by_tag:
+                raise TypeError(f"{cls.__name__} needs a distinct integer TAG in a union")
+            struct = _schema_for(cls)
+            self.by_tag[tag] = struct
+            self.by_cls[cls] = (tag, struct)
+
+    def to_wire(self, value: Any, path: str) -> Any:
+        entry = self.by_cls.get(type(value))
+        if entry is None:
+            raise EncodingError(f"{path}: {type(value).__name__} is not a member of this union")
+        tag, struct = entry
+        return [tag, struct.to_wire(value, path)]
+
+    def from_wire(self, obj: Any, path: str) -> Any:
+        if type(obj) is not list or len(obj) != 2:
+            raise DecodingError("expected [tag, fields]", path)
+        tag = obj[0]
+        struct = self.by_tag.get(tag) if type(tag) is int else None
+        if struct is None:
+            raise DecodingError(f"unknown tag {tag!r}", path)
+        return struct.from_wire(obj[1], f"{path}<{struct.cls.__name__}>")
+
+
+_SCHEMAS: dict[type, _Struct] = {}
+
+
+def _schema_for(cls: type) -> _Struct:
+    struct = _SCHEMAS.get(cls)
+    if struct is not None:
+        return struct
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a wire dataclass")
+    struct = _Struct(cls)
+    _SCHEMAS[cls] = struct  # registered first, so that recursive types terminate
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = dataclasses.fields(cls)
+    struct.names = tuple(f.name for f in fields)
+    struct.nodes = tuple(_node_for(hints[f.name], f"{cls.__name__}.{f.name}") for f in fields)
+    return struct
+
+
+def _node_for(tp: Any, where: str) -> _Node:
+    meta = None
+    if typing.get_origin(tp) is Annotated:
+        tp, *extras = typing.get_args(tp)
+        meta = extras[0] if extras else None
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return _Bool()
+    if tp is int:
+        if not isinstance(meta, IntRange):
+            raise TypeError(f"{where}: integers need a range (use U64, U32, ...)")
+        return _Int(meta.lo, meta.hi)
+    if tp is bytes:
+        if not isinstance(meta, Length):
+            raise TypeError(f"{where}: bytes need a length cap (use Hash32, Bytes(n), ...)")
+        return _Bytes(meta.lo, meta.hi)
+    if tp is str:
+        if not isinstance(meta, Length):
+            raise TypeError(f"{where}: strings need a length cap (use Str(n))")
+        return _Str(meta.lo, meta.hi)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis or not isinstance(meta, Length):
+            raise TypeError(f"{where}: sequences are Seq(T, max_len)")
+        return _Seq(_node_for(args[0], where + "[]"), meta.lo, meta.hi)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        members = tuple(a for a in args if a is not type(None))
+        inner = _node_for(members[0], where) if len(members) == 1 else _Variant(members)
+        return _Optional(inner) if len(members) < len(args) else inner
+    if dataclasses.is_dataclass(tp):
+        return _schema_for(tp)
+    raise TypeError(f"{where}: type {tp!r} cannot go on the wire")
+
+
+# --- public API --------------------------------------------------------------------------
+
+
+def to_wire(obj: Any) -> Any:
+    """The msgpack-native form of a wire object (lists, ints, bytes, str, bool, None)."""
+    return _schema_for(type(obj)).to_wire(obj, type(obj).__name__)
+
+
+def encode(obj: Any) -> bytes:
+    """The canonical bytes of a wire object."""
+    return msgpack.packb(to_wire(obj), use_bin_type=True)
+
+
+def decode(cls: type[T], data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> T:
+    """Decode canonical bytes into `cls`, or raise `DecodingError` naming the field."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) > max_size:
+        raise DecodingError(f"{len(data)} bytes exceed the cap of {max_size}", cls.__name__)
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as err:  # msgpack raises many unrelated types for garbage
+        raise DecodingError(f"malformed msgpack: {err.__class__.__name__}", cls.__name__) from err
+    value = _schema_for(cls).from_wire(raw, cls.__name__)
+    if msgpack.packb(raw, use_bin_type=True) != data:
+        raise DecodingError("non-canonical encoding", cls.__name__)
+    return value
+
+
+def from_wire(cls: type[T], raw: Any, path: str = "") -> T:
+    """Validate an already-unpacked msgpack value as `cls` (used by nested containers)."""
+    return _schema_for(cls).from_wire(raw, path or cls.__name__)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def hash_of(obj: Any) -> bytes:
+    """SHA-256 of the canonical encoding: the id of any wire object."""
+    return hashlib.sha256(encode(obj)).digest()
+
+
+__all__ = [
+    "Address", "Bytes", "ClassVar", "DecodingError", "EncodingError", "Hash32", "I64",
+    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "decode", "encode",
+    "from_wire", "hash_of", "sha256", "to_wire", "wire",
+]

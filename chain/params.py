@@ -1,0 +1,72 @@
+"""Protocol constants of a network, fixed by its genesis (`ChainParams`)."""
+
+from __future__ import annotations
+
+from chain.codec import U8, U32, U64, Seq, Str, wire
+
+TIER_REJECT = 0
+TIER_EXPERIMENTAL = 1
+TIER_SILVER = 2
+TIER_GOLD = 3
+TIER_NAMES = {0: "rejected", 1: "experimental", 2: "silver", 3: "gold"}
+
+
+@wire
+class TrustLevel:
+    """Submission quota for contributors with at least `min_approved` approved datasets."""
+
+    min_approved: U32
+    """Approved datasets needed for this level."""
+    quota_per_epoch: U32
+    """Dataset submissions allowed per epoch."""
+
+
+@wire
+class ChainParams:
+    """Every protocol constant; all nodes of a network share them through genesis."""
+
+    block_time_ms: U32
+    """Target interval between blocks of a busy chain."""
+    timeout_propose_ms: U32
+    """Round-0 propose timeout."""
+    timeout_vote_ms: U32
+    """Round-0 prevote/precommit timeout."""
+    timeout_delta_ms: U32
+    """Added to each timeout per round."""
+    epoch_length: U32
+    """Reward-chain blocks per epoch; the validator set changes at epoch boundaries."""
+    unbonding_period: U32
+    """Reward-chain blocks an unstaked amount waits before it is spendable."""
+    max_block_txs: U32
+    """Transactions per block."""
+    max_block_bytes: U32
+    """Encoded block size."""
+    max_tx_bytes: U32
+    """Encoded transaction size."""
+    min_validator_stake: U64
+    """Stake needed to join the validator set."""
+    slash_ppm: U32
+    """Share of stake burned for equivocation, in millionths."""
+    pow_difficulty_bits: U8
+    """Leading zero bits of a dataset submission's proof of work."""
+    trust_levels: Seq(TrustLevel, 16, 1)
+    """Quotas by reputation, ascending by min_approved; the first has min_approved 0."""
+    delta_reward: U64
+    """Reward for an accepted delta."""
+    dataset_rewards: Seq(U64, 4, 4)
+    """Reward per dataset tier (rejected, experimental, silver, gold)."""
+    pol_min_improvement_ppm: U32
+    """Smallest relative validation-loss improvement a delta must show, in millionths."""
+    pol_replay_tolerance_ppm: U32
+    """Largest relative distance of replayed weights from a claimed checkpoint."""
+    audit_version: Str(32)
+    """The L0 audit program every node runs."""
+    max_dataset_bytes: U64
+    """Largest dataset a submission may declare."""
+
+    def quota_for(self, approved: int) -> int:
+        quota = 0
+        for level in self.trust_levels:
+            if approved >= level.min_approved:
+                quota = level.quota_per_epoch
+        return quota

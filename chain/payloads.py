@@ -1,0 +1,275 @@
+"""Transaction payloads of the three chains, and the typed proofs they carry.
+
+Tags are unique across all chains, so one `Payload` union covers every transaction; each chain
+accepts only its own payloads.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from chain.codec import U8, U32, U64, Address, Hash32, Seq, Signature, Str, wire
+from chain.tensors import TensorRecord
+from chain.votes import SignedVote
+
+MAX_POL_VOTES = 256
+MAX_AUDIT_CHECKS = 32
+
+# --- proofs carried by transactions ---------------------------------------------------------
+
+
+@wire
+class DeltaClaim:
+    """What a weight delta claims: the thing PoL validators vote on."""
+
+    expert: Str(64)
+    """Expert or module name, e.g. "layer0.expert3"."""
+    base: Hash32
+    """Head of the expert the delta was trained on."""
+    round_id: U64
+    """Training round."""
+    delta_blob: Hash32
+    """Blob id (SHA-256) of the compressed delta."""
+    delta_size: U64
+    """Size of the delta blob in bytes."""
+    compression: Str(32)
+    """How the delta is compressed: "none", "int8", "topk", "lowrank"."""
+    ratio_ppm: U32
+    """Compressed size over dense size, parts per million."""
+    contributor: Address
+    """Account the reward goes to."""
+
+
+@wire
+class PolVote:
+    """One validator's Proof-of-Learning verdict on a delta claim."""
+
+    claim_hash: Hash32
+    """hash_of(DeltaClaim)."""
+    base_loss_ppm: U64
+    """Validation loss of the base, in millionths."""
+    new_loss_ppm: U64
+    """Validation loss with the delta applied, in millionths."""
+    replay_ok: bool
+    """Whether the replayed training segments landed within tolerance."""
+    validator: Address
+    """Voter."""
+
+
+@wire
+class SignedPolVote:
+    vote: PolVote
+    """The verdict."""
+    signature: Signature
+    """Signature with KIND_POL_VOTE."""
+
+
+@wire
+class PolCertificate:
+    """The accepting PoL votes of more than 2/3 of the power."""
+
+    votes: Seq(SignedPolVote, MAX_POL_VOTES)
+    """Votes, sorted by validator address."""
+
+
+@wire
+class Attestation:
+    """Signatures of more than 2/3 of the power over one message hash (KIND_ATTESTATION)."""
+
+    message_hash: Hash32
+    """What was attested."""
+    signers: Seq(Address, MAX_POL_VOTES)
+    """Signers, sorted, distinct."""
+    signatures: Seq(Signature, MAX_POL_VOTES)
+    """One per signer, same order."""
+
+
+@wire
+class AuditCheck:
+    name: Str(32)
+    """Check name: "format", "size", "pii", "toxicity", "near-duplicate"."""
+    passed: bool
+    """Verdict."""
+    detail: Str(256)
+    """Human-readable reason."""
+
+
+@wire
+class AuditReport:
+    """The deterministic L0 audit of a dataset, as the contributor's node ran it."""
+
+    cid: Str(128)
+    """Dataset CID."""
+    size: U64
+    """Bytes audited."""
+    auditor: Str(32)
+    """Audit program and version; must equal the genesis `audit_version`."""
+    checks: Seq(AuditCheck, MAX_AUDIT_CHECKS)
+    """Each check's verdict."""
+
+
+# --- parameter chain ------------------------------------------------------------------------
+
+
+@wire
+class SubmitDelta:
+    """Apply an accepted weight delta to an expert (compare-and-swap on its head)."""
+
+    TAG: ClassVar[int] = 10
+    claim: DeltaClaim
+    """The delta."""
+    certificate: PolCertificate
+    """PoL votes accepting it."""
+
+
+@wire
+class CommitSnapshot:
+    """Replace an expert's delta chain by full weights, attested by the validators."""
+
+    TAG: ClassVar[int] = 11
+    base: Hash32
+    """Head the snapshot compacts (compare-and-swap)."""
+    tensor: TensorRecord
+    """The full weights."""
+    attestation: Attestation
+    """Attests hash_of(SnapshotClaim(base, tensor))."""
+
+
+@wire
+class SnapshotClaim:
+    base: Hash32
+    """Head compacted."""
+    tensor: TensorRecord
+    """Resulting weights."""
+
+
+# --- dataset chain --------------------------------------------------------------------------
+
+
+@wire
+class SubmitDataset:
+    """Submit a dataset by content id, with proof of work and the L0 audit."""
+
+    TAG: ClassVar[int] = 20
+    cid: Str(128)
+    """IPFS CIDv1 of the file."""
+    size: U64
+    """Bytes."""
+    format: Str(32)
+    """"text", "jsonl", "code"."""
+    license: Str(64)
+    """SPDX identifier."""
+    pow_nonce: U64
+    """Anti-spam proof of work (see dataset.compute_pow_hash)."""
+    audit: AuditReport
+    """L0 audit report."""
+
+
+@wire
+class AuditVerdict:
+    """A validator's rerun of the L0 audit."""
+
+    TAG: ClassVar[int] = 21
+    submission: Hash32
+    """Transaction hash of the submission."""
+    passed: bool
+    """Whether the rerun passed."""
+    report_hash: Hash32
+    """hash_of(AuditReport) of the validator's own rerun."""
+
+
+@wire
+class QualityVote:
+    """A validator's quality tier for an audited dataset."""
+
+    TAG: ClassVar[int] = 22
+    submission: Hash32
+    """Transaction hash of the submission."""
+    tier: U8
+    """0 reject, 1 experimental, 2 silver, 3 gold."""
+
+
+# --- reward chain ---------------------------------------------------------------------------
+
+
+@wire
+class Transfer:
+    TAG: ClassVar[int] = 30
+    to: Address
+    """Recipient."""
+    amount: U64
+    """Amount, > 0."""
+
+
+@wire
+class Stake:
+    """Bond part of the balance; the sender becomes a validator at the next epoch if enough."""
+
+    TAG: ClassVar[int] = 31
+    amount: U64
+    """Amount, > 0."""
+
+
+@wire
+class Unstake:
+    """Start unbonding part of the stake; it returns to the balance after the unbonding period."""
+
+    TAG: ClassVar[int] = 32
+    amount: U64
+    """Amount, > 0."""
+
+
+@wire
+class Reward:
+    """System transaction: pay an earning recorded by another chain, once."""
+
+    TAG: ClassVar[int] = 33
+    source_chain: U8
+    """Chain that recorded the earning."""
+    source_tx: Hash32
+    """Transaction that earned it."""
+    recipient: Address
+    """Must equal the earning's recipient."""
+    amount: U64
+    """Must equal the earning's amount."""
+
+
+@wire
+class DuplicateVoteEvidence:
+    """Two votes by one validator for one chain, height, round and step, for different blocks."""
+
+    vote_a: SignedVote
+    """First vote."""
+    vote_b: SignedVote
+    """Second vote."""
+
+
+@wire
+class Slash:
+    """System transaction: burn part of an equivocating validator's stake."""
+
+    TAG: ClassVar[int] = 34
+    evidence: DuplicateVoteEvidence
+    """Two conflicting signed votes."""
+
+
+Payload = (
+    SubmitDelta
+    | CommitSnapshot
+    | SubmitDataset
+    | AuditVerdict
+    | QualityVote
+    | Transfer
+    | Stake
+    | Unstake
+    | Reward
+    | Slash
+)
+
+PAYLOADS_BY_CHAIN: dict[int, tuple[type, ...]] = {
+    0: (SubmitDelta, CommitSnapshot),
+    1: (SubmitDataset, AuditVerdict, QualityVote),
+    2: (Transfer, Stake, Unstake, Reward, Slash),
+}
+SYSTEM_PAYLOADS = (Reward, Slash)
+"""Payloads carried unsigned: their validity comes from what they prove, not who sent them."""

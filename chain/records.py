@@ -1,0 +1,212 @@
+"""Records kept in chain state (values of the state map), and the keys they live under."""
+
+from __future__ import annotations
+
+from chain.codec import U8, U32, U64, Address, Hash32, PubKey, Seq, Str, wire
+from chain.payloads import DeltaClaim
+from chain.tensors import ModelSpec, TensorRecord
+
+MAX_STAKERS = 4096
+MAX_UNBONDING_PER_HEIGHT = 4096
+MAX_DATASET_VOTERS = 256
+
+# --- keys -----------------------------------------------------------------------------------
+# One-letter prefixes inside a chain's state; the store adds the column and chain bytes.
+
+KEY_SUPPLY = b"$"
+KEY_VALIDATORS = b"v"
+KEY_STAKERS = b"s"
+KEY_MODEL = b"m"
+KEY_VALIDATION_SET = b"V"
+
+
+def account_key(address: bytes) -> bytes:
+    return b"a" + address
+
+
+def unbonding_key(height: int) -> bytes:
+    return b"u" + height.to_bytes(8, "big")
+
+
+def paid_key(chain_id: int, tx_hash: bytes) -> bytes:
+    return b"p" + bytes([chain_id]) + tx_hash
+
+
+def slashed_key(evidence_key: bytes) -> bytes:
+    return b"x" + evidence_key
+
+
+def earning_key(tx_hash: bytes) -> bytes:
+    return b"E" + tx_hash
+
+
+def expert_key(name: str) -> bytes:
+    return b"e" + name.encode()
+
+
+def delta_key(claim_hash: bytes) -> bytes:
+    return b"D" + claim_hash
+
+
+def dataset_key(tx_hash: bytes) -> bytes:
+    return b"d" + tx_hash
+
+
+def cid_key(cid: str) -> bytes:
+    return b"c" + cid.encode()
+
+
+def quota_key(address: bytes, epoch: int) -> bytes:
+    return b"q" + address + epoch.to_bytes(8, "big")
+
+
+def reputation_key(address: bytes) -> bytes:
+    return b"r" + address
+
+
+# --- reward chain ---------------------------------------------------------------------------
+
+
+@wire
+class Account:
+    balance: U64
+    """Spendable."""
+    stake: U64
+    """Bonded."""
+    unbonding: U64
+    """Unstaked, waiting for the unbonding period."""
+    public_key: PubKey
+    """Known once the account staked (zero otherwise)."""
+
+
+EMPTY_ACCOUNT = Account(0, 0, 0, bytes(32))
+
+
+@wire
+class Supply:
+    """The ledger's totals; balances + stakes + unbonding = genesis + minted - burned."""
+
+    genesis: U64
+    """Supply at genesis."""
+    minted: U64
+    """Paid out as rewards."""
+    burned: U64
+    """Slashed."""
+    balances: U64
+    """Sum of balances."""
+    stakes: U64
+    """Sum of stakes."""
+    unbonding: U64
+    """Sum of unbonding amounts."""
+
+    def is_balanced(self) -> bool:
+        return self.balances + self.stakes + self.unbonding == self.genesis + self.minted - self.burned
+
+
+@wire
+class UnbondingEntry:
+    address: Address
+    """Owner."""
+    amount: U64
+    """Amount released at the key's height."""
+
+
+@wire
+class UnbondingQueue:
+    entries: Seq(UnbondingEntry, MAX_UNBONDING_PER_HEIGHT)
+    """Releases due at one height."""
+
+
+@wire
+class Stakers:
+    addresses: Seq(Address, MAX_STAKERS)
+    """Accounts with stake > 0, sorted."""
+
+
+@wire
+class Earning:
+    """A reward the parameter or dataset chain recorded, for the reward chain to pay once."""
+
+    recipient: Address
+    """Who is paid."""
+    amount: U64
+    """How much."""
+    reason: Str(32)
+    """"delta" or "dataset:<tier>"."""
+
+
+# --- parameter chain ------------------------------------------------------------------------
+
+
+@wire
+class ExpertState:
+    record: TensorRecord
+    """Current full weights (the genesis or last snapshot)."""
+    head: Hash32
+    """Hash of the last block of this expert: the record, a delta claim or a snapshot claim."""
+    deltas: Seq(Hash32, 4096)
+    """Delta claim hashes applied on top of `record`, in order."""
+    version: Str(32)
+    """SemVer of the current weights."""
+    last_round: U64
+    """Round id of the last accepted delta."""
+
+
+@wire
+class AcceptedDelta:
+    claim: DeltaClaim
+    """The accepted claim."""
+    height: U64
+    """Parameter-chain height that accepted it."""
+    base_loss_ppm: U64
+    """Median base validation loss of the accepting votes."""
+    new_loss_ppm: U64
+    """Median new validation loss of the accepting votes."""
+
+
+# --- dataset chain --------------------------------------------------------------------------
+
+STATUS_PENDING = 0
+STATUS_AUDITED = 1
+STATUS_VOTED = 2
+STATUS_APPROVED = 3
+STATUS_REJECTED = 4
+STATUS_NAMES = {0: "pending", 1: "audited", 2: "voted", 3: "approved", 4: "rejected"}
+
+
+@wire
+class DatasetRecord:
+    cid: Str(128)
+    """Content id."""
+    size: U64
+    """Bytes."""
+    format: Str(32)
+    """Format."""
+    license: Str(64)
+    """SPDX identifier."""
+    contributor: Address
+    """Submitter."""
+    status: U8
+    """STATUS_*."""
+    tier: U8
+    """Decided tier once approved (TIER_*)."""
+    submitted_height: U64
+    """Dataset-chain height of the submission."""
+    role: Str(16)
+    """"train" or "validation"."""
+    audit_voters: Seq(Address, MAX_DATASET_VOTERS)
+    """Validators that sent an audit verdict."""
+    audit_passed: Seq(bool, MAX_DATASET_VOTERS)
+    """Their verdicts."""
+    tier_voters: Seq(Address, MAX_DATASET_VOTERS)
+    """Validators that voted a tier."""
+    tier_votes: Seq(U8, MAX_DATASET_VOTERS)
+    """Their tiers."""
+
+
+@wire
+class ModelRecord:
+    spec: ModelSpec
+    """Architecture."""
+    n_tensors: U32
+    """Tensor blocks at genesis."""

@@ -1,0 +1,252 @@
+"""The block state transition shared by the three chains: `apply_block(state, block, ctx)`.
+
+Each rule is one check, in the order a reader would check it. A chain's own rules live in
+`chain.parameter`, `chain.dataset` and `chain.reward`; this module dispatches to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chain import codec, crypto, merkle
+from chain.commit import InvalidCommit, verify_commit
+from chain.errors import (
+    DecodingError,
+    InvalidBlock,
+    InvalidSignature,
+    InvalidTransaction,
+    MissingDependency,
+)
+from chain.params import ChainParams
+from chain.payloads import PAYLOADS_BY_CHAIN, SYSTEM_PAYLOADS
+from chain.records import Earning
+from chain.state import Overlay, State
+from chain.types import (
+    CHAIN_DATASET,
+    CHAIN_NAMES,
+    CHAIN_PARAMETER,
+    CHAIN_REWARD,
+    ZERO_HASH,
+    ZERO_PUBKEY,
+    ZERO_SIGNATURE,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    Transaction,
+    ValidatorSet,
+)
+
+EarningsView = Callable[[int, bytes], Earning | None]
+"""(source chain, transaction hash) -> the earning that chain recorded, if this node knows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a transition reads besides the state and the block. Pure data."""
+
+    network_id: str
+    """Network the block belongs to (signature domain)."""
+    params: ChainParams
+    """Protocol constants from genesis."""
+    validators: ValidatorSet
+    """The set that decides this block."""
+    prev_validators: ValidatorSet | None = None
+    """The set that decided the previous block (defaults to `validators`)."""
+    earnings: EarningsView | None = None
+    """Earnings recorded by the parameter and dataset chains (reward chain only)."""
+    check_last_commit: bool = True
+    """Verify the previous block's commit certificate (off only for replays of own store)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxEnv:
+    """What a payload handler needs to know about its transaction."""
+
+    tx: Transaction
+    """The transaction."""
+    tx_hash: bytes
+    """Its hash."""
+    sender: bytes
+    """Sender address (zero for system transactions)."""
+    height: int
+    """Height of the block being applied."""
+    ctx: Context
+    """Block context."""
+
+
+def nonce_key(address: bytes) -> bytes:
+    return b"n" + address
+
+
+def get_nonce(view: Overlay | State, address: bytes) -> int:
+    raw = view.get(nonce_key(address))
+    return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+def is_system_tx(tx: Transaction) -> bool:
+    return isinstance(tx.body.payload, SYSTEM_PAYLOADS)
+
+
+def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context) -> bytes:
+    """Check chain, payload kind, size and signature; return the sender address."""
+    body = tx.body
+    if body.chain_id != chain_id:
+        raise InvalidTransaction(f"for chain {body.chain_id}, not {CHAIN_NAMES[chain_id]}")
+    if not isinstance(body.payload, PAYLOADS_BY_CHAIN[chain_id]):
+        raise InvalidTransaction(f"{type(body.payload).__name__} is not a {CHAIN_NAMES[chain_id]} payload")
+    if len(codec.encode(tx)) > ctx.params.max_tx_bytes:
+        raise InvalidTransaction("transaction too large")
+    if is_system_tx(tx):
+        if (body.sender, body.nonce, tx.signature) != (ZERO_PUBKEY, 0, ZERO_SIGNATURE):
+            raise InvalidTransaction("a system transaction has no sender, nonce or signature")
+        return bytes(20)
+    if body.sender == ZERO_PUBKEY:
+        raise InvalidTransaction("missing sender")
+    try:
+        crypto.verify(body.sender, ctx.network_id, crypto.KIND_TX, codec.encode(body), tx.signature)
+    except InvalidSignature as err:
+        raise InvalidTransaction("bad signature") from err
+    return crypto.address_of(body.sender)
+
+
+def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Context) -> None:
+    """Apply one transaction to `view`; on any error `view` is left as it was."""
+    sender = validate_tx_envelope(tx, chain_id, ctx)
+    tx_hash = tx.hash()
+    scratch = Overlay(view)
+    if not is_system_tx(tx):
+        expected = get_nonce(scratch, sender)
+        if tx.body.nonce != expected:
+            raise InvalidTransaction(f"nonce {tx.body.nonce}, expected {expected}", tx_hash)
+        scratch.put(nonce_key(sender), (expected + 1).to_bytes(8, "big"))
+    env = TxEnv(tx, tx_hash, sender, height, ctx)
+    try:
+        _RULES[chain_id].apply_payload(scratch, env)
+    except InvalidTransaction as err:
+        if not err.tx_hash:
+            raise InvalidTransaction(err.reason, tx_hash) from err
+        raise
+    scratch.merge_into_base()
+
+
+def compute_tx_root(txs: tuple[Transaction, ...] | list[Transaction]) -> bytes:
+    return merkle.compute_root([tx.hash() for tx in txs], 2)
+
+
+def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[bytes, bytes | None]]:
+    """The state after `block`, and the changes it made; raise `InvalidBlock` if any rule fails."""
+    h = block.header
+    name = CHAIN_NAMES.get(h.chain_id, str(h.chain_id))
+
+    def fail(reason: str) -> InvalidBlock:
+        return InvalidBlock(reason, h.height, name)
+
+    if h.chain_id != state.chain_id:
+        raise fail(f"block of chain {h.chain_id} offered to chain {state.chain_id}")
+    if h.height != state.height + 1:
+        raise fail(f"height {h.height} does not follow {state.height}")
+    if h.prev_hash != state.head:
+        raise fail("previous hash is not the head")
+    if h.time_ms <= state.time_ms:
+        raise fail("time does not increase")
+    if h.validators_hash != ctx.validators.hash():
+        raise fail("validators hash is not the deciding set's")
+    if ctx.validators.get(h.proposer) is None:
+        raise fail("proposer is not a validator")
+    if len(block.txs) > ctx.params.max_block_txs:
+        raise fail(f"{len(block.txs)} transactions exceed {ctx.params.max_block_txs}")
+    if len(codec.encode(block)) > ctx.params.max_block_bytes:
+        raise fail("block too large")
+    validate_last_commit(block, state, ctx, fail)
+    if h.tx_root != compute_tx_root(block.txs):
+        raise fail("transactions root mismatch")
+    if len({tx.hash() for tx in block.txs}) != len(block.txs):
+        raise fail("duplicate transaction")
+
+    view = Overlay(state)
+    for index, tx in enumerate(block.txs):
+        try:
+            apply_tx(view, tx, h.chain_id, h.height, ctx)
+        except (InvalidTransaction, DecodingError) as err:
+            raise fail(f"transaction {index}: {err}") from err
+    try:
+        _RULES[h.chain_id].end_block(view, h.height, ctx)
+    except InvalidTransaction as err:
+        raise fail(f"end of block: {err}") from err
+
+    new_state = state.with_changes(view.changes, h.height, block.hash(), h.time_ms)
+    if h.state_root != new_state.root:
+        raise fail("state root mismatch")
+    return new_state, view.changes
+
+
+def validate_last_commit(block: Block, state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+    h = block.header
+    if h.height == 1:
+        if block.last_commit is not None or h.last_commit_hash != ZERO_HASH:
+            raise fail("the first block carries no commit")
+        return
+    if block.last_commit is None:
+        raise fail("missing commit of the previous block")
+    if h.last_commit_hash != codec.hash_of(block.last_commit):
+        raise fail("last commit hash mismatch")
+    if ctx.check_last_commit:
+        try:
+            verify_commit(
+                h.chain_id, h.height - 1, h.prev_hash, block.last_commit,
+                ctx.prev_validators or ctx.validators, ctx.network_id,
+            )
+        except InvalidCommit as err:
+            raise fail(f"previous commit: {err}") from err
+
+
+def build_block(
+    state: State,
+    candidates: list[Transaction],
+    ctx: Context,
+    proposer: bytes,
+    time_ms: int,
+    last_commit: CommitCertificate | None,
+) -> tuple[Block, list[tuple[Transaction, Exception]]]:
+    """For a proposer: a valid block of the candidates that apply, in order, and the rejects."""
+    height = state.height + 1
+    view = Overlay(state)
+    kept: list[Transaction] = []
+    rejected: list[tuple[Transaction, Exception]] = []
+    size = 1024
+    for tx in candidates:
+        tx_size = len(codec.encode(tx))
+        if len(kept) >= ctx.params.max_block_txs or size + tx_size > ctx.params.max_block_bytes:
+            break
+        try:
+            apply_tx(view, tx, state.chain_id, height, ctx)
+        except (InvalidTransaction, DecodingError, MissingDependency) as err:
+            rejected.append((tx, err))
+            continue
+        kept.append(tx)
+        size += tx_size
+    _RULES[state.chain_id].end_block(view, height, ctx)
+    root = state.with_changes(view.changes, height, ZERO_HASH, time_ms).root
+    header = BlockHeader(
+        chain_id=state.chain_id, height=height, prev_hash=state.head, time_ms=time_ms,
+        proposer=proposer, validators_hash=ctx.validators.hash(),
+        tx_root=compute_tx_root(kept), state_root=root,
+        last_commit_hash=ZERO_HASH if last_commit is None else codec.hash_of(last_commit),
+    )
+    return Block(header, tuple(kept), last_commit), rejected
+
+
+def _rules():
+    from chain import dataset, parameter, reward
+
+    return {CHAIN_PARAMETER: parameter, CHAIN_DATASET: dataset, CHAIN_REWARD: reward}
+
+
+class _LazyRules(dict):
+    def __missing__(self, key: int):
+        self.update(_rules())
+        return dict.__getitem__(self, key)
+
+
+_RULES = _LazyRules()

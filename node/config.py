@@ -1,0 +1,105 @@
+"""Operator settings from DATA_DIR/config.toml (protocol constants come from genesis, not here)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import tomli_w
+
+from chain.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+KEY_FILE = "node.key"
+PACT_FILE = "genesis.pact"
+CHAINS_DIR = "chains"
+BLOBS_DIR = "blobs"
+COOKIE_FILE = ".cookie"
+
+
+@dataclass(frozen=True, slots=True)
+class P2PConfig:
+    listen: str = "/ip4/127.0.0.1/tcp/30333"
+    """libp2p listen multiaddr."""
+    bootstrap: tuple[str, ...] = ()
+    """Extra bootstrap multiaddrs (genesis may list more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RPCConfig:
+    host: str = "127.0.0.1"
+    """JSON-RPC listen address; keep it on loopback."""
+    port: int = 8645
+    """JSON-RPC port."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    network: str
+    """Network id; must match the genesis pact."""
+    genesis_hash: str
+    """Hex genesis hash this data dir was initialised with."""
+    moniker: str = "blyan-node"
+    """Human name of this node."""
+    log_level: str = "info"
+    """debug, info, warning, error."""
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    rpc: RPCConfig = field(default_factory=RPCConfig)
+
+    @classmethod
+    def for_tests(cls, network: str = "testnet-unit") -> NodeConfig:
+        return cls(network=network, genesis_hash="00" * 32, p2p=P2PConfig(listen="/ip4/127.0.0.1/tcp/0"),
+                   rpc=RPCConfig(port=0))
+
+
+def save_config(config: NodeConfig, path: Path) -> None:
+    data = asdict(config)
+    data["p2p"]["bootstrap"] = list(config.p2p.bootstrap)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(tomli_w.dumps(data).encode())
+    tmp.replace(path)
+
+
+def _section(cls: type, raw: object, where: str) -> object:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name) if name not in ("network", "genesis_hash") else ""
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{name} must be a list of strings")
+            value = tuple(value)
+        elif type(default) is not type(value):
+            raise ConfigError(f"{where}.{name} must be a {type(default).__name__}")
+        values[name] = value
+    return values
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"no config at {path}: run `blyan init` first") from err
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from err
+    p2p = P2PConfig(**_section(P2PConfig, raw.pop("p2p", {}), "p2p"))
+    rpc = RPCConfig(**_section(RPCConfig, raw.pop("rpc", {}), "rpc"))
+    for required in ("network", "genesis_hash"):
+        if not isinstance(raw.get(required), str):
+            raise ConfigError(f"{path}: missing or malformed {required!r}")
+    top = {k: raw.pop(k) for k in ("network", "genesis_hash")}
+    rest = _section(_TopDefaults, raw, "config")
+    config = NodeConfig(**top, p2p=p2p, rpc=rpc)
+    return replace(config, **rest)
+
+
+@dataclass(frozen=True, slots=True)
+class _TopDefaults:
+    moniker: str = "blyan-node"
+    log_level: str = "info"
