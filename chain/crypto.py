@@ -57,11 +57,15 @@ def digest_from_cid(cid: str) -> bytes:
         raise ValueError("not base32") from err
     if len(binary) != 36 or binary[:4] != bytes([0x01, 0x55, 0x12, 0x20]):
         raise ValueError("not a CIDv1 raw sha2-256")
+    if cid_from_digest(binary[4:]) != cid:
+        raise ValueError("not the canonical spelling of the CID")
     return binary[4:]
 
 
 def signing_input(network_id: str, kind: str, message: bytes) -> bytes:
     """The 32 bytes actually signed: the domain (network, kind) bound to the message."""
+    if "/" in network_id or "/" in kind:
+        raise ValueError("network ids and message kinds never contain '/'")
     domain = f"blyan/{network_id}/{kind}".encode()
     return sha256(len(domain).to_bytes(2, "big") + domain + message)
 
@@ -80,6 +84,8 @@ def format_address(address: bytes) -> str:
 def parse_address(text: str) -> bytes:
     """The 20 address bytes of `bly1<40 hex>` (or bare hex); ValueError when malformed."""
     body = text[len(ADDRESS_PREFIX):] if text.startswith(ADDRESS_PREFIX) else text
+    if len(body) != 2 * ADDRESS_LEN or any(c not in "0123456789abcdef" for c in body):
+        raise ValueError(f"not an address: {text!r} (want {ADDRESS_PREFIX} and 40 lower-case hex digits)")
     try:
         raw = bytes.fromhex(body)
     except ValueError as err:
@@ -166,6 +172,8 @@ def load_key(path: Path) -> PrivateKey:
     try:
         mode = path.stat().st_mode & 0o777
         text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a blyan key file") from err
     except OSError as err:
         raise ConfigError(f"cannot read key file {path}: {err.strerror}") from err
     if mode & 0o077:

@@ -11,6 +11,7 @@ stake-weighted median, and tier 0 means rejected.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -66,14 +67,16 @@ def is_cid_v1(cid: str) -> bool:
     """A base32 CIDv1 (raw or dag-pb, sha2-256), as `ipfs add --cid-version 1` prints."""
     if not cid.startswith("b") or len(cid) < 10:
         return False
+    body = cid[1:]
+    if body != body.lower():
+        return False
     try:
-        import base64
-
-        body = cid[1:].upper()
-        binary = base64.b32decode(body + "=" * (-len(body) % 8))
+        binary = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
     except ValueError:
         return False
-    return len(binary) == 36 and binary[0] == 0x01 and binary[1] in (0x55, 0x70) and binary[2:4] == b"\x12\x20"
+    if len(binary) != 36 or binary[0] != 0x01 or binary[1] not in (0x55, 0x70) or binary[2:4] != b"\x12\x20":
+        return False
+    return "b" + base64.b32encode(binary).decode().lower().rstrip("=") == cid
 
 
 def epoch_of(height: int, ctx: Context) -> int:

@@ -15,7 +15,7 @@ from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
 from chain.state import Overlay
-from chain.tensors import TILE_MERKLE_ARITY, TensorRecord
+from chain.tensors import MAX_SUBTILES_PER_TILE, TILE_MERKLE_ARITY, TensorRecord
 
 if TYPE_CHECKING:
     from chain.transition import Context, TxEnv
@@ -43,6 +43,8 @@ def bump_version(version: str, part: int) -> str:
 def validate_tensor_record(rec: TensorRecord) -> None:
     if rec.subtile_size == 0 or rec.tile_size == 0 or rec.tile_size % rec.subtile_size:
         raise InvalidTransaction("tile size must be a positive multiple of the subtile size")
+    if rec.tile_size // rec.subtile_size > MAX_SUBTILES_PER_TILE:
+        raise InvalidTransaction(f"more than {MAX_SUBTILES_PER_TILE} subtiles per tile cannot be proven")
     if rec.size == 0:
         raise InvalidTransaction("empty tensor block")
     if not rec.tensors:
@@ -102,7 +104,7 @@ def apply_delta(view: Overlay, env: TxEnv, p: SubmitDelta) -> None:
         raise InvalidTransaction(f"no expert {claim.expert!r}")
     if claim.base != expert.head:
         raise InvalidTransaction("delta base is not the expert's head (trained on a stale base)")
-    if claim.round_id <= expert.last_round and expert.deltas:
+    if claim.round_id <= expert.last_round:
         raise InvalidTransaction(f"round {claim.round_id} not after {expert.last_round}")
     if claim.compression not in COMPRESSIONS:
         raise InvalidTransaction(f"unknown compression {claim.compression!r}")

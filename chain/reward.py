@@ -180,10 +180,14 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
         raise InvalidTransaction("offence already slashed")
     offender = p.evidence.vote_a.vote.validator
     acct = get_account(view, offender)
-    amount = acct.stake * env.ctx.params.slash_ppm // 1_000_000
-    _put_account(view, offender, _replace(acct, stake=acct.stake - amount))
-    _move(view, stakes=-amount, burned=amount)
-    _update_stakers(view, offender, acct.stake - amount > 0)
+    # Bonded power includes what the offender started unbonding: it escapes nothing.
+    amount = (acct.stake + acct.unbonding) * env.ctx.params.slash_ppm // 1_000_000
+    from_stake = min(amount, acct.stake)
+    from_unbonding = amount - from_stake
+    acct = _replace(acct, stake=acct.stake - from_stake, unbonding=acct.unbonding - from_unbonding)
+    _put_account(view, offender, acct)
+    _move(view, stakes=-from_stake, unbonding=-from_unbonding, burned=amount)
+    _update_stakers(view, offender, acct.stake > 0)
     view.put(key, amount.to_bytes(8, "big"))
 
 
@@ -202,9 +206,10 @@ def release_unbonding(view: Overlay, height: int) -> None:
         return
     for entry in queue.entries:
         acct = get_account(view, entry.address)
-        acct = _replace(acct, balance=acct.balance + entry.amount, unbonding=acct.unbonding - entry.amount)
+        amount = min(entry.amount, acct.unbonding)  # less if slashed while unbonding
+        acct = _replace(acct, balance=acct.balance + amount, unbonding=acct.unbonding - amount)
         _put_account(view, entry.address, acct)
-        _move(view, unbonding=-entry.amount, balances=entry.amount)
+        _move(view, unbonding=-amount, balances=amount)
     view.delete(unbonding_key(height))
 
 

@@ -120,7 +120,10 @@ class ChainStore:
         raw = kv.get(COL_META + c)
         if raw is None:
             raise StoreError(f"{CHAIN_NAMES[chain_id]} chain has no head")
-        meta = codec.decode(ChainMeta, raw)
+        try:
+            meta = codec.decode(ChainMeta, raw)
+        except DecodingError as err:
+            raise StoreError(f"{CHAIN_NAMES[chain_id]} chain head is unreadable: {err}") from err
         prefix = COL_STATE + c
         items = {k[len(prefix):]: v for k, v in kv.iterate(prefix)}
         state = State.from_items(chain_id, meta.height, meta.head, meta.time_ms, items)

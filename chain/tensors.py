@@ -15,6 +15,8 @@ TENSOR_KINDS = (KIND_EXPERT, KIND_MODULE, KIND_TOKENIZER)
 DEFAULT_TILE_SIZE = 4 * 1024 * 1024
 DEFAULT_SUBTILE_SIZE = 256 * 1024
 TILE_MERKLE_ARITY = 8
+MAX_SUBTILES_PER_TILE = 1024
+"""A tile proof carries one Merkle proof per subtile, at most this many."""
 
 
 @wire

@@ -61,6 +61,8 @@ class ValidatorSet:
         addresses = [v.address for v in self.validators]
         if addresses != sorted(set(addresses)):
             raise ValueError("validators must be sorted by address without duplicates")
+        if any(v.power == 0 for v in self.validators):
+            raise ValueError("a validator has zero power")
 
     @property
     def total_power(self) -> int:

@@ -1,0 +1,327 @@
+"""A compact decoder-only Mixture-of-Experts language model, in the style of nanoGPT.
+
+The model is a set of named blocks; each block is the unit one tensor blob holds on the chain.
+In `block_names()` order:
+
+    "embed"               token and position embeddings
+    "layer{i}.attn"       pre-RMSNorm causal self-attention, residual included
+    "layer{i}.router"     pre-RMSNorm of the MoE input and its gate, Linear(d_model -> n_experts)
+    "layer{i}.expert{j}"  FFN: w1 (d_model -> d_ff), GELU, w2 (d_ff -> d_model)
+    "head"                final RMSNorm and the LM head (not tied to the embedding)
+
+One layer is `x = attn(x); r = route(x); x = x + combine(r, {j: expert_j(r.hidden[rows_j])})`.
+The pieces are public so that an executor can run experts on other nodes; `forward` is exactly
+their composition, operation for operation. There is no dropout, so train and eval modes agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from chain.errors import BlyanError
+from chain.tensors import ModelSpec
+
+NORM_EPS = 1e-5
+INIT_STD = 0.02
+
+
+class InvalidBlockTensors(BlyanError):
+    """Tensors that do not fit a block of this model (missing, extra, wrong shape or dtype)."""
+
+    def __init__(self, block: str, reason: str) -> None:
+        self.block = block
+        self.reason = reason
+        super().__init__(f"block {block}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class MoEConfig:
+    vocab_size: int = 256  # byte-level until a tokenizer block exists
+    d_model: int = 128  # hidden size
+    n_layers: int = 2  # decoder layers
+    n_heads: int = 4  # attention heads; must divide d_model
+    n_experts: int = 4  # experts per layer
+    top_k: int = 2  # experts each token is routed to, 1 <= top_k <= n_experts
+    d_ff: int = 256  # hidden size inside an expert
+    max_seq_len: int = 128  # context length
+
+    def __post_init__(self) -> None:
+        sizes = (self.vocab_size, self.d_model, self.n_layers, self.n_heads, self.n_experts)
+        if min(*sizes, self.d_ff, self.max_seq_len) <= 0:
+            raise ValueError(f"model sizes must be positive: {self}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads {self.n_heads} does not divide d_model {self.d_model}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k {self.top_k} outside [1, n_experts={self.n_experts}]")
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> MoEConfig:
+        return cls(
+            vocab_size=spec.vocab_size,
+            d_model=spec.d_model,
+            n_layers=spec.n_layers,
+            n_heads=spec.n_heads,
+            n_experts=spec.n_experts,
+            top_k=spec.top_k,
+            d_ff=spec.d_ff,
+            max_seq_len=spec.max_seq_len,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """One layer's routing of N = B*T tokens."""
+
+    hidden: Tensor  # [N, D] normalized MoE input: what the experts receive
+    weights: Tensor  # [N, k] gate of each chosen expert; sums to 1 per token
+    experts: Tensor  # [N, k] chosen expert ids (long), highest gate first
+    aux_loss: Tensor  # [] Switch load-balancing loss, 1.0 when perfectly balanced
+
+    def select(self, expert: int) -> tuple[Tensor, Tensor]:
+        """Rows of the tokens routed to `expert`, and the slot it holds in each."""
+        rows, slots = (self.experts == expert).nonzero(as_tuple=True)  # [n_e], [n_e]
+        return rows, slots
+
+    def active_experts(self) -> list[int]:
+        """Experts that received at least one token, ascending."""
+        return [int(e) for e in torch.unique(self.experts)]
+
+
+def combine_expert_outputs(routing: Routing, outputs: Mapping[int, Tensor]) -> Tensor:
+    """Gate-weighted sum of expert outputs; `outputs[j]` is expert j on `hidden[select(j)[0]]`."""
+    missing = set(routing.active_experts()) - set(outputs)
+    if missing:
+        raise ValueError(f"no output for routed experts {sorted(missing)}")
+    out = torch.zeros_like(routing.hidden)  # [N, D]
+    for expert in sorted(outputs):
+        rows, slots = routing.select(expert)  # [n_e], [n_e]
+        gate = routing.weights[rows, slots].unsqueeze(-1)  # [n_e, 1]
+        out = out.index_add(0, rows, outputs[expert] * gate)  # [N, D]
+    return out
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)  # [T]
+        return self.tok(idx) + self.pos(pos)  # [B, T, D]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = nn.RMSNorm(cfg.d_model, eps=NORM_EPS)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)  # 3 x [B, T, D]
+        H = self.n_heads
+        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Dh]
+        y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
+        return x + self.proj(y)  # [B, T, D]
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.n_experts = cfg.n_experts
+        self.top_k = cfg.top_k
+        self.norm = nn.RMSNorm(cfg.d_model, eps=NORM_EPS)
+        self.gate = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+
+    def forward(self, x: Tensor) -> Routing:
+        hidden = self.norm(x).reshape(-1, x.shape[-1])  # [N, D]
+        logits = self.gate(hidden)  # [N, E]
+        top_logits, experts = logits.topk(self.top_k, dim=-1)  # [N, k], [N, k]
+        weights = F.softmax(top_logits, dim=-1)  # [N, k]
+        # Switch Transformer: E * sum_e (share of assignments to e) * (mean router prob of e)
+        probs = F.softmax(logits, dim=-1)  # [N, E]
+        share = F.one_hot(experts, self.n_experts).sum(1).float().mean(0) / self.top_k  # [E]
+        aux_loss = self.n_experts * (share * probs.mean(0)).sum()  # []
+        return Routing(hidden=hidden, weights=weights, experts=experts, aux_loss=aux_loss)
+
+
+class Expert(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.gelu(self.w1(x)))  # [n, D] -> [n, F] -> [n, D]
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.d_model, eps=NORM_EPS)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lm_head(self.norm(x))  # [B, T, V]
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.router = Router(cfg)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts))
+
+
+class MoEModel(nn.Module):
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        self.head = Head(cfg)
+        blocks: dict[str, nn.Module] = {"embed": self.embed}
+        for i, layer in enumerate(self.layers):
+            blocks[f"layer{i}.attn"] = layer.attn
+            blocks[f"layer{i}.router"] = layer.router
+            for j, expert in enumerate(layer.experts):
+                blocks[f"layer{i}.expert{j}"] = expert
+        blocks["head"] = self.head
+        self._blocks = blocks  # a plain dict: the modules are registered above
+
+    # --- blocks ------------------------------------------------------------------------
+
+    def block_names(self) -> list[str]:
+        """Every block, in a fixed order: embed, per layer attn, router, experts; head."""
+        return list(self._blocks)
+
+    def get_block(self, name: str) -> nn.Module:
+        block = self._blocks.get(name)
+        if block is None:
+            raise KeyError(f"no block {name!r} in this model")
+        return block
+
+    def block_state_dict(self, name: str) -> dict[str, Tensor]:
+        """The block's tensors by name ("w1.weight", ...), detached views of the live weights."""
+        return dict(self.get_block(name).state_dict())
+
+    def load_block_state_dict(self, name: str, tensors: Mapping[str, Tensor]) -> None:
+        """Copy `tensors` into the block; `InvalidBlockTensors` unless names, shapes, dtypes fit."""
+        block = self.get_block(name)
+        expected = block.state_dict()
+        if set(tensors) != set(expected):
+            raise InvalidBlockTensors(name, f"has {sorted(tensors)}, expected {sorted(expected)}")
+        for key, want in expected.items():
+            got = tensors[key]
+            if got.shape != want.shape or got.dtype != want.dtype:
+                have, need = f"{got.dtype}{list(got.shape)}", f"{want.dtype}{list(want.shape)}"
+                raise InvalidBlockTensors(name, f"{key} is {have}, expected {need}")
+        block.load_state_dict(dict(tensors), strict=True)
+
+    # --- the pieces of a forward pass --------------------------------------------------
+
+    def embed_tokens(self, idx: Tensor) -> Tensor:
+        if idx.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds {self.cfg.max_seq_len}")
+        return self.embed(idx)  # [B, T, D]
+
+    def attn_forward(self, layer: int, x: Tensor) -> Tensor:
+        return self.layers[layer].attn(x)  # [B, T, D]
+
+    def route(self, layer: int, x: Tensor) -> Routing:
+        """The top-k experts and gates for each token of hidden states `x` [B, T, D]."""
+        return self.layers[layer].router(x)
+
+    def expert_forward(self, layer: int, expert: int, x: Tensor) -> Tensor:
+        return self.layers[layer].experts[expert](x)  # [n, D]
+
+    def moe_forward(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The MoE half of a layer with local experts: (new hidden states, aux loss)."""
+        routing = self.route(layer, x)
+        outputs = {}
+        for expert in routing.active_experts():
+            rows, _ = routing.select(expert)  # [n_e]
+            outputs[expert] = self.expert_forward(layer, expert, routing.hidden[rows])  # [n_e, D]
+        x = x + combine_expert_outputs(routing, outputs).view_as(x)  # [B, T, D]
+        return x, routing.aux_loss
+
+    def head_forward(self, x: Tensor) -> Tensor:
+        return self.head(x)  # [B, T, V]
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(logits [B, T, V], mean cross-entropy or None, mean load-balancing loss over layers)."""
+        x = self.embed_tokens(idx)  # [B, T, D]
+        aux_loss = x.new_zeros(())  # []
+        for layer in range(self.cfg.n_layers):
+            x = self.attn_forward(layer, x)  # [B, T, D]
+            x, layer_aux = self.moe_forward(layer, x)  # [B, T, D], []
+            aux_loss = aux_loss + layer_aux
+        logits = self.head_forward(x)  # [B, T, V]
+        loss = None
+        if targets is not None:
+            flat = logits.reshape(-1, logits.shape[-1])  # [B*T, V]
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)  # []
+        return logits, loss, aux_loss / self.cfg.n_layers
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Append `max_new_tokens` tokens to `idx` [B, T]; temperature 0 is greedy."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.cfg.max_seq_len :]  # [B, <=S]
+            logits, _, _ = self(context)
+            last = logits[:, -1, :]  # [B, V]
+            if temperature == 0:
+                token = last.argmax(dim=-1, keepdim=True)  # [B, 1]
+            else:
+                probs = F.softmax(last / temperature, dim=-1)  # [B, V]
+                token = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
+            idx = torch.cat([idx, token], dim=1)  # [B, T+1]
+        return idx
+
+
+def compute_block_seed(seed: int, name: str) -> int:
+    """The RNG seed of one block: a block's initial weights depend on (seed, name) only."""
+    digest = hashlib.sha256(f"blyan-init/{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def init_seeded(cfg: MoEConfig, seed: int) -> MoEModel:
+    """A model on CPU whose weights are a function of (cfg, seed) alone, byte for byte.
+
+    Built on the meta device, so the global RNG is neither used nor disturbed; every
+    parameter is then written from its block's own generator.
+    """
+    with torch.device("meta"):
+        model = MoEModel(cfg)
+    model.to_empty(device="cpu")
+    residual_std = INIT_STD / math.sqrt(2 * cfg.n_layers)  # nanoGPT: scale residual projections
+    with torch.no_grad():
+        for name in model.block_names():
+            gen = torch.Generator().manual_seed(compute_block_seed(seed, name))
+            for pname, param in model.get_block(name).named_parameters():
+                if pname.startswith("norm."):
+                    param.fill_(1.0)
+                elif pname in ("proj.weight", "w2.weight"):
+                    nn.init.normal_(param, 0.0, residual_std, generator=gen)
+                else:
+                    nn.init.normal_(param, 0.0, INIT_STD, generator=gen)
+    return model
