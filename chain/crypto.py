@@ -8,6 +8,7 @@ verifies as another.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -95,14 +96,23 @@ def parse_address(text: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=65_536)
+def _is_valid_raw(public_key: bytes, signed: bytes, signature: bytes) -> bool:
+    """Ed25519 verification, memoized: it is a pure function of its bytes, and one vote or
+    transaction is checked several times (gossip, mempool, block import)."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signed, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        return False
+    return True
+
+
 def verify(public_key: bytes, network_id: str, kind: str, message: bytes, signature: bytes) -> None:
     """Raise `InvalidSignature` unless `signature` signs `message` as `kind` on `network_id`."""
     if len(public_key) != 32 or len(signature) != 64:
         raise InvalidSignature("malformed key or signature")
-    try:
-        nacl.signing.VerifyKey(public_key).verify(signing_input(network_id, kind, message), signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError) as err:
-        raise InvalidSignature(f"bad {kind} signature") from err
+    if not _is_valid_raw(bytes(public_key), signing_input(network_id, kind, message), bytes(signature)):
+        raise InvalidSignature(f"bad {kind} signature")
 
 
 def is_valid_signature(

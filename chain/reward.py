@@ -224,6 +224,9 @@ def compute_next_validator_set(view: Overlay | State, height: int, params: Chain
             members.append((acct.stake, address, acct.public_key))
     members.sort(key=lambda m: (-m[0], m[1]))
     chosen = members[:MAX_VALIDATORS]
+    if not chosen:  # an empty set would halt every chain: keep the current one
+        current = get_validator_set(view)
+        return replace(current, epoch=height // params.epoch_length)
     return make_validator_set(height // params.epoch_length, [(pk, stake) for stake, _, pk in chosen])
 
 

@@ -214,7 +214,11 @@ def build_block(
     view = Overlay(state)
     kept: list[Transaction] = []
     rejected: list[tuple[Transaction, Exception]] = []
-    size = 1024
+    # What the block costs without transactions: a header of final sizes, the commit, and room
+    # for the transaction array's length prefix to grow.
+    probe = BlockHeader(state.chain_id, height, state.head, time_ms, proposer, ctx.validators.hash(),
+                        ZERO_HASH, ZERO_HASH, ZERO_HASH)
+    size = len(codec.encode(Block(probe, (), last_commit))) + 8
     for tx in candidates:
         tx_size = len(codec.encode(tx))
         if len(kept) >= ctx.params.max_block_txs or size + tx_size > ctx.params.max_block_bytes:

@@ -129,7 +129,7 @@ def topic_name(network_id: str, name: str, version: int = 1) -> str:
 
 
 def protocol_name(network_id: str, name: str, version: int = 1) -> str:
-    """The request protocol `name` of network `network_id`: `/blyan/<network>/req/<name>/<version>`."""
+    """The request protocol `name` of `network_id`: `/blyan/<network>/req/<name>/<version>`."""
     _check_name("network id", network_id)
     _check_name("protocol", name)
     if version < 1:

@@ -619,7 +619,14 @@ def bench_state(run: SectionRun) -> None:
 # --- the machine -------------------------------------------------------------------------------
 
 
-def machine_info(tmpdir: Path) -> dict[str, str]:
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "unknown"
+
+
+def machine_info(tmpdir: Path, load_at_start: str) -> dict[str, str]:
     info = {"platform": platform.platform()}
     model = ""
     try:
@@ -646,6 +653,7 @@ def machine_info(tmpdir: Path) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     info["temp dir"] = f"{tmpdir} ({filesystem_of(tmpdir)})"
+    info["load at start"] = load_at_start
     return info
 
 
@@ -831,11 +839,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    load_at_start = load_average()
     started = time.perf_counter()
     cfg = Config(quick=args.quick, tmpdir=args.tmpdir)
     results = run_sections(args.sections, cfg, log)
     seconds = time.perf_counter() - started
-    machine = machine_info(args.tmpdir)  # after the runs: importing torch is not free
+    machine = machine_info(args.tmpdir, load_at_start)  # after the runs: importing torch is not free
     markdown = render_markdown(results, machine, command, date, args.quick, seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown + "\n")

@@ -258,7 +258,8 @@ def _build_or_none(cls: type, values: tuple[Any, ...]) -> Any:
 
 def _validator_sets() -> st.SearchStrategy[ValidatorSet]:
     members = st.lists(
-        strategy_for(Validator), max_size=MAX_ITEMS, unique_by=lambda v: v.address
+        strategy_for(Validator).filter(lambda v: v.power > 0), max_size=MAX_ITEMS,
+        unique_by=lambda v: v.address,
     ).map(lambda vs: tuple(sorted(vs, key=lambda v: v.address)))
     return st.builds(ValidatorSet, epoch=st.integers(0, 2**64 - 1), validators=members)
 

@@ -16,6 +16,7 @@ from chain.payloads import (
     DeltaClaim,
     PolCertificate,
     PolVote,
+    Reward,
     SignedPolVote,
     SnapshotClaim,
     SubmitDelta,
@@ -30,10 +31,10 @@ from chain.tensors import (
     DEFAULT_TILE_SIZE,
     KIND_EXPERT,
     KIND_MODULE,
+    MAX_SUBTILES_PER_TILE,
     TensorInfo,
     TensorRecord,
 )
-from chain.payloads import Reward
 from chain.types import CHAIN_PARAMETER, CHAIN_REWARD
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
 
@@ -339,16 +340,16 @@ def test_invalid_delta_round_not_after_last(chains: LocalChains) -> None:
     assert_invalid(chains, delta_tx(chains, claim_on(chains, round_id=4)), "round 4 not after 5")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: chain/parameter.py apply_delta checks `round_id <= last_round and expert.deltas`; "
-    "a snapshot empties `deltas` (keeping last_round), so the round check is skipped after it",
-)
 def test_invalid_delta_round_not_after_last_across_snapshot(chains: LocalChains) -> None:
     advance(chains, [delta_tx(chains, claim_on(chains, round_id=5))])
     advance(chains, [snapshot_tx(chains, tensor(blob=9))])
     assert expert(chains).last_round == 5
     assert_invalid(chains, delta_tx(chains, claim_on(chains, round_id=3)), "round 3 not after 5")
+    advance(chains, [delta_tx(chains, claim_on(chains, round_id=6))])
+
+
+def test_invalid_delta_round_zero_on_genesis(chains: LocalChains) -> None:
+    assert_invalid(chains, delta_tx(chains, claim_on(chains, round_id=0)), "round 0 not after 0")
 
 
 @pytest.mark.parametrize(
@@ -452,8 +453,9 @@ def test_invalid_snapshot_changes_kind(chains: LocalChains) -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [(dict(subtile_size=0), "positive multiple"), (dict(tile_size=DEFAULT_SUBTILE_SIZE * 3 + 1), "multiple"),
-     (dict(size=0), "empty tensor block"), (dict(tensors=()), "at least one tensor")],
-    ids=["subtile-zero", "tile-not-multiple", "empty", "no-tensors"],
+     (dict(size=0), "empty tensor block"), (dict(tensors=()), "at least one tensor"),
+     (dict(subtile_size=1024, tile_size=1024 * (MAX_SUBTILES_PER_TILE + 1)), "cannot be proven")],
+    ids=["subtile-zero", "tile-not-multiple", "empty", "no-tensors", "too-many-subtiles"],
 )
 def test_invalid_snapshot_tensor_record(chains: LocalChains, overrides: dict, match: str) -> None:
     advance(chains, [delta_tx(chains, claim_on(chains))])

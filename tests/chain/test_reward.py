@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from chain import codec
@@ -30,6 +32,7 @@ from chain.types import (
     STEP_PRECOMMIT,
     STEP_PREVOTE,
     Vote,
+    make_validator_set,
 )
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
 
@@ -432,19 +435,58 @@ def test_slash_distinct_offences_burn_twice(chains: LocalChains) -> None:
     assert account(chains, offender).stake == once - once * ppm // 1_000_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: apply_slash burns only `stake`; a validator that unstaked keeps its voting power "
-    "until the epoch boundary but its bonded amount sits in `unbonding` (or is already released, "
-    "unbonding_period < epoch_length) and escapes slashing",
-)
 def test_slash_reaches_stake_unbonded_while_still_a_validator(chains: LocalChains) -> None:
     offender = VKEYS[3]
-    advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
+    block = advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
     # still in the deciding set of this epoch: its precommits count in commit certificates
     assert chains.context().validators.get(offender.address).power == STAKE
     advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    assert get_supply(chains.states[CHAIN_REWARD]).burned == STAKE * chains.pact.params.slash_ppm // 1_000_000
+    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
+    supply = get_supply(chains.states[CHAIN_REWARD])
+    assert (supply.burned, supply.unbonding) == (burned, STAKE - burned)
+    acct = account(chains, offender)
+    assert (acct.stake, acct.unbonding) == (0, STAKE - burned)
+    assert offender.address not in stakers(chains)
+    advance_to(chains, block.header.height + chains.pact.params.unbonding_period)
+    acct = account(chains, offender)
+    assert (acct.balance, acct.stake, acct.unbonding) == (STAKE - burned, 0, 0)
+    assert get_supply(chains.states[CHAIN_REWARD]).unbonding == 0
+
+
+def test_slash_takes_stake_before_unbonding(chains: LocalChains) -> None:
+    offender = VKEYS[2]
+    advance(chains, [tx_of(chains, offender, Unstake(4_000))])
+    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
+    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000  # over stake + unbonding
+    acct = account(chains, offender)
+    assert (acct.stake, acct.unbonding) == (STAKE - 4_000 - burned, 4_000)
+    advance_to(chains, 1 + chains.pact.params.unbonding_period)
+    assert account(chains, offender).balance == 4_000
+
+
+def test_slash_while_unbonding_twice_releases_the_rest(chains: LocalChains) -> None:
+    offender = VKEYS[1]
+    period = chains.pact.params.unbonding_period
+    first = advance(chains, [tx_of(chains, offender, Unstake(3_000))]).header.height
+    second = advance(chains, [tx_of(chains, offender, Unstake(STAKE - 3_000))]).header.height
+    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
+    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
+    assert account(chains, offender).unbonding == STAKE - burned
+    advance_to(chains, first + period)
+    assert account(chains, offender).balance == 3_000
+    advance_to(chains, second + period)
+    acct = account(chains, offender)
+    assert (acct.balance, acct.stake, acct.unbonding) == (STAKE - burned, 0, 0)
+    assert get_supply(chains.states[CHAIN_REWARD]).unbonding == 0
+
+
+def test_slash_of_fully_released_account_burns_nothing(chains: LocalChains) -> None:
+    offender = VKEYS[0]
+    advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
+    advance_to(chains, 1 + chains.pact.params.unbonding_period)
+    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
+    assert get_supply(chains.states[CHAIN_REWARD]).burned == 0
+    assert account(chains, offender).balance == STAKE
 
 
 def test_invalid_slash_same_offence_twice(chains: LocalChains) -> None:
@@ -574,8 +616,6 @@ def test_supply_audit_after_every_kind_of_movement(chains: LocalChains) -> None:
 def test_supply_audit_detects_tampered_account(chains: LocalChains) -> None:
     state = chains.states[CHAIN_REWARD]
     acct = get_account(state, AKEYS[0].address)
-    from dataclasses import replace
-
     bad = state.with_changes(
         {account_key(AKEYS[0].address): codec.encode(replace(acct, balance=acct.balance + 1))},
         state.height, state.head, state.time_ms,
@@ -586,8 +626,6 @@ def test_supply_audit_detects_tampered_account(chains: LocalChains) -> None:
 
 def test_context_validators_decide_slash_not_state(chains: LocalChains) -> None:
     """Evidence is checked against the deciding set of the context, not the stored set."""
-    from chain.types import make_validator_set
-
     ctx = chains.context()
     smaller = make_validator_set(0, [(k.public_key, STAKE) for k in VKEYS[1:]])
     narrowed = Context(ctx.network_id, ctx.params, smaller)

@@ -9,7 +9,6 @@ import pytest
 
 from chain import codec
 from chain.errors import InvalidBlock, InvalidTransaction, MissingDependency
-from chain.params import ChainParams
 from chain.payloads import Reward, Stake, Transfer
 from chain.records import Earning
 from chain.state import Overlay, State
@@ -250,10 +249,7 @@ def test_invalid_block_too_large(chains: LocalChains) -> None:
 def test_invalid_first_block_with_commit() -> None:
     chains = LocalChains.create(make_pact(VKEYS, [(AKEYS[0].address, 100)]), VKEYS)
     block, _ = chains.propose(CHAIN_REWARD, [])
-    genesis_header_block = Block(
-        replace(block.header, height=0), (), None
-    )
-    commit = certify(genesis_header_block, VKEYS, NET)
+    commit = certify(Block(replace(block.header, height=0), (), None), VKEYS, NET)
     state = chains.states[CHAIN_REWARD]
     before = snapshot(state)
     with pytest.raises(InvalidBlock, match="first block carries no commit"):
@@ -381,4 +377,19 @@ def test_build_block_on_each_chain_applies(chains: LocalChains) -> None:
     for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET, CHAIN_REWARD):
         block, _ = chains.advance(chain_id, [])
         assert chains.states[chain_id].head == block.hash()
-        assert isinstance(chains.pact.params, ChainParams)
+        assert chains.states[chain_id].root == block.header.state_root
+
+
+def test_build_block_respects_max_block_bytes_with_large_commit() -> None:
+    keys = validator_keys(40)
+    sender = AKEYS[0]
+    pact = make_pact(keys, [(sender.address, 10**9)])
+    pact = replace(pact, params=replace(pact.params, max_block_bytes=20_000))
+    chains = LocalChains.create(pact, keys)
+    chains.advance(CHAIN_REWARD, [])
+    assert len(codec.encode(chains.commits[CHAIN_REWARD])) > 1024
+    txs = [sign_tx(sender, NET, CHAIN_REWARD, i, Transfer(keys[0].address, 1)) for i in range(400)]
+    block, _ = chains.propose(CHAIN_REWARD, txs)
+    assert 0 < len(block.txs) < len(txs)
+    assert len(codec.encode(block)) <= pact.params.max_block_bytes
+    apply_block(chains.states[CHAIN_REWARD], block, chains.context())
