@@ -36,6 +36,11 @@ def slashed_key(evidence_key: bytes) -> bytes:
     return b"x" + evidence_key
 
 
+def tombstone_key(address: bytes) -> bytes:
+    """Marks a validator slashed for equivocation: out of every later validator set."""
+    return b"j" + address
+
+
 def earning_key(tx_hash: bytes) -> bytes:
     return b"E" + tx_hash
 

@@ -28,6 +28,7 @@ from chain.records import (
     account_key,
     paid_key,
     slashed_key,
+    tombstone_key,
     unbonding_key,
 )
 from chain.state import Overlay, State
@@ -179,6 +180,9 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
     if view.get(key) is not None:
         raise InvalidTransaction("offence already slashed")
     offender = p.evidence.vote_a.vote.validator
+    if view.get(tombstone_key(offender)) is not None:
+        raise InvalidTransaction("validator already slashed and tombstoned")
+    view.put(tombstone_key(offender), env.height.to_bytes(8, "big"))
     acct = get_account(view, offender)
     # Bonded power includes what the offender started unbonding: it escapes nothing.
     amount = (acct.stake + acct.unbonding) * env.ctx.params.slash_ppm // 1_000_000
@@ -220,7 +224,8 @@ def compute_next_validator_set(view: Overlay | State, height: int, params: Chain
     members = []
     for address in stakers:
         acct = get_account(view, address)
-        if acct.stake >= params.min_validator_stake and acct.public_key != bytes(32):
+        tombstoned = view.get(tombstone_key(address)) is not None
+        if acct.stake >= params.min_validator_stake and acct.public_key != bytes(32) and not tombstoned:
             members.append((acct.stake, address, acct.public_key))
     members.sort(key=lambda m: (-m[0], m[1]))
     chosen = members[:MAX_VALIDATORS]

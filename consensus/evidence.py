@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from chain.commit import InvalidEvidence, evidence_key, validate_evidence
 from chain.payloads import DuplicateVoteEvidence, Slash
-from chain.records import slashed_key
+from chain.records import slashed_key, tombstone_key
 from chain.state import Overlay, State
 from chain.types import CHAIN_REWARD, ZERO_PUBKEY, ZERO_SIGNATURE, Transaction, TxBody, ValidatorSet
 
@@ -21,8 +21,9 @@ DEFAULT_MAX_ITEMS = 256
 
 
 def is_slashed(view: State | Overlay, key: bytes) -> bool:
-    """Whether the reward state already slashed the offence with this `evidence_key`."""
-    return view.get(slashed_key(key)) is not None
+    """Whether the reward state already slashed this offence, or its validator (tombstoned:
+    one equivocation slashes once and removes the validator at the next epoch)."""
+    return view.get(slashed_key(key)) is not None or view.get(tombstone_key(key[:20])) is not None
 
 
 def compute_slash_tx(ev: DuplicateVoteEvidence) -> Transaction:
@@ -107,11 +108,16 @@ class EvidencePool:
 def make_slash_txs(
     pool: EvidencePool, reward_state: State | Overlay, limit: int | None = None
 ) -> list[Transaction]:
-    """Slash transactions for the pool's pending offences not yet slashed in `reward_state`."""
+    """Slash transactions for the pool's pending offences not yet slashed in `reward_state`.
+
+    One per validator: a slash tombstones its validator, so a second in the same block fails."""
     txs = []
+    offenders: set[bytes] = set()
     for ev in pool.pending():
         if limit is not None and len(txs) >= limit:
             break
-        if not is_slashed(reward_state, evidence_key(ev)):
+        offender = ev.vote_a.vote.validator
+        if offender not in offenders and not is_slashed(reward_state, evidence_key(ev)):
+            offenders.add(offender)
             txs.append(compute_slash_tx(ev))
     return txs

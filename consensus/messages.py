@@ -66,16 +66,19 @@ def validate_signed_proposal(
 
     The caller still checks that chain and height are the ones it is deciding."""
     p = signed.proposal
-    if not NO_POL_ROUND <= p.pol_round < p.round:
-        raise InvalidProposal(f"pol_round {p.pol_round} is neither -1 nor below the round", p.height, p.round)
+    h, r = p.height, p.round
+    if not NO_POL_ROUND <= p.pol_round < r:
+        raise InvalidProposal(f"pol_round {p.pol_round} is neither -1 nor below the round", h, r)
     if p.block_hash == NIL:
-        raise InvalidProposal("proposal for nil", p.height, p.round)
-    if p.proposer != compute_proposer(validators, p.height, p.round):
-        raise InvalidProposal("not signed by the proposer of this height and round", p.height, p.round)
+        raise InvalidProposal("proposal for nil", h, r)
+    if p.proposer != compute_proposer(validators, h, r):
+        raise InvalidProposal("not signed by the proposer of this height and round", h, r)
     member = validators.get(p.proposer)
     if member is None:  # unreachable when compute_proposer holds; kept as the membership rule
-        raise InvalidProposal("proposer is not a validator", p.height, p.round)
+        raise InvalidProposal("proposer is not a validator", h, r)
     try:
-        crypto.verify(member.public_key, network_id, crypto.KIND_PROPOSAL, encode(p), signed.signature)
+        crypto.verify(
+            member.public_key, network_id, crypto.KIND_PROPOSAL, encode(p), signed.signature
+        )
     except InvalidSignature as err:
-        raise InvalidProposal("bad proposal signature", p.height, p.round) from err
+        raise InvalidProposal("bad proposal signature", h, r) from err

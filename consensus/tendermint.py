@@ -9,18 +9,22 @@ running the chain's block checks on it.
 Inputs are the `on_*` methods (and `start`); each returns the actions the engine must carry out:
 
 - `RequestValue`: we propose this round and hold no validValue; answer with `on_value(hash)`.
-- `BroadcastProposal` / `BroadcastVote`: unsigned; the engine signs (and alone guarantees that
-  its key never signs two different votes for one height, round and step), gossips, and feeds
-  the signed message back to this machine like any peer's (`on_proposal(sp, True)`, `on_vote`).
+- `BroadcastProposal` / `BroadcastVote`: unsigned; the engine signs, gossips, and feeds the
+  signed message back to this machine like any peer's (`on_proposal(sp, True)`, `on_vote`).
+  The machine never asks for two votes in one round and step, but only the engine can keep
+  that promise across a restart: it records what its key signed before sending it.
 - `ScheduleTimeout`: call `on_timeout(kind, height, round)` after `delay_ms`; stale timeouts are
   harmless, so the engine never cancels one.
 - `Decide`: the height is final, with its commit certificate. The machine then only collects
-  votes (and evidence); the engine starts a new machine for the next height.
+  votes (and evidence); the engine starts a new machine for the next height, and keeps serving
+  the certificate to peers still deciding this height (they catch up through `on_commit`).
 - `ReportEvidence`: a validator signed two different votes for one round and step.
 
 Rules fire whenever their preconditions hold, whatever the order messages came in: every input
 stores what it brought, then `_apply_rules` runs the rules to a fixpoint. Votes and proposals for
-a later round are kept (up to `max_round_ahead` rounds ahead) and act once that round starts.
+a later round are kept (up to `max_round_ahead` rounds ahead) and act once that round starts;
+messages for another height are ignored (the engine buffers those for the next machine). The
+machine reads no clock and does no IO: time reaches it only as `on_timeout`.
 
 Two choices beyond the paper, both as in CometBFT: the proposer schedules timeoutPropose too (so a
 round ends even if the engine never answers RequestValue), and a second, different proposal for a
@@ -30,9 +34,9 @@ an equivocating proposer fed a different block can still follow the decision).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Callable
 
 from chain.commit import make_commit
 from chain.payloads import DuplicateVoteEvidence
@@ -149,7 +153,13 @@ class ReportEvidence:
     evidence: DuplicateVoteEvidence
 
 
-Action = RequestValue | BroadcastProposal | BroadcastVote | ScheduleTimeout | Decide | ReportEvidence
+Action = (
+    RequestValue | BroadcastProposal | BroadcastVote | ScheduleTimeout | Decide | ReportEvidence
+)
+
+
+_MAX_FIRINGS = 1000
+"""Each rule fires at most once per round and step, so one input settles long before this."""
 
 
 # --- state --------------------------------------------------------------------------------
@@ -276,14 +286,15 @@ class Tendermint:
         return self._start_round(0) + self._apply_rules()
 
     def on_proposal(self, signed: SignedProposal, valid: bool) -> list[Action]:
-        """A proposal whose signature the engine checked (validate_signed_proposal), with valid(v)."""
+        """A proposal whose signature the engine checked (validate_signed_proposal); valid(v)."""
         p = signed.proposal
         if not self._is_acceptable_proposal(p):
             return []
         seen = self._proposals.get(p.round)
-        if seen is not None and (seen.signed.proposal == p or not self._is_wanted(p.round, p.block_hash)):
+        if seen is not None and (seen.signed.proposal == p or not self._is_wanted(p)):
             return []
         self._proposals[p.round] = SeenProposal(signed, valid)
+        self.votes.track_block(p.block_hash)
         return self._apply_rules()
 
     def on_vote(self, signed: SignedVote) -> list[Action]:
@@ -293,6 +304,18 @@ class Tendermint:
         if result.added:
             actions += self._apply_rules()
         return actions
+
+    def on_commit(self, commit: CommitCertificate) -> list[Action]:
+        """Catch up from a commit certificate for this height that a peer sent (block sync, or
+        the commit gossiped by a peer that decided). The engine verified it (verify_commit) and
+        holds and checked its block. Line 49 on the certificate's precommits rather than on our
+        own tally, which may never reach a quorum: if an equivocator's other vote reached us
+        first, we count that one, and the validators that decided have stopped voting."""
+        s = self.state
+        if s.step == Step.COMMIT or (commit.chain_id, commit.height) != (self.chain_id, s.height):
+            return []
+        s.decision, s.decision_round, s.step = commit.block_hash, commit.round, Step.COMMIT
+        return [Decide(s.height, commit.round, commit.block_hash, commit)]
 
     def on_value(self, block_hash: bytes) -> list[Action]:
         """The engine's answer to RequestValue: the block to propose (line 16, getValue())."""
@@ -334,11 +357,13 @@ class Tendermint:
         return actions
 
     def _propose(self, round: int, block_hash: bytes, pol_round: int) -> list[Action]:
-        """Line 17: broadcast ⟨PROPOSAL, h_p, round_p, proposal, validRound_p⟩, once per round."""
+        """Line 17: broadcast ⟨PROPOSAL, h_p, round_p, proposal, validRound_p⟩ (once a round)."""
         if self.address is None or round in self._proposed:
             return []
         self._proposed.add(round)
-        proposal = Proposal(self.chain_id, self.state.height, round, block_hash, pol_round, self.address)
+        proposal = Proposal(
+            self.chain_id, self.state.height, round, block_hash, pol_round, self.address
+        )
         return [BroadcastProposal(proposal)]
 
     # --- the upon-rules -------------------------------------------------------------------
@@ -356,15 +381,14 @@ class Tendermint:
             self._upon_precommit_quorum_any,  # 47
         )
         actions: list[Action] = []
-        while self.state.step not in (Step.NEW, Step.COMMIT):
-            for rule in rules:
-                fired = rule()
-                if fired is not None:
-                    actions += fired
-                    break
-            else:
-                break
-        return actions
+        for _ in range(_MAX_FIRINGS):
+            if self.state.step in (Step.NEW, Step.COMMIT):
+                return actions
+            fired = next((out for out in (rule() for rule in rules) if out is not None), None)
+            if fired is None:
+                return actions
+            actions += fired
+        raise RuntimeError("consensus rules did not settle: a rule fires without changing state")
 
     def _upon_proposal(self) -> list[Action] | None:
         """Lines 22-27: ⟨PROPOSAL, h_p, round_p, v, -1⟩ while step_p = propose."""
@@ -403,7 +427,8 @@ class Tendermint:
 
     def _upon_polka_for_proposal(self) -> list[Action] | None:
         """Lines 36-43: ⟨PROPOSAL, h_p, round_p, v, *⟩ and 2f+1 ⟨PREVOTE, h_p, round_p, id(v)⟩
-        while valid(v) and step_p >= prevote, first time: lock (if still prevoting) and note v."""
+        while valid(v) and step_p >= prevote, for the first time: lock (if still prevoting) and
+        remember v as validValue."""
         s = self.state
         seen = self._proposals.get(s.round)
         if s.step < Step.PREVOTE or self._fired[36] == s.round or seen is None or not seen.valid:
@@ -431,15 +456,15 @@ class Tendermint:
     def _upon_precommit_quorum_any(self) -> list[Action] | None:
         """Lines 47-48: 2f+1 ⟨PRECOMMIT, h_p, round_p, *⟩ for the first time."""
         s = self.state
-        if not self.votes.has_two_thirds_any(s.round, STEP_PRECOMMIT):
+        if self._fired[47] == s.round or not self.votes.has_two_thirds_any(s.round, STEP_PRECOMMIT):
             return None
         self._fired[47] = s.round
         return [self._schedule(TimeoutKind.PRECOMMIT, s.round)]
 
     def _upon_commit_quorum(self) -> list[Action] | None:
-        """Lines 49-54: ⟨PROPOSAL, h_p, r, v, *⟩ and 2f+1 ⟨PRECOMMIT, h_p, r, id(v)⟩, any round r,
-        while decision_p[h_p] = nil and valid(v): decide. Lines 52-54 (next height) are the
-        engine's: it starts a fresh machine."""
+        """Lines 49-54: ⟨PROPOSAL, h_p, r, v, *⟩ and 2f+1 ⟨PRECOMMIT, h_p, r, id(v)⟩ for any
+        round r, while decision_p[h_p] = nil and valid(v): decide. Lines 52-54 (next height) are
+        the engine's: it starts a fresh machine."""
         for r in self.votes.rounds:
             v = self.votes.get_two_thirds_majority(r, STEP_PRECOMMIT)
             seen = self._proposals.get(r)
@@ -457,7 +482,7 @@ class Tendermint:
         "f+1" is more than 1/3 of the power, counting the voters of the round and its proposer.
         Of several such rounds, the highest is taken."""
         s = self.state
-        later = {r for r in self.votes.rounds if r > s.round} | {r for r in self._proposals if r > s.round}
+        later = {r for r in [*self.votes.rounds, *self._proposals] if r > s.round}
         for r in sorted(later, reverse=True):
             senders = set(self.votes.get_voters(r))
             if r in self._proposals:
@@ -489,15 +514,17 @@ class Tendermint:
     # --- helpers --------------------------------------------------------------------------
 
     def _vote(self, step: int, block_hash: bytes) -> list[Action]:
-        """broadcast ⟨PREVOTE|PRECOMMIT, h_p, round_p, block_hash⟩, at most once per round and step."""
+        """broadcast ⟨PREVOTE|PRECOMMIT, h_p, round_p, block_hash⟩; one vote a round and step."""
         s = self.state
         if self.address is None or (s.round, step) in self._voted:
             return []
         self._voted.add((s.round, step))
-        return [BroadcastVote(Vote(self.chain_id, s.height, s.round, step, block_hash, self.address))]
+        vote = Vote(self.chain_id, s.height, s.round, step, block_hash, self.address)
+        return [BroadcastVote(vote)]
 
     def _schedule(self, kind: TimeoutKind, round: int) -> ScheduleTimeout:
-        return ScheduleTimeout(kind, self.state.height, round, self.config.get_timeout_ms(kind, round))
+        delay_ms = self.config.get_timeout_ms(kind, round)
+        return ScheduleTimeout(kind, self.state.height, round, delay_ms)
 
     def _is_acceptable_proposal(self, p: Proposal) -> bool:
         """Structural checks the state machine relies on (the engine checked the signature)."""
@@ -510,5 +537,5 @@ class Tendermint:
             and p.proposer == self.get_proposer(p.round)
         )
 
-    def _is_wanted(self, round: int, block_hash: bytes) -> bool:
-        return any(r == round and v == block_hash for r, v in self.get_wanted_proposals())
+    def _is_wanted(self, p: Proposal) -> bool:
+        return (p.round, p.block_hash) in self.get_wanted_proposals()

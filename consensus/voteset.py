@@ -1,14 +1,23 @@
 """The prevotes and precommits of one chain and height, tallied by stake.
 
 The caller has already checked each vote's signature and that its signer is in the validator
-set (`chain.commit.validate_signed_vote`); a VoteSet only counts. It keeps the first vote of each
-validator for each round and step; a second, different one is equivocation, returned as
-`DuplicateVoteEvidence` (once per validator, round and step) and not counted.
+set (`chain.commit.validate_signed_vote`); a VoteSet only counts.
 
-Memory is bounded twice: votes for rounds more than `max_round_ahead` beyond the caller's current
-round are ignored (honest peers re-gossip them once we get closer), and no more than `max_votes`
-votes are stored in all. With one vote per validator, round and step, honest traffic needs
-2 * validators * rounds entries.
+Each validator's first vote in a round and step counts for the block it names and once towards
+"any". A second, different vote is equivocation: it comes back as `DuplicateVoteEvidence` (once
+per validator, round and step), and it still counts for its own block when that block is a
+tracked one (NIL, or a block some proposal of this height named: see `track_block`). The
+paper counts messages per value, so a correct process that saw a polka through one of an
+equivocator's votes must be able to see it again through the same vote when a later round
+re-proposes that block with it as proof, wherever its other vote arrived first. Without that,
+one double-voter of four can deadlock a height: two correct validators locked on the block and
+one that can never check their proof. Safety is unchanged: two quorums still share a correct
+validator. Votes for untracked blocks beyond a validator's first are dropped, so a Byzantine
+validator cannot grow the set with made-up hashes.
+
+Memory is bounded twice more: votes for rounds more than `max_round_ahead` beyond the caller's
+current round are ignored (honest peers re-gossip them once we get closer), and at most
+`max_votes` votes are stored in all.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from dataclasses import dataclass
 
 from chain.payloads import DuplicateVoteEvidence
 from chain.types import ValidatorSet
-from chain.votes import STEP_PRECOMMIT, STEP_PREVOTE, SignedVote
+from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, SignedVote
 
 DEFAULT_MAX_ROUND_AHEAD = 10
 DEFAULT_MAX_VOTES = 200_000
@@ -28,11 +37,11 @@ class AddVoteResult:
     """What `VoteSet.add` did with a vote."""
 
     added: bool
-    """True when the vote was new and is now counted."""
+    """True when the vote is now counted (it was new, for a block not yet counted for its signer)."""
     evidence: DuplicateVoteEvidence | None = None
-    """Proof of equivocation, the first time a validator's second vote for a round and step shows."""
+    """Proof of equivocation, the first time one validator votes twice in a round and step."""
     reason: str = ""
-    """Why the vote was not counted (empty when it was)."""
+    """Why the vote was not counted, or what was odd about it."""
 
 
 class VoteSet:
@@ -54,14 +63,21 @@ class VoteSet:
         self.max_round_ahead = max_round_ahead
         self.max_votes = max_votes
         self._powers = {v.address: v.power for v in validators.validators}
-        self._votes: dict[tuple[int, int], dict[bytes, SignedVote]] = {}
+        self._first: dict[tuple[int, int], dict[bytes, SignedVote]] = {}
+        self._by_hash: dict[tuple[int, int], dict[bytes, dict[bytes, SignedVote]]] = {}
         self._tally: dict[tuple[int, int], dict[bytes, int]] = {}
+        self._any: dict[tuple[int, int], int] = {}
         self._voters: dict[int, set[bytes]] = {}
+        self._tracked: set[bytes] = {NIL}
         self._equivocated: set[tuple[int, int, bytes]] = set()
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
+
+    def track_block(self, block_hash: bytes) -> None:
+        """Count equivocators' votes for this block too (call it for each proposed block)."""
+        self._tracked.add(block_hash)
 
     # --- adding ---------------------------------------------------------------------------
 
@@ -76,30 +92,43 @@ class VoteSet:
         if power is None:
             return AddVoteResult(False, reason="vote from a non-validator")
         if vote.round > current_round + self.max_round_ahead:
-            return AddVoteResult(False, reason=f"round {vote.round} too far ahead of {current_round}")
+            reason = f"round {vote.round} too far ahead of {current_round}"
+            return AddVoteResult(False, reason=reason)
         key = (vote.round, vote.step)
-        earlier = self._votes.get(key, {}).get(vote.validator)
-        if earlier is not None:
-            return self._on_second_vote(earlier, signed)
+        first = self._first.get(key, {}).get(vote.validator)
+        if first is not None and first.vote == vote:
+            return AddVoteResult(False, reason="duplicate vote")
         if self._count >= self.max_votes:
             return AddVoteResult(False, reason="vote set full")
-        self._votes.setdefault(key, {})[vote.validator] = signed
-        tally = self._tally.setdefault(key, {})
-        tally[vote.block_hash] = tally.get(vote.block_hash, 0) + power
+        if first is not None:
+            return self._add_conflicting(key, first, signed, power)
+        self._first.setdefault(key, {})[vote.validator] = signed
+        self._any[key] = self._any.get(key, 0) + power
         self._voters.setdefault(vote.round, set()).add(vote.validator)
-        self._count += 1
+        self._count_for_block(key, signed, power)
         return AddVoteResult(True)
 
-    def _on_second_vote(self, earlier: SignedVote, signed: SignedVote) -> AddVoteResult:
-        if earlier.vote == signed.vote:
-            return AddVoteResult(False, reason="duplicate vote")
+    def _add_conflicting(
+        self, key: tuple[int, int], first: SignedVote, signed: SignedVote, power: int
+    ) -> AddVoteResult:
         vote = signed.vote
-        offence = (vote.round, vote.step, vote.validator)
-        if offence in self._equivocated:
-            return AddVoteResult(False, reason="equivocation already reported")
-        self._equivocated.add(offence)
-        a, b = sorted((earlier, signed), key=lambda s: s.vote.block_hash)
-        return AddVoteResult(False, DuplicateVoteEvidence(a, b), reason="conflicting vote")
+        evidence = None
+        if (*key, vote.validator) not in self._equivocated:
+            self._equivocated.add((*key, vote.validator))
+            a, b = sorted((first, signed), key=lambda s: s.vote.block_hash)
+            evidence = DuplicateVoteEvidence(a, b)
+        counted = self._by_hash.get(key, {}).get(vote.block_hash, {})
+        if vote.block_hash not in self._tracked or vote.validator in counted:
+            return AddVoteResult(False, evidence, reason="conflicting vote, not counted")
+        self._count_for_block(key, signed, power)
+        return AddVoteResult(True, evidence, reason="conflicting vote, counted for its block")
+
+    def _count_for_block(self, key: tuple[int, int], signed: SignedVote, power: int) -> None:
+        vote = signed.vote
+        self._by_hash.setdefault(key, {}).setdefault(vote.block_hash, {})[vote.validator] = signed
+        tally = self._tally.setdefault(key, {})
+        tally[vote.block_hash] = tally.get(vote.block_hash, 0) + power
+        self._count += 1
 
     # --- queries --------------------------------------------------------------------------
 
@@ -109,12 +138,13 @@ class VoteSet:
         return sorted(self._voters)
 
     def get_vote(self, round: int, step: int, validator: bytes) -> SignedVote | None:
-        return self._votes.get((round, step), {}).get(validator)
+        """The first vote the validator cast in that round and step."""
+        return self._first.get((round, step), {}).get(validator)
 
     def get_votes(self, round: int, step: int, block_hash: bytes) -> list[SignedVote]:
-        """The votes for `block_hash` at a round and step, sorted by validator."""
-        votes = self._votes.get((round, step), {})
-        return [votes[a] for a in sorted(votes) if votes[a].vote.block_hash == block_hash]
+        """The votes counted for `block_hash` at a round and step, sorted by validator."""
+        votes = self._by_hash.get((round, step), {}).get(block_hash, {})
+        return [votes[a] for a in sorted(votes)]
 
     def get_voters(self, round: int) -> frozenset[bytes]:
         """Validators with any vote (prevote or precommit) in `round`."""
@@ -124,7 +154,8 @@ class VoteSet:
         return self._tally.get((round, step), {}).get(block_hash, 0)
 
     def get_power_any(self, round: int, step: int) -> int:
-        return sum(self._tally.get((round, step), {}).values())
+        """Power of the validators that voted at all (an equivocator counts once)."""
+        return self._any.get((round, step), 0)
 
     def has_two_thirds_for(self, round: int, step: int, block_hash: bytes) -> bool:
         """More than 2/3 of the power voted for `block_hash` (NIL for nil): "2f+1 for v"."""
@@ -135,7 +166,9 @@ class VoteSet:
         return self.validators.is_quorum(self.get_power_any(round, step))
 
     def get_two_thirds_majority(self, round: int, step: int) -> bytes | None:
-        """The block hash (possibly NIL) with more than 2/3 of the power, if one has it."""
+        """The block hash (possibly NIL) with more than 2/3 of the power, if one has it.
+
+        Two can only exist if more than 1/3 of the power equivocated; the first counted wins."""
         for block_hash, power in self._tally.get((round, step), {}).items():
             if self.validators.is_quorum(power):
                 return block_hash
@@ -143,7 +176,8 @@ class VoteSet:
 
     def has_one_third_any(self, round: int) -> bool:
         """Validators with more than 1/3 of the power voted in `round`: "f+1", one is correct."""
-        return 3 * self.validators.power_of(set(self._voters.get(round, ()))) > self.validators.total_power
+        power = self.validators.power_of(set(self._voters.get(round, ())))
+        return 3 * power > self.validators.total_power
 
     def get_skip_round(self, current_round: int) -> int | None:
         """The highest round above `current_round` in which f+1 of the power voted, if any."""

@@ -204,7 +204,16 @@ class ChainRunner:
         self.proposal_msgs.setdefault(p.round, msg)
         if not self.started:
             await self._start()
+        if self.engine.behaviour.equivocate and self.engine.key is not None:
+            await self._vote_for_anything(p.round, p.block_hash)
         await self._run_actions(self.machine.on_proposal(msg.signed, valid))
+
+    async def _vote_for_anything(self, round_: int, block_hash: bytes) -> None:
+        """Byzantine: prevote and precommit every block seen, whatever else was signed."""
+        e = self.engine
+        for step in (1, 2):
+            vote = Vote(self.chain_id, self.height, round_, step, block_hash, e.key.address)
+            await e.publish(TOPIC_VOTES, VoteMsg(e.sign_vote(vote)))
 
     async def _on_vote(self, peer: PeerId, signed: SignedVote) -> None:
         if self._defer(("vote", peer, signed)):
@@ -269,6 +278,8 @@ class ChainRunner:
         block, rejected = build_block(state, candidates, self.current_context(), e.address, time_ms, last_commit)
         for tx, err in rejected:
             logger.debug("%s/%s: left out %s: %s", e.name, self.name, tx.hash().hex()[:12], err)
+            if not isinstance(err, MissingDependency):
+                e.mempools[self.chain_id].remove(tx.hash())  # it will not become valid again
         if e.behaviour.invalid_proposals:
             bad_root = bytes(32) if block.header.state_root != bytes(32) else b"\x01" * 32
             block = replace(block, header=replace(block.header, state_root=bad_root))
@@ -351,6 +362,7 @@ class ChainRunner:
             from chain.payloads import Slash
 
             e.evidence.mark_included([tx.body.payload.evidence for tx in block.txs if isinstance(tx.body.payload, Slash)])
+            e.evidence.prune(e.network_id, e.validators(), new_state)
         e.observer.on_commit(e.name, self.chain_id, block, new_state)
         self._new_height()
         e.on_committed(self.chain_id, changes)
@@ -419,11 +431,21 @@ class ChainRunner:
     async def _rebroadcast(self) -> None:
         e = self.engine
         if self.started and self.machine.step != Step.COMMIT:
-            current = self.machine.round
-            for signed in self.own_votes:
-                if signed.vote.height == self.height and signed.vote.round >= current - 1 and not e.behaviour.withhold_votes:
-                    await e.publish(TOPIC_VOTES, VoteMsg(signed))
-            for r in sorted({current, self.machine.state.valid_round}):
+            # Own votes of the last two rounds, and of every round a live proposal leans on
+            # (its POL round, our lock): a node that joins late needs them to follow a
+            # re-proposal (lines 28-33), and nobody else can send our signatures for us.
+            s = self.machine.state
+            current = s.round
+            rounds = {current, s.valid_round, s.locked_round}
+            seen = self.machine.proposal_for_round(current)
+            if seen is not None:
+                rounds.add(seen.pol_round)
+            if not e.behaviour.withhold_votes:
+                for signed in self.own_votes:
+                    v = signed.vote
+                    if v.height == self.height and (v.round >= current - 1 or v.round in rounds):
+                        await e.publish(TOPIC_VOTES, VoteMsg(signed))
+            for r in sorted(rounds):
                 if r in self.proposal_msgs:
                     await e.publish(TOPIC_PROPOSALS, self.proposal_msgs[r])
             await self._fetch_wanted()

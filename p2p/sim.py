@@ -329,6 +329,7 @@ class SimNetworkHub:
         self._link_faults: dict[tuple[PeerId, PeerId], FaultConfig] = {}
         self._groups: dict[PeerId, int] | None = None
         self._skew_ms: dict[PeerId, int] = {}
+        self._bridges: set[PeerId] = set()
         self._up: set[tuple[PeerId, PeerId]] = set()
         self._ban_checks: set[float] = set()
         self._work = 0
@@ -419,6 +420,12 @@ class SimNetworkHub:
         logger.info("sim: partition %s", [sorted(g) for g in groups])
         self._refresh_links()
 
+    def set_bridges(self, peer_ids: set[PeerId]) -> None:
+        """Nodes that every partition leaves connected to all groups: a byzantine adversary
+        that talks to both sides of a split (what safety must survive)."""
+        self._bridges = set(peer_ids)
+        self._refresh_links()
+
     def heal(self) -> None:
         """Undo the partition."""
         self._groups = None
@@ -493,7 +500,7 @@ class SimNetworkHub:
         na, nb = self._nodes.get(a), self._nodes.get(b)
         if na is None or nb is None or not na._alive or not nb._alive:
             return "crash"
-        if self._group(a) != self._group(b):
+        if self._group(a) != self._group(b) and a not in self._bridges and b not in self._bridges:
             return "partition"
         now = trio.current_time()
         if na._scores.is_banned(b, now) or nb._scores.is_banned(a, now):

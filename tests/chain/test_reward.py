@@ -11,6 +11,7 @@ from chain.commit import evidence_key, sign_vote
 from chain.errors import InvalidTransaction, MissingDependency
 from chain.payloads import DuplicateVoteEvidence, Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
+    tombstone_key,
     EMPTY_ACCOUNT,
     KEY_STAKERS,
     KEY_VALIDATORS,
@@ -426,13 +427,19 @@ def test_slash_nil_against_block_is_equivocation(chains: LocalChains) -> None:
     assert get_supply(chains.states[CHAIN_REWARD]).burned > 0
 
 
-def test_slash_distinct_offences_burn_twice(chains: LocalChains) -> None:
+def test_slash_tombstones_the_validator(chains: LocalChains) -> None:
     offender = VKEYS[2]
     first, second = evidence(offender, chains, height=5), evidence(offender, chains, height=6)
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(first)), system_tx(CHAIN_REWARD, Slash(second))])
+    advance(chains, [system_tx(CHAIN_REWARD, Slash(first))])
+    assert chains.states[CHAIN_REWARD].get(tombstone_key(offender.address)) is not None
+    assert_invalid(chains, system_tx(CHAIN_REWARD, Slash(second)), "tombstoned")
     ppm = chains.pact.params.slash_ppm
-    once = STAKE - STAKE * ppm // 1_000_000
-    assert account(chains, offender).stake == once - once * ppm // 1_000_000
+    assert account(chains, offender).stake == STAKE - STAKE * ppm // 1_000_000
+    advance_to(chains, chains.pact.params.epoch_length)
+    assert chains.states[CHAIN_REWARD].height % chains.pact.params.epoch_length == 0
+    nxt = get_validator_set(chains.states[CHAIN_REWARD])
+    assert nxt.get(offender.address) is None, "a tombstoned validator leaves the set at the epoch"
+    assert len(nxt.validators) == len(VKEYS) - 1
 
 
 def test_slash_reaches_stake_unbonded_while_still_a_validator(chains: LocalChains) -> None:

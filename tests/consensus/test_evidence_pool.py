@@ -6,7 +6,7 @@ import pytest
 
 from chain.commit import InvalidEvidence, evidence_key, sign_vote
 from chain.payloads import DuplicateVoteEvidence, Slash
-from chain.records import slashed_key
+from chain.records import slashed_key, tombstone_key
 from chain.reward import get_account
 from chain.types import (
     CHAIN_DATASET,
@@ -206,3 +206,27 @@ def test_make_slash_txs_skips_slashed_and_limits() -> None:
     pending = [ev for ev in pool.pending() if ev != evs[0]]
     assert make_slash_txs(pool, state) == [compute_slash_tx(ev) for ev in pending]
     assert make_slash_txs(pool, state, limit=2) == [compute_slash_tx(ev) for ev in pending[:2]]
+
+
+def test_make_slash_txs_one_per_validator() -> None:
+    chains = LocalChains.create(make_pact(KEYS), KEYS)
+    pool = EvidencePool()
+    first, second = equivocation(0, height=2), equivocation(0, height=3)
+    pool.add(first, TEST_NETWORK, VALIDATORS)
+    pool.add(second, TEST_NETWORK, VALIDATORS)
+    txs = make_slash_txs(pool, chains.states[CHAIN_REWARD])
+    assert txs == [compute_slash_tx(first)]
+    _, rejected = chains.advance(CHAIN_REWARD, txs)
+    assert rejected == []
+    # The validator is tombstoned: its other offence is not slashed again, and is pruned.
+    state = chains.states[CHAIN_REWARD]
+    assert make_slash_txs(pool, state) == []
+    assert pool.prune(TEST_NETWORK, VALIDATORS, state) == 2
+    assert not pool.add(second, TEST_NETWORK, VALIDATORS, state)
+
+
+def test_add_skips_tombstoned_validator() -> None:
+    state = REWARD.with_changes(
+        {tombstone_key(KEYS[0].address): (1).to_bytes(8, "big")}, REWARD.height, REWARD.head, REWARD.time_ms
+    )
+    assert not EvidencePool().add(equivocation(0), TEST_NETWORK, VALIDATORS, state)

@@ -45,7 +45,8 @@ def test_proposer_rounds_continue_the_rotation() -> None:
 def test_proposer_deterministic() -> None:
     vals = make_set([5, 17, 3, 40, 1])
     first = [compute_proposer(vals, h, r) for h in range(50) for r in range(3)]
-    again = [compute_proposer(make_set([5, 17, 3, 40, 1]), h, r) for h in range(50) for r in range(3)]
+    same = make_set([5, 17, 3, 40, 1])
+    again = [compute_proposer(same, h, r) for h in range(50) for r in range(3)]
     assert first == again
 
 

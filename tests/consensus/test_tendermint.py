@@ -13,11 +13,13 @@ import random
 from dataclasses import dataclass, field, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chain.commit import sign_vote, validate_evidence, validate_signed_vote, verify_commit
+from chain.commit import make_commit, sign_vote, validate_evidence, validate_signed_vote, verify_commit
 from chain.crypto import PrivateKey, sha256
 from chain.types import ValidatorSet, make_validator_set
-from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, SignedVote, Vote
+from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, CommitCertificate, SignedVote, Vote
 from consensus.messages import Proposal, SignedProposal, sign_proposal, validate_signed_proposal
 from consensus.proposer import compute_proposer
 from consensus.tendermint import (
@@ -50,7 +52,8 @@ class Cluster:
 
     def __init__(self, me_is_proposer_of: int | None = None, powers: tuple[int, ...] = (10,) * 4):
         keys = [PrivateKey.from_label(f"tendermint-{i}") for i in range(len(powers))]
-        self.vals: ValidatorSet = make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, powers)])
+        members = [(k.public_key, p) for k, p in zip(keys, powers)]
+        self.vals: ValidatorSet = make_validator_set(0, members)
         self.keys = {k.address: k for k in keys}
         if me_is_proposer_of is None:  # a validator that proposes in none of rounds 0..2
             busy = {compute_proposer(self.vals, H, r) for r in range(3)}
@@ -62,7 +65,8 @@ class Cluster:
 
     def proposal(self, round: int, block: bytes, pol_round: int = -1) -> SignedProposal:
         proposer = compute_proposer(self.vals, H, round)
-        return sign_proposal(self.keys[proposer], NET, Proposal(CHAIN, H, round, block, pol_round, proposer))
+        proposal = Proposal(CHAIN, H, round, block, pol_round, proposer)
+        return sign_proposal(self.keys[proposer], NET, proposal)
 
     def vote(self, who: bytes, round: int, step: int, block: bytes) -> SignedVote:
         return sign_vote(self.keys[who], NET, Vote(CHAIN, H, round, step, block, who))
@@ -237,7 +241,8 @@ def test_line34_timeout_prevote_on_any_prevote_quorum() -> None:
     actions += m.on_vote(c.vote(c.others[1], 0, STEP_PREVOTE, NIL))
     assert timeouts_in(actions) == []
     actions = m.on_vote(c.vote(c.others[2], 0, STEP_PREVOTE, B))
-    assert timeouts_in(actions) == [ScheduleTimeout(TimeoutKind.PREVOTE, H, 0, CONFIG.timeout_prevote_ms)]
+    expected = ScheduleTimeout(TimeoutKind.PREVOTE, H, 0, CONFIG.timeout_prevote_ms)
+    assert timeouts_in(actions) == [expected]
     assert votes_in(actions) == []
     assert m.on_vote(c.vote(c.me, 0, STEP_PREVOTE, A)) == []  # only the first time
 
@@ -268,6 +273,17 @@ def test_line36_polka_before_proposal_fires_on_proposal() -> None:
     assert votes_in(actions) == [precommit(c, 0, A)]
     assert m.state.locked_value == A
     assert m.get_wanted_proposals() == []
+
+
+def test_line36_polka_counts_an_equivocators_vote_for_the_proposed_block() -> None:
+    c = Cluster()
+    m = c.machine
+    m.start()
+    m.on_proposal(c.proposal(0, A), True)
+    cheat = c.others[0]
+    m.on_vote(c.vote(cheat, 0, STEP_PREVOTE, NIL))
+    c.votes(3, 0, STEP_PREVOTE, A)  # cheat's A is its second vote, others[1] and [2] vote A
+    assert m.state.locked_value == A and m.votes.get_power(0, STEP_PREVOTE, A) == 30
 
 
 def test_line36_in_precommit_step_sets_valid_value_without_locking() -> None:
@@ -368,6 +384,21 @@ def test_line49_no_decision_for_invalid_block() -> None:
     assert m.decision is None
 
 
+def test_line49_catch_up_from_a_commit_certificate() -> None:
+    c = Cluster()
+    m = c.machine
+    m.start()
+    m.on_timeout(TimeoutKind.PROPOSE, H, 0)
+    cheat = c.others[0]
+    m.on_vote(c.vote(cheat, 0, STEP_PRECOMMIT, NIL))  # the equivocator's other vote came first
+    precommits = [c.vote(who, 0, STEP_PRECOMMIT, A) for who in c.others]
+    assert not any(isinstance(a, Decide) for v in precommits[1:] for a in m.on_vote(v))
+    commit = make_commit(precommits)
+    assert m.on_commit(commit) == [Decide(H, 0, A, commit)]
+    assert m.decision == A and m.step == Step.COMMIT
+    assert m.on_commit(commit) == []
+
+
 # --- lines 55-56 ---------------------------------------------------------------------------
 
 
@@ -379,7 +410,8 @@ def test_line55_skip_to_higher_round_on_f_plus_1() -> None:
     assert m.round == 0
     actions = c.votes(2, 3, STEP_PRECOMMIT, NIL)
     assert m.round == 3 and m.step == Step.PROPOSE
-    assert ScheduleTimeout(TimeoutKind.PROPOSE, H, 3, CONFIG.get_timeout_ms(TimeoutKind.PROPOSE, 3)) in actions
+    delay = CONFIG.get_timeout_ms(TimeoutKind.PROPOSE, 3)
+    assert ScheduleTimeout(TimeoutKind.PROPOSE, H, 3, delay) in actions
 
 
 def test_line55_proposal_counts_as_a_message_of_its_round() -> None:
@@ -397,7 +429,10 @@ def test_line55_proposal_counts_as_a_message_of_its_round() -> None:
 def test_line55_far_future_round_ignored() -> None:
     c = Cluster()
     c.machine.start()
-    c.votes(3, CONFIG.max_round_ahead + 1, STEP_PREVOTE, NIL)
+    far = CONFIG.max_round_ahead + 1
+    c.votes(3, far, STEP_PREVOTE, NIL)
+    assert c.machine.on_proposal(c.proposal(far, A), True) == []
+    assert c.machine.proposal_for_round(far) is None
     assert c.machine.round == 0
 
 
@@ -450,11 +485,14 @@ def test_line65_timeout_precommit_next_round() -> None:
 def test_timeouts_grow_with_round() -> None:
     cfg = TendermintConfig(timeout_propose_ms=3000, timeout_prevote_ms=1000,
                            timeout_precommit_ms=1200, timeout_delta_ms=500)
-    for kind, base in ((TimeoutKind.PROPOSE, 3000), (TimeoutKind.PREVOTE, 1000), (TimeoutKind.PRECOMMIT, 1200)):
+    bases = {TimeoutKind.PROPOSE: 3000, TimeoutKind.PREVOTE: 1000, TimeoutKind.PRECOMMIT: 1200}
+    for kind, base in bases.items():
         assert [cfg.get_timeout_ms(kind, r) for r in range(4)] == [base + 500 * r for r in range(4)]
     c = Cluster()
     c.machine.start()
-    delays = [timeouts_in(c.machine.on_timeout(TimeoutKind.PRECOMMIT, H, r))[0].delay_ms for r in range(3)]
+    delays = [
+        timeouts_in(c.machine.on_timeout(TimeoutKind.PRECOMMIT, H, r))[0].delay_ms for r in range(3)
+    ]
     assert delays[0] < delays[1] < delays[2]
 
 
@@ -545,6 +583,7 @@ class Network:
     max_latency_ms: int = 0
     invalid: frozenset[bytes] = frozenset()
     equivocating_proposer: bool = False
+    double_voters: frozenset[int] = frozenset()
     height: int = H
     now: int = 0
     machines: dict[bytes, Tendermint] = field(default_factory=dict)
@@ -582,17 +621,29 @@ class Network:
             elif isinstance(a, BroadcastProposal):
                 self.broadcast_proposal(me, a.proposal)
             elif isinstance(a, BroadcastVote):
-                v = a.vote
-                earlier = self.signed.setdefault((me, v.round, v.step), v.block_hash)
-                assert earlier == v.block_hash, "the machine asked for a double sign"
-                self.gossip(sign_vote(self.keys[me], NET, v))
+                self.broadcast_vote(me, a.vote)
             elif isinstance(a, ScheduleTimeout):
                 self.push(a.delay_ms, me, a)
             elif isinstance(a, Decide):
                 verify_commit(CHAIN, a.height, a.block_hash, a.commit, self.vals, NET)
                 self.decisions[me] = a
+                self.gossip(a.commit)  # what block sync would serve to peers still deciding
             else:
                 self.evidence.append(a)
+
+    def broadcast_vote(self, me: bytes, v: Vote) -> None:
+        earlier = self.signed.setdefault((me, v.round, v.step), v.block_hash)
+        assert earlier == v.block_hash, "the machine asked for a double sign"
+        sv = sign_vote(self.keys[me], NET, v)
+        if self.order.index(me) not in self.double_voters:
+            self.gossip(sv)
+            return
+        twin = sign_vote(self.keys[me], NET, replace(v, block_hash=B if v.block_hash == NIL else NIL))
+        for i, to in enumerate(self.machines):  # a Byzantine validator: each half sees one first
+            first, second = (sv, twin) if i % 2 else (twin, sv)
+            delay = self.rng.randint(0, self.max_latency_ms)
+            self.push(delay, to, first)
+            self.push(delay + self.max_latency_ms + 1, to, second)
 
     def broadcast_proposal(self, me: bytes, proposal: Proposal) -> None:
         sp = sign_proposal(self.keys[me], NET, proposal)
@@ -613,17 +664,21 @@ class Network:
             out = m.on_timeout(item.kind, item.height, item.round)
         elif isinstance(item, SignedProposal):
             out = m.on_proposal(item, item.proposal.block_hash not in self.invalid)
+        elif isinstance(item, CommitCertificate):
+            verify_commit(CHAIN, item.height, item.block_hash, item, self.vals, NET)
+            out = m.on_commit(item)
         else:
             assert isinstance(item, SignedVote)
             validate_signed_vote(item, NET, self.vals)
             out = m.on_vote(item)
         self.handle(to, out)
 
-    def run(self, max_events: int = 50_000) -> dict[bytes, Decide]:
+    def run(self, max_events: int = 20_000, drain: bool = False) -> dict[bytes, Decide]:
+        """Until every machine decided (then, with `drain`, until nothing is left to deliver)."""
         for addr, m in self.machines.items():
             self.handle(addr, m.start())
         for _ in range(max_events):
-            if len(self.decisions) == len(self.machines) or not self.queue:
+            if not self.queue or (len(self.decisions) == len(self.machines) and not drain):
                 break
             self.now, _, to, item = heapq.heappop(self.queue)
             self.deliver(to, item)
@@ -635,7 +690,8 @@ def test_network_all_decide_same_block_in_round_0() -> None:
     decisions = net.run()
     assert len(decisions) == 4
     proposer = net.vals.validators[net.proposer(0)].address
-    assert {(d.round, d.block_hash) for d in decisions.values()} == {(0, block_hash_for(H, 0, proposer))}
+    expected = (0, block_hash_for(H, 0, proposer))
+    assert {(d.round, d.block_hash) for d in decisions.values()} == {expected}
     assert net.now == 0  # no timeout was needed
     assert net.evidence == []
 
@@ -657,7 +713,8 @@ def test_network_silent_proposer_decides_in_round_1_after_timeouts() -> None:
     decisions = net.run()
     assert len(decisions) == 3
     proposer_1 = net.vals.validators[net.proposer(1)].address
-    assert {(d.round, d.block_hash) for d in decisions.values()} == {(1, block_hash_for(H, 1, proposer_1))}
+    expected = (1, block_hash_for(H, 1, proposer_1))
+    assert {(d.round, d.block_hash) for d in decisions.values()} == {expected}
     assert net.now >= CONFIG.timeout_propose_ms  # round 0 ended by timeouts
 
 
@@ -706,3 +763,47 @@ def test_network_equivocating_proposer_cannot_split_the_decision(seed: int) -> N
     decisions = net.run()
     assert len(decisions) == 4
     assert len({d.block_hash for d in decisions.values()}) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_network_double_voter_is_reported_and_cannot_split_the_decision(seed: int) -> None:
+    net = Network(seed=seed, max_latency_ms=300, double_voters=frozenset({seed % 4}))
+    decisions = net.run(drain=True)
+    honest = [a for i, a in enumerate(net.order) if i != seed % 4]
+    assert all(a in decisions for a in honest)
+    assert len({decisions[a].block_hash for a in honest}) == 1
+    assert net.evidence
+    for report in net.evidence:
+        validate_evidence(report.evidence, NET, net.vals)
+        assert report.evidence.vote_a.vote.validator == net.order[seed % 4]
+
+
+@settings(max_examples=40)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    latency=st.sampled_from([0, 50, 400, 1500]),
+    fault=st.sampled_from(["none", "silent", "double", "equivocating-proposer"]),
+    who=st.integers(0, 3),
+)
+def test_network_agreement_and_termination_with_one_fault(
+    seed: int, latency: int, fault: str, who: int
+) -> None:
+    net = Network(
+        seed=seed,
+        max_latency_ms=latency,
+        silent=frozenset({who}) if fault == "silent" else frozenset(),
+        double_voters=frozenset({who}) if fault == "double" else frozenset(),
+        equivocating_proposer=fault == "equivocating-proposer",
+    )
+    decisions = net.run()
+    honest = [a for i, a in enumerate(net.order) if fault in ("none", "equivocating-proposer") or i != who]
+    assert all(a in decisions for a in honest)
+    assert len({decisions[a].block_hash for a in honest}) == 1
+
+
+def test_network_replays_exactly_for_a_seed() -> None:
+    runs = [Network(seed=7, max_latency_ms=900, double_voters=frozenset({2})) for _ in range(2)]
+    outcomes = [
+        (sorted((a, d.round, d.block_hash) for a, d in net.run().items()), net.now) for net in runs
+    ]
+    assert outcomes[0] == outcomes[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chain.commit import sign_vote, validate_evidence
+from chain.commit import make_commit, sign_vote, validate_evidence, verify_commit
 from chain.crypto import PrivateKey
 from chain.types import ValidatorSet, make_validator_set
 from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, SignedVote, Vote
@@ -16,10 +16,13 @@ HEIGHT = 5
 BLOCK_A = b"\xaa" * 32
 BLOCK_B = b"\xbb" * 32
 
+Keys = list[PrivateKey]
+
 
 @pytest.fixture
 def keys() -> list[PrivateKey]:
-    return sorted((PrivateKey.from_label(f"voteset-{i}") for i in range(4)), key=lambda k: k.address)
+    ks = [PrivateKey.from_label(f"voteset-{i}") for i in range(4)]
+    return sorted(ks, key=lambda k: k.address)
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def vote(key: PrivateKey, round: int, step: int, block: bytes, height: int = HEI
     return sign_vote(key, NET, Vote(CHAIN, height, round, step, block, key.address))
 
 
-def test_add_counts_power_per_round_step_and_block(keys, vals) -> None:
+def test_add_counts_power_per_round_step_and_block(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     assert vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_A), 0).added
     assert vs.add(vote(keys[1], 0, STEP_PREVOTE, NIL), 0).added
@@ -44,7 +47,7 @@ def test_add_counts_power_per_round_step_and_block(keys, vals) -> None:
     assert len(vs) == 3
 
 
-def test_quorum_needs_more_than_two_thirds(keys, vals) -> None:
+def test_quorum_needs_more_than_two_thirds(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     for k in keys[:2]:
         vs.add(vote(k, 0, STEP_PREVOTE, BLOCK_A), 0)
@@ -60,7 +63,7 @@ def test_quorum_needs_more_than_two_thirds(keys, vals) -> None:
     ]
 
 
-def test_one_third_any_and_skip_round(keys, vals) -> None:
+def test_one_third_any_and_skip_round(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     vs.add(vote(keys[0], 3, STEP_PREVOTE, BLOCK_A), 0)
     assert not vs.has_one_third_any(3)
@@ -71,7 +74,7 @@ def test_one_third_any_and_skip_round(keys, vals) -> None:
     assert vs.get_skip_round(3) is None
 
 
-def test_duplicate_vote_is_not_counted_twice(keys, vals) -> None:
+def test_duplicate_vote_is_not_counted_twice(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     v = vote(keys[0], 0, STEP_PREVOTE, BLOCK_A)
     assert vs.add(v, 0).added
@@ -80,7 +83,7 @@ def test_duplicate_vote_is_not_counted_twice(keys, vals) -> None:
     assert vs.get_power(0, STEP_PREVOTE, BLOCK_A) == 10
 
 
-def test_equivocation_returns_sorted_evidence_once(keys, vals) -> None:
+def test_equivocation_returns_sorted_evidence_once(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     vs.add(vote(keys[0], 1, STEP_PRECOMMIT, BLOCK_B), 1)
     result = vs.add(vote(keys[0], 1, STEP_PRECOMMIT, BLOCK_A), 1)
@@ -94,7 +97,32 @@ def test_equivocation_returns_sorted_evidence_once(keys, vals) -> None:
     assert vs.add(vote(keys[0], 1, STEP_PRECOMMIT, NIL), 1).evidence is None
 
 
-def test_nil_and_block_votes_are_equivocation(keys, vals) -> None:
+def test_equivocator_vote_counts_for_a_tracked_block(keys: Keys, vals: ValidatorSet) -> None:
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    vs.track_block(BLOCK_A)
+    vs.add(vote(keys[0], 0, STEP_PRECOMMIT, NIL), 0)
+    result = vs.add(vote(keys[0], 0, STEP_PRECOMMIT, BLOCK_A), 0)
+    assert result.added and result.evidence is not None
+    assert not vs.add(vote(keys[0], 0, STEP_PRECOMMIT, BLOCK_A), 0).added  # once per block
+    for k in keys[1:3]:
+        vs.add(vote(k, 0, STEP_PRECOMMIT, BLOCK_A), 0)
+    assert vs.get_power(0, STEP_PRECOMMIT, BLOCK_A) == 30
+    assert vs.get_power(0, STEP_PRECOMMIT, NIL) == 10
+    assert vs.get_power_any(0, STEP_PRECOMMIT) == 30  # the equivocator counts once for "any"
+    assert vs.get_vote(0, STEP_PRECOMMIT, keys[0].address).vote.block_hash == NIL
+    commit = make_commit(vs.get_votes(0, STEP_PRECOMMIT, BLOCK_A))
+    verify_commit(CHAIN, HEIGHT, BLOCK_A, commit, vals, NET)
+
+
+def test_equivocator_votes_for_made_up_blocks_not_stored(keys: Keys, vals: ValidatorSet) -> None:
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_A), 0)
+    for i in range(1, 21):  # none of them is NIL or a proposed block
+        assert not vs.add(vote(keys[0], 0, STEP_PREVOTE, bytes([i]) * 32), 0).added
+    assert len(vs) == 1
+
+
+def test_nil_and_block_votes_are_equivocation(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     vs.add(vote(keys[2], 0, STEP_PREVOTE, BLOCK_A), 0)
     ev = vs.add(vote(keys[2], 0, STEP_PREVOTE, NIL), 0).evidence
@@ -102,34 +130,34 @@ def test_nil_and_block_votes_are_equivocation(keys, vals) -> None:
     validate_evidence(ev, NET, vals)
 
 
-def test_prevote_and_precommit_are_not_equivocation(keys, vals) -> None:
+def test_prevote_and_precommit_are_not_equivocation(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     assert vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_A), 0).added
     assert vs.add(vote(keys[0], 0, STEP_PRECOMMIT, NIL), 0).evidence is None
     assert vs.add(vote(keys[0], 1, STEP_PREVOTE, BLOCK_B), 0).evidence is None
 
 
-def test_invalid_vote_for_other_height_ignored(keys, vals) -> None:
+def test_invalid_vote_for_other_height_ignored(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     result = vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_A, height=HEIGHT + 1), 0)
     assert not result.added and "height" in result.reason
     assert len(vs) == 0
 
 
-def test_invalid_vote_from_non_validator_ignored(vals) -> None:
+def test_invalid_vote_from_non_validator_ignored(vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     stranger = PrivateKey.from_label("stranger")
     assert not vs.add(vote(stranger, 0, STEP_PREVOTE, BLOCK_A), 0).added
 
 
-def test_rounds_far_ahead_ignored(keys, vals) -> None:
+def test_rounds_far_ahead_ignored(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals, max_round_ahead=2)
     assert vs.add(vote(keys[0], 2, STEP_PREVOTE, BLOCK_A), 0).added
     assert not vs.add(vote(keys[0], 3, STEP_PREVOTE, BLOCK_A), 0).added
     assert vs.add(vote(keys[0], 3, STEP_PREVOTE, BLOCK_A), 1).added
 
 
-def test_total_stored_is_capped(keys, vals) -> None:
+def test_total_stored_is_capped(keys: Keys, vals: ValidatorSet) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals, max_votes=3)
     results = [vs.add(vote(k, 0, STEP_PREVOTE, BLOCK_A), 0) for k in keys]
     assert [r.added for r in results] == [True, True, True, False]
@@ -137,7 +165,7 @@ def test_total_stored_is_capped(keys, vals) -> None:
     assert len(vs) == 3
 
 
-def test_unequal_power_quorum(keys) -> None:
+def test_unequal_power_quorum(keys: Keys) -> None:
     vals = make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, [70, 10, 10, 10])])
     heavy = next(k for k in keys if vals.get(k.address).power == 70)
     vs = VoteSet(CHAIN, HEIGHT, vals)
