@@ -162,6 +162,7 @@ def build_genesis(pact: GenesisPact) -> dict[int, GenesisChain]:
         header = BlockHeader(
             chain_id=chain_id, height=0, prev_hash=genesis_hash, time_ms=pact.genesis_time_ms,
             proposer=ZERO_ADDRESS, validators_hash=validators.hash(),
+            next_validators_hash=validators.hash(),
             tx_root=merkle.compute_root([], 2), state_root=root, last_commit_hash=ZERO_HASH,
         )
         state = State.from_items(

@@ -1,6 +1,6 @@
 """A chain's state: an immutable map of bytes to bytes with an incremental state root.
 
-Keys are spread over `N_BUCKETS` buckets by the first byte of their SHA-256. A bucket's hash covers
+Keys are spread over `N_BUCKETS` buckets by the first 12 bits of their SHA-256. A bucket's hash covers
 its sorted entries; the state root is a 16-ary Merkle root over the bucket hashes. A new state
 copies only the buckets a block touched (copy-on-write), so applying a block costs its own size,
 not the size of the state, and old states stay valid (transitions are pure). A bucket is also the
@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from chain import codec, merkle
 
-N_BUCKETS = 256
+N_BUCKETS = 4096
 BUCKET_ARITY = 16
 _EMPTY_BUCKET = hashlib.sha256(b"").digest()
 
@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 
 def bucket_of(key: bytes) -> int:
-    return hashlib.sha256(key).digest()[0]
+    digest = hashlib.sha256(key).digest()
+    return (digest[0] << 4) | (digest[1] >> 4)
 
 
 def compute_bucket_hash(entries: Mapping[bytes, bytes]) -> bytes:

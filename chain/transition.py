@@ -57,6 +57,9 @@ class Context:
     """Earnings recorded by the parameter and dataset chains (reward chain only)."""
     check_last_commit: bool = True
     """Verify the previous block's commit certificate (off only for replays of own store)."""
+    next_validators: Callable[[bytes], ValidatorSet | None] | None = None
+    """Parameter and dataset chains: the validator set a header may name as the next one, by
+    hash (a set the reward chain made, not older than `validators`); None: no change allowed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,28 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
     new_state = state.with_changes(view.changes, h.height, block.hash(), h.time_ms)
     if h.state_root != new_state.root:
         raise fail("state root mismatch")
+    validate_next_validators(h.next_validators_hash, new_state, ctx, fail)
     return new_state, view.changes
+
+
+def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+    if new_state.chain_id == CHAIN_REWARD:
+        if next_hash != compute_reward_next_validators(new_state).hash():
+            raise fail("next validators hash is not the set in the reward state")
+        return
+    if next_hash == ctx.validators.hash():
+        return
+    candidate = ctx.next_validators(next_hash) if ctx.next_validators is not None else None
+    if candidate is None:
+        raise MissingDependency("next validator set not known here (reward chain behind?)")
+    if candidate.epoch < ctx.validators.epoch:
+        raise fail("next validator set is older than the current one")
+
+
+def compute_reward_next_validators(state: State | Overlay) -> ValidatorSet:
+    from chain.records import KEY_VALIDATORS
+
+    return codec.decode(ValidatorSet, state.get(KEY_VALIDATORS))
 
 
 def validate_last_commit(block: Block, state: State, ctx: Context, fail) -> None:  # noqa: ANN001
@@ -208,6 +232,7 @@ def build_block(
     proposer: bytes,
     time_ms: int,
     last_commit: CommitCertificate | None,
+    next_validators: ValidatorSet | None = None,
 ) -> tuple[Block, list[tuple[Transaction, Exception]]]:
     """For a proposer: a valid block of the candidates that apply, in order, and the rejects."""
     height = state.height + 1
@@ -217,7 +242,7 @@ def build_block(
     # What the block costs without transactions: a header of final sizes, the commit, and room
     # for the transaction array's length prefix to grow.
     probe = BlockHeader(state.chain_id, height, state.head, time_ms, proposer, ctx.validators.hash(),
-                        ZERO_HASH, ZERO_HASH, ZERO_HASH)
+                        ZERO_HASH, ZERO_HASH, ZERO_HASH, ZERO_HASH)
     size = len(codec.encode(Block(probe, (), last_commit))) + 8
     for tx in candidates:
         tx_size = len(codec.encode(tx))
@@ -232,9 +257,13 @@ def build_block(
         size += tx_size
     _RULES[state.chain_id].end_block(view, height, ctx)
     root = state.with_changes(view.changes, height, ZERO_HASH, time_ms).root
+    if state.chain_id == CHAIN_REWARD:
+        next_set = compute_reward_next_validators(view)
+    else:
+        next_set = next_validators or ctx.validators
     header = BlockHeader(
         chain_id=state.chain_id, height=height, prev_hash=state.head, time_ms=time_ms,
-        proposer=proposer, validators_hash=ctx.validators.hash(),
+        proposer=proposer, validators_hash=ctx.validators.hash(), next_validators_hash=next_set.hash(),
         tx_root=compute_tx_root(kept), state_root=root,
         last_commit_hash=ZERO_HASH if last_commit is None else codec.hash_of(last_commit),
     )

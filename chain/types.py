@@ -109,7 +109,11 @@ class BlockHeader:
     proposer: Address
     """Validator that proposed the block (zero at genesis)."""
     validators_hash: Hash32
-    """Hash of the validator set that decides this block."""
+    """Hash of the validator set that decides this block (the previous header's next set)."""
+    next_validators_hash: Hash32
+    """Hash of the validator set that decides the next block of this chain. On the reward chain
+    it is the set in this block's state; on the others, a set the reward chain has made (the
+    proposer's current one), so that every chain changes sets at a point all nodes agree on."""
     tx_root: Hash32
     """Merkle root (arity 2) of the transaction hashes."""
     state_root: Hash32

@@ -291,11 +291,30 @@ class Tendermint:
         if not self._is_acceptable_proposal(p):
             return []
         seen = self._proposals.get(p.round)
+        if seen is not None and seen.signed.proposal == p and valid and not seen.valid:
+            # valid(v) could not be decided before (the engine lacked something it depends on):
+            # now it holds, and every rule that waits on it may fire.
+            self._proposals[p.round] = SeenProposal(signed, True)
+            return self._apply_rules()
         if seen is not None and (seen.signed.proposal == p or not self._is_wanted(p)):
             return []
         self._proposals[p.round] = SeenProposal(signed, valid)
         self.votes.track_block(p.block_hash)
         return self._apply_rules()
+
+    def restore_own_votes(self, votes: list[SignedVote]) -> None:
+        """After a restart, before `start`: the votes we signed at this height before. We never
+        vote again in their round and step, and a precommit for a block locks us on it again
+        (lines 36-41), so a crash cannot make us forget a lock."""
+        s = self.state
+        for signed in votes:
+            v = signed.vote
+            if v.validator != self.address or v.height != s.height or v.chain_id != self.chain_id:
+                continue
+            self._voted.add((v.round, v.step))
+            self.votes.add(signed, v.round)
+            if v.step == STEP_PRECOMMIT and v.block_hash != NIL and v.round > s.locked_round:
+                s.locked_value, s.locked_round = v.block_hash, v.round
 
     def on_vote(self, signed: SignedVote) -> list[Action]:
         """A vote whose signature the engine checked (chain.commit.validate_signed_vote)."""

@@ -37,7 +37,7 @@ class AddVoteResult:
     """What `VoteSet.add` did with a vote."""
 
     added: bool
-    """True when the vote is now counted (it was new, for a block not yet counted for its signer)."""
+    """True when the vote now counts (new, for a block not yet counted for its signer)."""
     evidence: DuplicateVoteEvidence | None = None
     """Proof of equivocation, the first time one validator votes twice in a round and step."""
     reason: str = ""

@@ -9,6 +9,7 @@ hand events over. Time comes from `trio.current_time()` (timeouts) and an inject
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from chain.codec import decode
 from chain.commit import sign_vote, validate_evidence, validate_signed_vote
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
+from chain.kv import COL_NODE
 from chain.records import KEY_VALIDATORS, Earning, earning_key
 from chain.store import ChainStore
 from chain.transition import Context
@@ -52,6 +54,7 @@ from p2p.network import Clock, Network, PeerId, Verdict, protocol_name, topic_na
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
+_VSET_PREFIX = COL_NODE + b"vset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,13 @@ class Behaviour:
         return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
 
 
+@functools.lru_cache(maxsize=8192)
+def decode_vote_msg(data: bytes) -> VoteMsg:
+    """Votes arrive many times (gossip, rebroadcasts, and in a simulation at every node of
+    the process); decoding is pure, so the result is shared. Errors are not cached."""
+    return decode(VoteMsg, data, max_size=512)
+
+
 class EngineObserver:
     """Hooks for simulations and metrics; the default does nothing."""
 
@@ -161,9 +171,9 @@ class Engine:
         self._nursery: trio.Nursery | None = None
         from node.runner import ChainRunner  # the per-chain half of the engine
 
-        self.runners = {c: ChainRunner(self, c) for c in CHAIN_IDS}
         self._remember_validators()
         self._scan_earnings()
+        self.runners = {c: ChainRunner(self, c) for c in CHAIN_IDS}
 
     # --- shared views -----------------------------------------------------------------------
 
@@ -177,8 +187,16 @@ class Engine:
         return decode(ValidatorSet, raw)
 
     def _remember_validators(self) -> None:
+        """Keep every validator set ever in force, on disk too: a restarted node must still
+        check commits made by the set before an epoch change."""
+        if not self.known_sets:
+            for _, raw in self.store.kv.iterate(_VSET_PREFIX):
+                vs = decode(ValidatorSet, raw)
+                self.known_sets[vs.hash()] = vs
         vs = self.validators()
-        self.known_sets.setdefault(vs.hash(), vs)
+        if vs.hash() not in self.known_sets:
+            self.known_sets[vs.hash()] = vs
+            self.store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
 
     def get_earning(self, chain_id: int, tx_hash: bytes) -> Earning | None:
         if chain_id not in (CHAIN_PARAMETER, CHAIN_DATASET):
@@ -187,7 +205,8 @@ class Engine:
         return None if raw is None else decode(Earning, raw)
 
     def context(self, validators: ValidatorSet, prev: ValidatorSet | None = None) -> Context:
-        return Context(self.network_id, self.params, validators, prev, earnings=self.get_earning)
+        return Context(self.network_id, self.params, validators, prev, earnings=self.get_earning,
+                       next_validators=self.known_sets.get)
 
     def _scan_earnings(self) -> None:
         from chain.records import paid_key
@@ -314,7 +333,7 @@ class Engine:
 
     async def _on_vote_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
-            msg = decode(VoteMsg, data, max_size=512)
+            msg = decode_vote_msg(data)
         except DecodingError:
             self.penalize(peer, "undecodable vote")
             return Verdict.REJECT

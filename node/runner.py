@@ -36,6 +36,7 @@ from node.wire import (
     TOPIC_VOTES,
     BlocksRequest,
     BlocksResponse,
+    OwnVotes,
     ProposalMsg,
     ProposalRequest,
     ProposalResponse,
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FUTURE_EVENTS = 2048
 REGOSSIP_TXS = 32
+REGOSSIP_EVERY = 5
+"""Pending transactions are gossiped again every this many rebroadcast ticks."""
 
 
 class ChainRunner:
@@ -64,7 +67,9 @@ class ChainRunner:
         self._poked = False
         self._syncing = False
         self._future: list[tuple] = []
+        self._ticks = 0
         self._guard_key = COL_NODE + b"sign" + bytes([chain_id])
+        self._votes_key = COL_NODE + b"myvotes" + bytes([chain_id])
         self._new_height()
 
     # --- height lifecycle -------------------------------------------------------------------
@@ -76,15 +81,26 @@ class ChainRunner:
     def _new_height(self) -> None:
         e = self.engine
         self.height = self.state.height + 1
-        self.validators = e.validators()
+        head = e.store.get_header(self.chain_id, self.state.height)
+        self.validators = e.known_sets.get(head.next_validators_hash) if head else None
+        if self.validators is None:  # a store from before the set was kept: the current one
+            logger.warning("%s/%s: next validator set of the head unknown", e.name, self.name)
+            self.validators = e.validators()
         self.prev_validators = self._validators_of_block(self.height - 1)
         self.machine = Tendermint(self.chain_id, self.height, self.validators, e.address, e.config.tendermint)
         self.started = False
         self.blocks: dict[bytes, Block] = {}
         self.checked: dict[bytes, tuple[State, dict] | None] = {}
+        self.undecided: dict[bytes, Block] = {}
         self.proposal_msgs: dict[int, ProposalMsg] = {}
         self.own_votes: list[SignedVote] = []
         self.last_round = -1
+        raw = e.store.kv.get(self._votes_key)
+        if raw is not None:
+            kept = codec.decode(OwnVotes, raw)
+            if kept.height == self.height:
+                self.own_votes = list(kept.votes)
+                self.machine.restore_own_votes(self.own_votes)
 
     def _validators_of_block(self, height: int) -> ValidatorSet | None:
         if height < 1:
@@ -157,6 +173,8 @@ class ChainRunner:
             self._poked = False
             if not self.started and self.has_work():
                 await self._start()
+            elif self.undecided:
+                await self._recheck()
         elif kind == "proposal":
             await self._on_proposal(event[1], event[2])
         elif kind == "vote":
@@ -236,9 +254,22 @@ class ChainRunner:
             if peer is not None:
                 self.engine.penalize(peer, f"invalid proposal: {err}")
         except MissingDependency as err:
+            # Not decidable yet (another chain or the validator set is behind here): judged
+            # again when something commits (`_recheck`), not cached.
             logger.info("%s/%s: cannot validate block yet: %s", self.engine.name, self.name, err)
+            self.undecided[block_hash] = block
+            return False
+        self.undecided.pop(block_hash, None)
         self.checked[block_hash] = result
         return result is not None
+
+    async def _recheck(self) -> None:
+        """Proposals that lacked a dependency: judge them again and tell the machine."""
+        for block_hash, block in list(self.undecided.items()):
+            if self._check_block(block, None):
+                for msg in list(self.proposal_msgs.values()):
+                    if msg.signed.proposal.block_hash == block_hash:
+                        await self._run_actions(self.machine.on_proposal(msg.signed, True))
 
     # --- carrying out the machine's actions ------------------------------------------------
 
@@ -275,7 +306,10 @@ class ChainRunner:
         )
         last_commit = e.store.get_commit(self.chain_id, self.height - 1) if self.height > 1 else None
         time_ms = max(e.clock.now_ms(), state.time_ms + 1)
-        block, rejected = build_block(state, candidates, self.current_context(), e.address, time_ms, last_commit)
+        newest = e.validators()
+        next_set = newest if newest.epoch >= self.validators.epoch else self.validators
+        block, rejected = build_block(state, candidates, self.current_context(), e.address, time_ms,
+                                      last_commit, next_set)
         for tx, err in rejected:
             logger.debug("%s/%s: left out %s: %s", e.name, self.name, tx.hash().hex()[:12], err)
             if not isinstance(err, MissingDependency):
@@ -322,6 +356,8 @@ class ChainRunner:
             return []
         signed = e.sign_vote(vote)
         self.own_votes.append(signed)
+        if not e.behaviour.equivocate and len(self.own_votes) <= 256:
+            e.store.kv.put(self._votes_key, codec.encode(OwnVotes(self.height, tuple(self.own_votes))))
         if not e.behaviour.withhold_votes:
             await e.publish(TOPIC_VOTES, VoteMsg(signed))
         if e.behaviour.equivocate:
@@ -402,7 +438,8 @@ class ChainRunner:
 
     def _import_synced(self, peer: PeerId, block: Block, commit) -> bool:  # noqa: ANN001
         e = self.engine
-        validators = e.known_sets.get(block.header.validators_hash)
+        head = e.store.get_header(self.chain_id, self.state.height)
+        validators = e.known_sets.get(head.next_validators_hash) if head else None
         if commit is None or validators is None:
             if validators is None and self.chain_id != CHAIN_REWARD:
                 e.runners[CHAIN_REWARD].want_sync(peer, block.header.height)
@@ -449,6 +486,9 @@ class ChainRunner:
                 if r in self.proposal_msgs:
                     await e.publish(TOPIC_PROPOSALS, self.proposal_msgs[r])
             await self._fetch_wanted()
+        self._ticks += 1
+        if self._ticks % REGOSSIP_EVERY:
+            return
         pool = e.mempools[self.chain_id]
         for tx_hash in pool.pending_hashes()[:REGOSSIP_TXS]:
             tx = pool.get(tx_hash)

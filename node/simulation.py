@@ -21,8 +21,9 @@ from chain.pact import PACT_VERSION, GenesisAccount, GenesisPact, GenesisValidat
 from chain.payloads import Transfer
 from chain.reward import validate_supply
 from chain.store import ChainStore
-from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Transaction, TxBody
+from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_NAMES, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, TxBody
 from chain.votes import SignedVote
+from chain.tensors import KIND_EXPERT, TensorInfo, TensorRecord
 from genesis.params import devnet_params
 from genesis.testkit import TINY_MODEL
 from node.engine import Behaviour, Engine, EngineConfig, EngineObserver
@@ -33,6 +34,12 @@ logger = logging.getLogger(__name__)
 FAULT_KINDS = ("crash", "partition", "loss", "reorder", "duplicate", "skew")
 BYZANTINE_KINDS = ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam")
 SIM_NETWORK = "simnet"
+SIM_EXPERT = TensorRecord(
+    name="layer0.expert0", kind=KIND_EXPERT, version="1.0.0", blob_id=hashlib.sha256(b"sim-expert").digest(),
+    size=4096, merkle_root=hashlib.sha256(b"sim-expert-root").digest(), tile_size=4 * 1024 * 1024,
+    subtile_size=256 * 1024, tensors=(TensorInfo("w1", "F32", (32, 32)),),
+)
+"""The simulation's model has one expert (its weights are never loaded: deltas name blobs)."""
 CLIENTS = 8
 CLIENT_BALANCE = 10**12
 
@@ -58,6 +65,10 @@ class SimConfig:
     pending must be final on every honest node."""
     byzantine_kinds: tuple[str, ...] = BYZANTINE_KINDS
     """Misbehaviours handed out to byzantine validators in turn."""
+    epoch_length: int = 100
+    """Reward-chain blocks per epoch (the validator set changes at epoch boundaries)."""
+    rotate_validators: bool = False
+    """Non-validator nodes stake and one genesis validator unstakes: the set changes mid-run."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.validators <= self.nodes:
@@ -130,18 +141,23 @@ class Client:
     """A wallet: signs transfers and resubmits them until they are final."""
 
     key: crypto.PrivateKey
-    nonce: int = 0
+    nonces: dict[int, int] = field(default_factory=dict)
     pending: list[Transaction] = field(default_factory=list)
 
 
 def make_sim_pact(cfg: SimConfig) -> tuple[GenesisPact, list[crypto.PrivateKey], list[crypto.PrivateKey]]:
     vkeys = [crypto.PrivateKey.from_label(f"sim-validator-{i}") for i in range(cfg.nodes)]
     ckeys = [crypto.PrivateKey.from_label(f"sim-client-{i}") for i in range(CLIENTS)]
+    from dataclasses import replace
+
+    params = replace(devnet_params(), epoch_length=cfg.epoch_length,
+                     unbonding_period=max(cfg.epoch_length, devnet_params().unbonding_period))
     pact = GenesisPact(
-        version=PACT_VERSION, network_id=SIM_NETWORK, genesis_time_ms=0, params=devnet_params(),
+        version=PACT_VERSION, network_id=SIM_NETWORK, genesis_time_ms=0, params=params,
         validators=tuple(GenesisValidator(k.public_key, 1_000_000, f"v{i}") for i, k in enumerate(vkeys[: cfg.validators])),
-        accounts=tuple(GenesisAccount(k.address, CLIENT_BALANCE) for k in ckeys),
-        model=TINY_MODEL, tensors=(), datasets=(), bootstrap=(),
+        accounts=tuple(GenesisAccount(k.address, CLIENT_BALANCE) for k in ckeys)
+        + tuple(GenesisAccount(k.address, CLIENT_BALANCE) for k in vkeys[cfg.validators:]),
+        model=TINY_MODEL, tensors=(SIM_EXPERT,), datasets=(), bootstrap=(),
     )
     return pact, vkeys, ckeys
 
@@ -164,7 +180,9 @@ class Simulation:
         self.honest = {n.name for n in self.nodes if n.behaviour.is_honest}
         self.checker = Checker(self.honest)
         self.clients = [Client(k) for k in ckeys]
-        self.submitted: list[bytes] = []
+        self.wallets: list[Client] = []
+        self.submitted: list[tuple[int, bytes]] = []
+        self.datasets: list[bytes] = []
         self.heal_time = 0.0
         self.hub: SimNetworkHub | None = None
 
@@ -250,8 +268,25 @@ class Simulation:
         if wait > 0:
             await trio.sleep(wait)
 
+    async def _rotate(self) -> None:
+        """Every non-validator node stakes, and the last genesis validator unstakes all: at the
+        next epoch boundary the set changes while the chains keep finalizing."""
+        from chain.payloads import Stake, Unstake
+
+        await trio.sleep(2.0)
+        moves = [(node, Stake(2_000_000)) for node in self.nodes[self.cfg.validators:]]
+        moves.append((self.nodes[self.cfg.validators - 1], Unstake(1_000_000)))
+        for node, payload in moves:
+            wallet = Client(node.key)
+            tx = self._sign(wallet, payload)
+            self.wallets.append(wallet)
+            self._track(wallet, tx)
+            self._submit(tx, self.hub.rng)
+
     async def _workload(self) -> None:
         cfg, rng = self.cfg, self.hub.derive_rng("workload")
+        if cfg.rotate_validators:
+            await self._rotate()
         stop = cfg.duration - cfg.liveness_bound
         resubmit_at = 0.0
         while trio.current_time() < stop:
@@ -259,25 +294,119 @@ class Simulation:
             now = trio.current_time()
             if now >= stop:
                 break
-            client = self.clients[rng.randrange(len(self.clients))]
-            if len(client.pending) < 4:
+            client = self.clients[1 + rng.randrange(len(self.clients) - 1)]
+            roll = rng.random()
+            if roll < 0.08 and now < stop - 5.0:
+                self._submit_dataset(client, rng)
+            elif roll < 0.14 and not self.clients[0].pending:
+                self._submit_delta(self.clients[0], rng)
+            elif len(client.pending) < 4:
                 to = self.clients[rng.randrange(len(self.clients))].key.address
                 tx = self._sign(client, Transfer(to, rng.randrange(1, 1000)))
-                client.pending.append(tx)
-                self.submitted.append(tx.hash())
+                self._track(client, tx)
                 self._submit(tx, rng)
             if now >= resubmit_at:
                 resubmit_at = now + 3.0
                 self._resubmit(rng)
-        # Keep resubmitting what is not final yet, as a wallet would, until the run ends.
+                self._drive_datasets(rng)
+        # Keep resubmitting what is not final yet, as a wallet would, until the run ends; the
+        # validators' operators keep auditing and voting.
         while True:
             await trio.sleep(3.0)
             self._resubmit(rng)
+            self._drive_datasets(rng)
 
-    def _sign(self, client: Client, payload: object) -> Transaction:
-        body = TxBody(CHAIN_REWARD, client.key.public_key, client.nonce, payload)
-        client.nonce += 1
+    # --- the dataset and parameter chains ---------------------------------------------------
+
+    def _submit_dataset(self, client: Client, rng) -> None:  # noqa: ANN001
+        from chain.dataset import REQUIRED_CHECKS, solve_pow
+        from chain.payloads import AuditCheck, AuditReport, SubmitDataset
+
+        cid = crypto.cid_raw(rng.randbytes(64))
+        size = rng.randrange(1_000, 1_000_000)
+        report = AuditReport(cid, size, self.pact.params.audit_version,
+                             tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
+        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.pow_difficulty_bits)
+        tx = self._sign(client, SubmitDataset(cid, size, "text", "CC-BY-4.0", nonce, report), CHAIN_DATASET)
+        self._track(client, tx)
+        self.datasets.append(tx.hash())
+        self._submit(tx, rng)
+
+    def _submit_delta(self, contributor: Client, rng) -> None:  # noqa: ANN001
+        from chain.payloads import DeltaClaim, PolCertificate, PolVote, SignedPolVote, SubmitDelta
+        from chain.records import ExpertState, expert_key
+
+        live = self._live_honest()
+        if not live:
+            return
+        raw = live[0].engine.store.state(CHAIN_PARAMETER).get(expert_key(SIM_EXPERT.name))
+        expert = codec.decode(ExpertState, raw)
+        claim = DeltaClaim(SIM_EXPERT.name, expert.head, expert.last_round + 1, rng.randbytes(32), 1024,
+                           "int8", 250_000, contributor.key.address)
+        claim_hash = codec.hash_of(claim)
+        votes = []
+        for node in sorted(self._honest_validators(), key=lambda n: n.key.address):
+            vote = PolVote(claim_hash, 2_000_000, 1_900_000, True, node.key.address)
+            votes.append(SignedPolVote(vote, node.key.sign(SIM_NETWORK, crypto.KIND_POL_VOTE, codec.encode(vote))))
+        tx = self._sign(contributor, SubmitDelta(claim, PolCertificate(tuple(votes))), CHAIN_PARAMETER)
+        self._track(contributor, tx)
+        self._submit(tx, rng)
+
+    def _honest_validators(self) -> list[SimNode]:
+        """Honest nodes in the validator set in force now (it changes at epoch boundaries)."""
+        live = self._live_honest()
+        if not live:
+            return []
+        members = {v.address for v in live[0].engine.validators().validators}
+        return [n for n in self.nodes if n.name in self.honest and n.key.address in members]
+
+    def _drive_datasets(self, rng) -> None:  # noqa: ANN001
+        """What the validators' operators do: audit pending datasets, then vote a tier.
+
+        Each tick, every honest validator signs what it still owes, in dataset order, with
+        nonces from its committed one: unchanged needs give identical transactions (so they
+        dedup), and what the chain already took drops out."""
+        from chain.dataset import REQUIRED_CHECKS
+        from chain.payloads import AuditCheck, AuditReport, AuditVerdict, QualityVote
+        from chain.records import STATUS_AUDITED, STATUS_PENDING, STATUS_VOTED, DatasetRecord, dataset_key
+        from chain.transition import get_nonce
+
+        live = self._live_honest()
+        if not live:
+            return
+        state = live[0].engine.store.state(CHAIN_DATASET)
+        records = []
+        for submission in self.datasets:
+            raw = state.get(dataset_key(submission))
+            if raw is not None:
+                records.append((submission, codec.decode(DatasetRecord, raw)))
+        for node in self._honest_validators():
+            who = node.key.address
+            owed = []
+            for submission, rec in records:
+                if rec.status == STATUS_PENDING and who not in rec.audit_voters:
+                    rerun = AuditReport(rec.cid, rec.size, self.pact.params.audit_version,
+                                        tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
+                    owed.append(AuditVerdict(submission, True, codec.hash_of(rerun)))
+                elif rec.status in (STATUS_AUDITED, STATUS_VOTED) and who not in rec.tier_voters:
+                    tier = 2 + int.from_bytes(codec.sha256(who + submission)[:1], "big") % 2
+                    owed.append(QualityVote(submission, tier))
+            nonce = get_nonce(state, who)
+            target = node if node.up and node.engine is not None else live[rng.randrange(len(live))]
+            for i, payload in enumerate(owed[:16]):
+                target.engine.submit_tx(self._sign(Client(node.key), payload, CHAIN_DATASET, nonce + i))
+
+    def _sign(self, client: Client, payload: object, chain_id: int = CHAIN_REWARD,
+              nonce: int | None = None) -> Transaction:
+        if nonce is None:
+            nonce = client.nonces.get(chain_id, 0)
+            client.nonces[chain_id] = nonce + 1
+        body = TxBody(chain_id, client.key.public_key, nonce, payload)
         return Transaction(body, client.key.sign(SIM_NETWORK, crypto.KIND_TX, codec.encode(body)))
+
+    def _track(self, client: Client, tx: Transaction) -> None:
+        client.pending.append(tx)
+        self.submitted.append((tx.body.chain_id, tx.hash()))
 
     def _live_honest(self) -> list[SimNode]:
         return [n for n in self.nodes if n.up and n.name in self.honest and n.engine is not None]
@@ -292,8 +421,9 @@ class Simulation:
         if not live:
             return
         store = live[0].engine.store
-        for client in self.clients:
-            client.pending = [tx for tx in client.pending if store.get_tx_location(CHAIN_REWARD, tx.hash()) is None]
+        for client in self.clients + self.wallets:
+            client.pending = [tx for tx in client.pending
+                              if store.get_tx_location(tx.body.chain_id, tx.hash()) is None]
             for tx in client.pending:
                 self._submit(tx, rng)
 
@@ -399,8 +529,8 @@ class Simulation:
                 block = ref.get_block(chain_id, h)
                 if block is None:
                     continue
-                vs = known.get(block.header.validators_hash)
                 prev_header = replay.get_header(chain_id, h - 1)
+                vs = known.get(prev_header.next_validators_hash)
                 prev_vs = known.get(prev_header.validators_hash) if h > 1 else None
                 commit = ref.get_commit(chain_id, h)
                 if vs is None:
@@ -408,7 +538,9 @@ class Simulation:
                 try:
                     if commit is not None:
                         verify_commit(chain_id, h, block.hash(), commit, vs, SIM_NETWORK)
-                    replay.import_block(block, Context(SIM_NETWORK, self.pact.params, vs, prev_vs, earnings=earning))
+                    ctx = Context(SIM_NETWORK, self.pact.params, vs, prev_vs, earnings=earning,
+                                  next_validators=known.get)
+                    replay.import_block(block, ctx)
                 except MissingDependency:
                     continue
                 except (InvalidBlock, InvalidCommit) as err:
@@ -429,6 +561,19 @@ class Simulation:
                 return False
         return True
 
+    def _unfinished_datasets(self, store: ChainStore) -> list[bytes]:
+        """Datasets not approved, or approved without their reward paid."""
+        from chain.records import STATUS_APPROVED, DatasetRecord, dataset_key, paid_key
+
+        left = []
+        for submission in self.datasets:
+            raw = store.state(CHAIN_DATASET).get(dataset_key(submission))
+            rec = None if raw is None else codec.decode(DatasetRecord, raw)
+            if rec is None or rec.status != STATUS_APPROVED or \
+                    store.state(CHAIN_REWARD).get(paid_key(CHAIN_DATASET, submission)) is None:
+                left.append(submission)
+        return left
+
     def _check_liveness(self, stores: dict[str, ChainStore], heights: dict, violations: list[Violation]) -> bool:
         ok = True
         for node, store in stores.items():
@@ -437,7 +582,8 @@ class Simulation:
                     ok = False
                     violations.append(Violation("liveness", f"{node} {CHAIN_NAMES[chain_id]} at "
                                                 f"{store.height(chain_id)}, others at {heights[CHAIN_NAMES[chain_id]]}"))
-            missing = [h for h in self.submitted if store.get_tx_location(CHAIN_REWARD, h) is None]
+            missing = [h for c, h in self.submitted if store.get_tx_location(c, h) is None]
+            missing += self._unfinished_datasets(store)
             if missing:
                 ok = False
                 violations.append(Violation("liveness", f"{node}: {len(missing)} of {len(self.submitted)} "

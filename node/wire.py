@@ -37,6 +37,16 @@ class VoteMsg:
 
 
 @wire
+class OwnVotes:
+    """The votes this node signed at the height it is deciding (kept on disk across restarts)."""
+
+    height: U64
+    """Height."""
+    votes: Seq(SignedVote, 256)
+    """In signing order."""
+
+
+@wire
 class TxMsg:
     tx: Transaction
     """A transaction for some chain's mempool."""

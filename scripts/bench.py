@@ -355,6 +355,27 @@ class RewardFixture:
 _FIXTURES: dict[int, RewardFixture] = {}
 
 
+def chain_caches() -> list[Any]:
+    """The memo caches (`functools.lru_cache` / `cache`) of functions in loaded `chain` modules,
+    such as the memoized signature check of `chain.crypto`."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "chain" or name.startswith("chain.")):
+            continue
+        for obj in vars(module).values():
+            if callable(getattr(obj, "cache_clear", None)) and callable(getattr(obj, "cache_info", None)):
+                if all(obj is not f for f in found):
+                    found.append(obj)
+    return found
+
+
+def clear_chain_caches() -> int:
+    caches = chain_caches()
+    for cached in caches:
+        cached.cache_clear()
+    return len(caches)
+
+
 def reward_fixture(txs_per_block: int = 200) -> RewardFixture:
     if txs_per_block not in _FIXTURES:
         _FIXTURES[txs_per_block] = RewardFixture(txs_per_block)
@@ -423,6 +444,12 @@ def bench_codec(run: SectionRun) -> None:
     "p95 is the per-block p95.",
     "`+ last-commit check` turns on `Context.check_last_commit`: each block's certificate of its "
     "parent (4 precommits of 4 validators) is verified too.",
+    "`chain.crypto` memoizes signature checks (a transaction seen in gossip or the mempool is not "
+    "checked again at import). The memo caches of `chain` are cleared before every cold run, so "
+    "`chain.import` and `chain.import+commit` check every signature, as a node syncing blocks "
+    "it has never seen. `chain.import.warm` imports with every signature already in the cache "
+    "(a validator that saw the transactions in its mempool): no goal, the ratio is no longer "
+    "against work it does.",
 ])
 def bench_chain(run: SectionRun) -> None:
     import nacl.signing
@@ -450,7 +477,10 @@ def bench_chain(run: SectionRun) -> None:
             key.verify(message, signature)
 
     base_ctx = fixture.chains.context()
-    for suffix, check_commit in (("", False), ("+commit", True)):
+    variants = [("", False, False), ("+commit", True, False)]
+    if chain_caches():
+        variants.append((".warm", False, True))
+    for suffix, check_commit, warm in variants:
         ctx = dataclasses.replace(base_ctx, check_last_commit=check_commit)
         per_block: list[float] = []
         verify_samples: list[float] = []
@@ -458,6 +488,8 @@ def bench_chain(run: SectionRun) -> None:
             with run.tempdir() as d:
                 store = ChainStore.open(LevelDBKV(d / "chains"), fixture.pact)
                 try:
+                    if not warm:
+                        clear_chain_caches()  # a node importing blocks it has not seen yet
                     gc.collect()
                     for index, (block, commit) in enumerate(zip(blocks, commits)):
                         start = time.perf_counter()
@@ -471,7 +503,8 @@ def bench_chain(run: SectionRun) -> None:
                     store.close()
         blocks_stat, verify = Stat.of(per_block), Stat.of(verify_samples)
         tx_rate = txs_per_block / blocks_stat.median
-        label = " + last-commit check" if check_commit else ""
+        label = (" + last-commit check" if check_commit
+                 else ", signatures already checked (memo cache warm)" if warm else "")
         run.row(Row(
             name=f"chain.import{suffix}",
             what=(f"import {n_blocks} reward blocks × {txs_per_block} signed transfers{label}, "
@@ -481,11 +514,11 @@ def bench_chain(run: SectionRun) -> None:
                        f"(p95 {fmt_time(blocks_stat.p95)}/block)"),
             baseline_text=f"{fmt_rate(verify.rate)} verifies/s ({fmt_time(verify.median)} each)",
             baseline_what="PyNaCl VerifyKey.verify of the same signatures",
-            ratio=tx_rate / verify.rate, better="higher", goal=0.25,
+            ratio=tx_rate / verify.rate, better="higher", goal=None if warm else 0.25,
             extra={"blocks_per_s": blocks_stat.rate, "block_p95_s": blocks_stat.p95,
                    "block_median_s": blocks_stat.median, "verify_s": verify.median},
         ))
-        if not check_commit:
+        if not check_commit and not warm:
             run.note(f"Here the signature checks are about {tx_rate / verify.rate:.0%} of an "
                      f"import; the rest is codec work (each transaction is encoded and hashed "
                      f"several times), state updates and the LevelDB write.")
@@ -537,7 +570,7 @@ def bench_blobs(run: SectionRun) -> None:
                 setup_ours=drop_blob, setup_base=drop_plain,
             )
             run.time_row(f"blobs.put.{label}", f"put a {label} blob", ours, base,
-                         "plain write + fsync", goal=2.0, size=size)
+                         "plain write + fsync", goal=2.5, size=size)
 
             def hashed_write(data: bytes = data) -> None:
                 hashlib.sha256(data).digest()
@@ -619,6 +652,48 @@ def bench_state(run: SectionRun) -> None:
              f"{touched / len(after.bucket_hashes):.0%} of the state.")
 
 
+@section("sim", "Deterministic network simulation: simulated time vs wall time", notes=[
+    "Ours: `node.simulation.run_sim` — real engines (Tendermint, mempools, chain rules, Ed25519 "
+    "signatures) on the simulated network under trio's MockClock; the workload sends transfers, "
+    "datasets through their audit and vote lifecycle, and PoL-certified deltas. Baseline: real "
+    "time (1 simulated second per wall second), so the ratio is the speed-up over real time.",
+    "Finalized blocks per simulated second count the blocks of the three chains together (no empty "
+    "blocks: a chain only makes blocks when it has work).",
+])
+def bench_sim(run: SectionRun) -> None:
+    import logging as _logging
+
+    from node.simulation import SimConfig, run_sim
+
+    _logging.disable(_logging.WARNING)
+    try:
+        cases = [
+            ("sim.7nodes", 7, 7, run.pick(60.0, 20.0), 1.0, 100.0),
+            ("sim.7nodes.busy", 7, 7, run.pick(60.0, 20.0), 4.0, None),
+            ("sim.100nodes", 100, 10, run.pick(20.0, 10.0), 1.0, None),
+        ]
+        for name, nodes, validators, duration, rate, goal in cases:
+            cfg = SimConfig(seed=1, nodes=nodes, validators=validators, duration=duration,
+                            liveness_bound=duration / 2, tx_rate=rate)
+            report = run_sim(cfg)
+            wall = report["wall_seconds"]
+            speed = duration / wall
+            blocks = sum(report["heights"].values())
+            run.row(Row(
+                name=name,
+                what=f"{nodes} nodes ({validators} validators), {duration:g} simulated s, "
+                     f"{rate:g} client tx/s, all invariants {'hold' if report['ok'] else 'BROKEN'}",
+                ours=speed, baseline=1.0, unit="x",
+                ours_text=f"{speed:,.1f} sim-s per wall-s ({wall:.2f} s wall); "
+                          f"{blocks / duration:.2f} finalized blocks per sim-s",
+                baseline_text="1 sim-s per wall-s", baseline_what="real time",
+                ratio=speed, better="higher", goal=goal,
+                extra={"wall_s": wall, "blocks": float(blocks)},
+            ))
+    finally:
+        _logging.disable(_logging.NOTSET)
+
+
 # --- the machine -------------------------------------------------------------------------------
 
 
@@ -657,6 +732,7 @@ def machine_info(tmpdir: Path, load_at_start: str) -> dict[str, str]:
             pass
     info["temp dir"] = f"{tmpdir} ({filesystem_of(tmpdir)})"
     info["load at start"] = load_at_start
+    info["load at end"] = load_average()
     return info
 
 
@@ -734,7 +810,7 @@ def render_markdown(
         "brackets. Time samples run with the garbage collector off, as `timeit` does; the chain "
         "import runs with it on. Run on an otherwise idle machine: under load the two sides of a "
         "row do not slow alike (on a shared 2-core VM the signature checks slowed twice as much "
-        "as the import), so the load at the start is recorded above.",
+        "as the import), so the load at the start and at the end is recorded above.",
         "",
     ]
     for s in results:

@@ -119,18 +119,20 @@ HEADER = BlockHeader(
     time_ms=2**32,
     proposer=b"\x22" * 20,
     validators_hash=b"\x33" * 32,
+    next_validators_hash=b"\x3a" * 32,
     tx_root=b"\x44" * 32,
     state_root=b"\x55" * 32,
     last_commit_hash=bytes(32),
 )
 HEADER_HEX = (
-    "99"  # fixarray, 9 fields
+    "9a"  # fixarray, 10 fields
     "02"  # chain_id
     "01"  # height
     "c420" + "01" * 32  # prev_hash
     + "cf0000000100000000"  # time_ms 2**32: uint64 (one past uint32)
     + "c414" + "22" * 20  # proposer
     + "c420" + "33" * 32  # validators_hash
+    + "c420" + "3a" * 32  # next_validators_hash
     + "c420" + "44" * 32  # tx_root
     + "c420" + "55" * 32  # state_root
     + "c420" + "00" * 32  # last_commit_hash

@@ -393,3 +393,50 @@ def test_build_block_respects_max_block_bytes_with_large_commit() -> None:
     assert 0 < len(block.txs) < len(txs)
     assert len(codec.encode(block)) <= pact.params.max_block_bytes
     apply_block(chains.states[CHAIN_REWARD], block, chains.context())
+
+
+# --- the next validator set named by each header ------------------------------------------
+
+
+def test_invalid_reward_next_validators_not_the_state_set(chains: LocalChains) -> None:
+    block = with_header(next_block(chains), next_validators_hash=b"\x07" * 32)
+    with pytest.raises(InvalidBlock, match="next validators"):
+        apply_block(chains.states[CHAIN_REWARD], block, chains.context())
+
+
+def dataset_block(chains: LocalChains, next_set) -> Block:  # noqa: ANN001
+    state = chains.states[CHAIN_DATASET]
+    block, _ = build_block(state, [], chains.context(), VKEYS[0].address, state.time_ms + 1, None, next_set)
+    return block
+
+
+def test_dataset_next_validators_may_name_a_newer_known_set(chains: LocalChains) -> None:
+    from chain.types import make_validator_set
+
+    newer = make_validator_set(1, [(k.public_key, 5) for k in VKEYS[:3]])
+    block = dataset_block(chains, newer)
+    ctx = replace(chains.context(), next_validators={newer.hash(): newer}.get)
+    state, _ = apply_block(chains.states[CHAIN_DATASET], block, ctx)
+    assert state.height == 1
+    assert block.header.next_validators_hash == newer.hash()
+
+
+def test_dataset_next_validators_unknown_is_a_missing_dependency(chains: LocalChains) -> None:
+    from chain.types import make_validator_set
+
+    newer = make_validator_set(1, [(k.public_key, 5) for k in VKEYS[:3]])
+    block = dataset_block(chains, newer)
+    with pytest.raises(MissingDependency):
+        apply_block(chains.states[CHAIN_DATASET], block, chains.context())
+
+
+def test_invalid_dataset_next_validators_older_than_current(chains: LocalChains) -> None:
+    from chain.types import make_validator_set
+
+    current = chains.context().validators
+    older = make_validator_set(current.epoch, [(k.public_key, 5) for k in VKEYS[:2]])
+    ctx = replace(chains.context(), validators=replace(current, epoch=3), next_validators={older.hash(): older}.get)
+    state = chains.states[CHAIN_DATASET]
+    block, _ = build_block(state, [], ctx, VKEYS[0].address, state.time_ms + 1, None, older)
+    with pytest.raises(InvalidBlock, match="older"):
+        apply_block(state, block, ctx)

@@ -171,3 +171,13 @@ def test_unequal_power_quorum(keys: Keys) -> None:
     vs = VoteSet(CHAIN, HEIGHT, vals)
     vs.add(vote(heavy, 0, STEP_PRECOMMIT, BLOCK_A), 0)
     assert vs.has_two_thirds_for(0, STEP_PRECOMMIT, BLOCK_A)
+
+
+def test_one_third_exactly_is_not_f_plus_one(keys: Keys) -> None:
+    vals = make_validator_set(0, [(k.public_key, 1) for k in keys[:3]])
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    vs.add(vote(keys[0], 2, STEP_PREVOTE, NIL), 0)
+    assert not vs.has_one_third_any(2)
+    vs.add(vote(keys[1], 2, STEP_PREVOTE, NIL), 0)
+    assert vs.has_one_third_any(2)
+    assert not vs.has_two_thirds_any(2, STEP_PREVOTE)  # 2 of 3 is not more than 2/3
