@@ -13,7 +13,9 @@ from chain.commit import InvalidCommit, verify_commit
 from chain.errors import BlyanError, DecodingError, InvalidBlock, MissingDependency
 from chain.kv import COL_NODE
 from chain.state import State
-from chain.transition import Context, apply_block, build_block
+from chain.errors import InvalidTransaction
+from chain.state import Overlay
+from chain.transition import Context, apply_block, apply_tx, build_block
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Block, Transaction, ValidatorSet
 from chain.votes import NIL, SignedVote, Vote
 from consensus.evidence import make_slash_txs
@@ -401,7 +403,24 @@ class ChainRunner:
             e.evidence.prune(e.network_id, e.validators(), new_state)
         e.observer.on_commit(e.name, self.chain_id, block, new_state)
         self._new_height()
+        self._prune_mempool(new_state)
         e.on_committed(self.chain_id, changes)
+
+    def _prune_mempool(self, state: State) -> None:
+        """Drop what the new state made invalid (a vote on a decided dataset, an overdraft), so
+        that stale transactions neither start heights nor fill blocks."""
+        pool = self.engine.mempools[self.chain_id]
+        if not len(pool):
+            return
+        view = Overlay(state)
+        ctx = self.current_context()
+        for tx in pool.select(state, len(pool), 1 << 40):
+            try:
+                apply_tx(view, tx, self.chain_id, state.height + 1, ctx)
+            except (InvalidTransaction, DecodingError):
+                pool.remove(tx.hash())
+            except MissingDependency:
+                continue
 
     # --- catch-up ---------------------------------------------------------------------------
 
