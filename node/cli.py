@@ -105,6 +105,43 @@ def chain_show(data_dir: Path, as_json: bool) -> None:
         click.echo(f"  {name:<10} height {c['height']:>8}  head {c['head'][:16]}  state {c['state_root'][:16]}")
 
 
+@main.group()
+def node() -> None:
+    """Run the node daemon."""
+
+
+@node.command("run")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help=DATA_DIR_HELP)
+def node_run(data_dir: Path) -> None:
+    """Run the daemon until SIGINT or SIGTERM: chains, libp2p, consensus, RPC."""
+    import trio
+
+    from node.daemon import run_until_signal
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        trio.run(run_until_signal, data_dir)
+    except BlyanError as err:
+        _fail(str(err))
+
+
+@main.command()
+@click.option("--nodes", default=4, show_default=True, help="Validators (one daemon process each).")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Root of the nodes' data dirs.")
+@click.option("--base-port", default=30400, show_default=True, help="libp2p port of node 0 (node i: +i).")
+@click.option("--rpc-base-port", default=18600, show_default=True, help="RPC port of node 0 (node i: +i).")
+def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int) -> None:
+    """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys)."""
+    from node.devnet import run_devnet
+
+    try:
+        code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo)
+    except (BlyanError, OSError) as err:
+        _fail(str(err))
+    sys.exit(code)
+
+
 def _parse_seeds(text: str) -> range:
     try:
         lo, _, hi = text.partition("-")
@@ -163,6 +200,11 @@ def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: i
         click.echo(f"seed {r['seed']}: {first['invariant']} violated: {first['detail']}", err=True)
         click.echo(f"  replay: {r['replay']}", err=True)
     sys.exit(1 if failed else 0)
+
+
+from node.cli_rpc import register as _register_rpc_commands  # noqa: E402 - verbs over RPC
+
+_register_rpc_commands(main)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,10 @@ class RequestServer:
     async def _serve_admitted(
         self, stream: INetStream, peer: PeerId, protocol: str, entry: ServerEntry
     ) -> None:
-        with trio.move_on_after(self._timeout) as scope:
+        """Read, handle, answer: each phase within the server's own `timeout` (the requester's
+        deadline is its own business; a requester that gave up just resets the stream)."""
+        data: bytes | None = None
+        with trio.move_on_after(self._timeout):
             try:
                 (size,) = LENGTH.unpack(await read_exactly(stream, LENGTH.size))
                 if size > entry.max_request_bytes:
@@ -134,13 +137,23 @@ class RequestServer:
                 logger.debug("request %s from %s broke off: %s", protocol, peer, err)
                 await reset_quietly(stream)
                 return
-            status, body = await self._run_handler(entry.handler, peer, protocol, data)
-            await write_response(stream, status, body)
-            await stream.close()
-            return
-        if scope.cancelled_caught:
-            logger.info("request %s from %s not served within %.1fs", protocol, peer, self._timeout)
+        if data is None:
+            logger.info("request %s from %s not received in %.1fs", protocol, peer, self._timeout)
             await reset_quietly(stream)
+            return
+        status, body = STATUS_ERROR, encode_reason("handler timed out")
+        with trio.move_on_after(self._timeout) as scope:
+            status, body = await self._run_handler(entry.handler, peer, protocol, data)
+        if scope.cancelled_caught:
+            logger.warning("request handler for %s overran %.1fs", protocol, self._timeout)
+        with trio.move_on_after(self._timeout) as scope:
+            try:
+                await write_response(stream, status, body)
+                await stream.close()
+                return
+            except StreamError as err:  # the requester gave up (reset) or went away
+                logger.debug("response %s to %s not delivered: %r", protocol, peer, err)
+        await reset_quietly(stream)
 
     async def _run_handler(
         self, handler: RequestHandler, peer: PeerId, protocol: str, data: bytes
@@ -185,7 +198,7 @@ async def exchange(
     before the request is fully written (a request above the server's cap) is read, not lost.
     Raises `RemoteError`, `ResponseTooLarge`, or `FrameError` if the stream breaks."""
     done = trio.Event()
-    response = b""
+    response: bytes | None = None
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_write_request, stream, data, done)
@@ -194,12 +207,14 @@ async def exchange(
         except (RemoteError, ResponseTooLarge, FrameError) as err:
             error = err  # raised below: not from inside the nursery, which would wrap it
         finally:
-            if not done.is_set():
-                # Resetting (not cancelling) stops the writer: a write cancelled halfway through
-                # a frame would leave the whole connection's framing broken.
+            if response is None:
+                # Refused, broken, too large or out of time: reset, so the server stops and the
+                # writer (if still blocked on flow control) fails at once. Cancelling the writer
+                # instead could cut a frame in half and break the whole connection's framing.
                 await reset_quietly(stream)
     if error is not None:
         raise error
+    assert response is not None  # the nursery returned normally: the read succeeded
     return response
 
 
