@@ -54,11 +54,16 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
         bootstrap = tuple(dict.fromkeys(config.p2p.bootstrap + store.pact.bootstrap))
         net_config = Libp2pConfig(seed=key.seed, listen=config.p2p.listen, bootstrap=bootstrap)
         async with Libp2pNetwork.open(net_config) as net:
+            from chain.types import CHAIN_IDS
+            from node.metrics import NodeMetrics
+
+            metrics = NodeMetrics(peers=lambda: len(net.peers()))
+            metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
             engine = Engine(store, key, net, WallClock(), EngineConfig.from_params(store.pact.params),
-                            name=config.moniker)
+                            observer=metrics, name=config.moniker)
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
-                rpc_url = await _start_rpc(nursery, engine, data_dir, config)
+                rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
                 task_status.started(engine)
@@ -68,12 +73,10 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
         logger.info("node %s stopped; chains closed", data_dir)
 
 
-async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config) -> str | None:  # noqa: ANN001
-    try:
-        from node.rpc import RPCServer
-    except ImportError:
-        return None  # the RPC server lands with its own change
-    server = RPCServer(engine, data_dir, config.rpc)
+async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text) -> str:  # noqa: ANN001
+    from node.rpc import RPCServer
+
+    server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics_text)
     return await nursery.start(server.serve)
 
 

@@ -97,6 +97,12 @@ def test_four_daemons_finalize_a_transfer_everywhere(tmp_path: Path) -> None:
         assert len(set(finals)) == 1
         heads = {client_of(d).call("blyan_getBlock", ["reward", finals[0][0]])["hash"] for d in dirs}
         assert len(heads) == 1
+        import urllib.request
+
+        url = client_of(dirs[2]).url
+        with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert 'blyan_chain_height{chain="reward"}' in text and "blyan_peers" in text
     finally:
         codes = stop_nodes(procs)
     assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-2000:] for d in dirs]
