@@ -110,3 +110,59 @@ def test_four_daemons_finalize_a_transfer_everywhere(tmp_path: Path) -> None:
         log = (d / "node.log").read_text()
         assert "Traceback" not in log, log[-3000:]
         assert not (d / ".cookie").exists()
+
+
+def send_transfer(data_dir: Path, amount: int, to: bytes) -> str:
+    from genesis.devnet import faucet_key
+
+    faucet = faucet_key()
+    rpc = client_of(data_dir)
+    nonce = rpc.call("blyan_getAccount", [crypto.format_address(faucet.address)])["nonces"]["reward"]["next_nonce"]
+    body = TxBody(CHAIN_REWARD, faucet.public_key, nonce, Transfer(to, amount))
+    tx = Transaction(body, faucet.sign("devnet", crypto.KIND_TX, codec.encode(body)))
+    sent = rpc.call("blyan_sendTransaction", [codec.encode(tx).hex()])
+    assert sent["accepted"], sent
+    return sent["tx_hash"]
+
+
+def final_height(data_dir: Path, tx_hash: str) -> int | None:
+    from chain.errors import BlyanError
+
+    try:
+        found = client_of(data_dir).call("blyan_getTransaction", ["reward", tx_hash])
+    except (BlyanError, OSError):
+        return None
+    return found["height"] if found["status"] == "final" else None
+
+
+def test_kill_9_validator_others_go_on_and_it_rejoins(tmp_path: Path) -> None:
+    import signal as _signal
+
+    dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
+    procs = start_nodes(dirs)
+    deadline = time.monotonic() + DEADLINE_S
+    to = crypto.PrivateKey.from_label("devnet-test-recipient-2").address
+    try:
+        for d in dirs:
+            wait_for(f"{d.name} RPC and a peer", lambda d=d: reachable(d), deadline)
+        first = send_transfer(dirs[1], 1, to)
+        for d in dirs:
+            wait_for(f"first transfer final on {d.name}", lambda d=d: final_height(d, first), deadline)
+        procs[3].send_signal(_signal.SIGKILL)
+        procs[3].wait(timeout=30)
+        second = send_transfer(dirs[1], 2, to)
+        for d in dirs[:3]:
+            wait_for(f"second transfer final on {d.name} without node3",
+                     lambda d=d: final_height(d, second), deadline)
+        procs[3] = start_nodes([dirs[3]])[0]
+        wait_for("node3 back, synced past the second transfer",
+                 lambda: final_height(dirs[3], second), deadline)
+        third = send_transfer(dirs[3], 3, to)  # it rejoined: it takes part again
+        heights = [wait_for(f"third final on {d.name}", lambda d=d: final_height(d, third), deadline)
+                   for d in dirs]
+        assert len(set(heights)) == 1
+        roots = {client_of(d).call("blyan_getBlock", ["reward", heights[0]])["header"]["state_root"] for d in dirs}
+        assert len(roots) == 1
+    finally:
+        codes = stop_nodes(procs)
+    assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-2000:] for d in dirs]
