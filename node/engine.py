@@ -34,6 +34,7 @@ from consensus.messages import InvalidProposal, validate_signed_proposal
 from consensus.tendermint import TendermintConfig
 from node.wire import (
     PROTOCOL_BLOCKS,
+    PROTOCOL_HANDSHAKE,
     PROTOCOL_PROPOSAL,
     TOPIC_EVIDENCE,
     TOPIC_PROPOSALS,
@@ -43,6 +44,7 @@ from node.wire import (
     BlocksRequest,
     ChainHead,
     EvidenceMsg,
+    Handshake,
     ProposalMsg,
     ProposalRequest,
     StatusMsg,
@@ -273,6 +275,44 @@ class Engine:
         n.subscribe(self.topic(TOPIC_STATUS), self._on_status_gossip)
         n.set_request_handler(protocol_name(self.network_id, PROTOCOL_BLOCKS), self._serve_blocks, MAX_REQUEST_BYTES)
         n.set_request_handler(protocol_name(self.network_id, PROTOCOL_PROPOSAL), self._serve_proposal, MAX_REQUEST_BYTES)
+        n.set_request_handler(protocol_name(self.network_id, PROTOCOL_HANDSHAKE), self._serve_handshake,
+                              MAX_REQUEST_BYTES)
+        n.on_peer_event(self._on_peer_event)
+
+    # --- handshake --------------------------------------------------------------------------
+
+    def _handshake(self) -> Handshake:
+        return Handshake(self.network_id, self.store.genesis_hash,
+                         tuple(ChainHead(c, self.store.height(c)) for c in CHAIN_IDS))
+
+    async def _serve_handshake(self, peer: PeerId, data: bytes) -> bytes:
+        return codec.encode(self._handshake())
+
+    def _on_peer_event(self, peer: PeerId, connected: bool) -> None:
+        if connected:
+            self.spawn(self._check_peer, peer)
+
+    async def _check_peer(self, peer: PeerId) -> None:
+        """Refuse a peer of another network or genesis (a ban, so it is disconnected)."""
+        try:
+            data = await self.network.request(
+                peer, protocol_name(self.network_id, PROTOCOL_HANDSHAKE), b"", self.config.request_timeout_s)
+            theirs = decode(Handshake, data, max_size=MAX_REQUEST_BYTES)
+        except DecodingError:
+            self.penalize(peer, "undecodable handshake")
+            return
+        except BlyanError as err:
+            logger.info("%s: handshake with %s failed: %s", self.name, peer, err)
+            return
+        if (theirs.network_id, theirs.genesis_hash) != (self.network_id, self.store.genesis_hash):
+            logger.warning("%s: refusing peer %s of network %r genesis %s", self.name, peer,
+                           theirs.network_id, theirs.genesis_hash.hex()[:16])
+            self.observer.on_penalty(self.name, peer, "another genesis")
+            self.network.penalize(peer, "another network or genesis", weight=1_000.0)
+            return
+        for head in theirs.heads:
+            if head.chain_id in self.runners and head.height > self.store.height(head.chain_id):
+                self.runners[head.chain_id].want_sync(peer, head.height)
 
     # --- transactions -----------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain.codec import U8, U16, U64, Seq, wire
+from chain.codec import U8, U16, U64, Hash32, Seq, Str, wire
 from chain.payloads import DuplicateVoteEvidence
 from chain.types import Block, CommitCertificate, Transaction
 from chain.votes import SignedVote
@@ -18,6 +18,7 @@ TOPIC_EVIDENCE = "evidence"
 TOPIC_STATUS = "status"
 PROTOCOL_BLOCKS = "blocks"
 PROTOCOL_PROPOSAL = "proposal"
+PROTOCOL_HANDSHAKE = "handshake"
 
 
 @wire
@@ -72,6 +73,18 @@ class StatusMsg:
 
     heads: Seq(ChainHead, 8)
     """One per chain."""
+
+
+@wire
+class Handshake:
+    """What two peers exchange first: a peer of another network or genesis is refused."""
+
+    network_id: Str(32)
+    """Network id."""
+    genesis_hash: Hash32
+    """Hash of the Genesis Pact."""
+    heads: Seq(ChainHead, 8)
+    """Finalized heights."""
 
 
 @wire

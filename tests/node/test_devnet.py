@@ -166,3 +166,43 @@ def test_kill_9_validator_others_go_on_and_it_rejoins(tmp_path: Path) -> None:
     finally:
         codes = stop_nodes(procs)
     assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-2000:] for d in dirs]
+
+
+def test_node_of_another_genesis_is_refused(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+    from dataclasses import replace as _replace
+
+    from node.config import CONFIG_FILE, P2PConfig, load_config, save_config
+
+    base = free_ports(2)
+    dirs = prepare_devnet(tmp_path / "net", 2, base, free_ports(2))
+    stranger = prepare_devnet(tmp_path / "other", 1, free_ports(1), free_ports(1))[0]  # another genesis
+    (stranger / "node.key").unlink()  # its own identity (the dev key 0 is node0's)
+    crypto.save_key(crypto.PrivateKey.from_label("devnet-stranger"), stranger / "node.key")
+    config = load_config(stranger / CONFIG_FILE)
+    boot = load_config(dirs[1] / CONFIG_FILE).p2p.bootstrap  # node 0 of the real devnet
+    save_config(_replace(config, p2p=P2PConfig(listen=config.p2p.listen, bootstrap=boot)), stranger / CONFIG_FILE)
+    procs = start_nodes(dirs)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        for d in dirs:
+            wait_for(f"{d.name} up", lambda d=d: reachable(d), deadline)
+        procs += start_nodes([stranger])
+        wait_for("the stranger's RPC", lambda: (stranger / "node.json").exists(), deadline)
+        stranger_id = json.loads((stranger / "node.json").read_text())["peer_id"]
+        url = client_of(dirs[0]).url.rstrip("/") + "/metrics"
+
+        def refused() -> bool:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                text = resp.read().decode()
+            penalties = [ln for ln in text.splitlines() if ln.startswith("blyan_peer_penalties_total ")]
+            return bool(penalties) and float(penalties[0].split()[1]) >= 1
+
+        wait_for("node0 refusing the stranger", refused, deadline)
+        wait_for("the stranger disconnected", lambda: stranger_id not in
+                 {p["id"] for p in client_of(dirs[0]).call("blyan_peers")}, deadline)
+        assert client_of(stranger).call("blyan_status")["chains"]["reward"]["height"] == 0
+    finally:
+        codes = stop_nodes(procs)
+    assert codes[:2] == [0, 0]
