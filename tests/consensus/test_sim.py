@@ -162,3 +162,14 @@ def test_equivocator_is_slashed_through_the_chain() -> None:
         assert state.get(tombstone_key(offender)) is not None
         assert get_account(state, offender).stake < 1_000_000
         assert get_supply(state).burned > 0
+
+
+def test_invalid_proposer_is_penalised_and_the_chain_goes_on() -> None:
+    """A validator proposing blocks with a wrong state root: honest nodes prevote nil, penalise
+    it (gossip REJECT), and still finalize everything."""
+    cfg = SimConfig(seed=4, nodes=4, validators=4, byzantine=1, duration=40.0, liveness_bound=20.0,
+                    byzantine_kinds=("invalid_proposals",))
+    report = run_sim(cfg)
+    assert report["ok"], report["violations"]
+    assert report["penalties"] > 0
+    assert report["messages"]["rejected"] > 0

@@ -206,3 +206,41 @@ def test_node_of_another_genesis_is_refused(tmp_path: Path) -> None:
     finally:
         codes = stop_nodes(procs)
     assert codes[:2] == [0, 0]
+
+
+def test_late_non_validator_syncs_to_the_same_state(tmp_path: Path) -> None:
+    from dataclasses import replace as _replace
+
+    from chain.blobs import BlobStore
+    from node.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, RPCConfig, load_config, save_config
+    from node.datadir import init_data_dir
+    from node.devnet import DEVNET_PACT_FILE
+
+    dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
+    procs = start_nodes(dirs)
+    deadline = time.monotonic() + DEADLINE_S
+    to = crypto.PrivateKey.from_label("devnet-test-recipient-3").address
+    try:
+        for d in dirs:
+            wait_for(f"{d.name} up", lambda d=d: reachable(d), deadline)
+        sent = [send_transfer(dirs[1], 1 + i, to) for i in range(3)]  # one node: nonces in order
+        tops = [wait_for("transfer final", lambda h=h: final_height(dirs[0], h), deadline) for h in sent]
+        late = tmp_path / "late"
+        init_data_dir(late, "devnet", tmp_path / DEVNET_PACT_FILE, crypto.PrivateKey.from_label("late-joiner"))
+        for digest in BlobStore(dirs[0] / BLOBS_DIR).iter_ids():
+            BlobStore(late / BLOBS_DIR).put(BlobStore(dirs[0] / BLOBS_DIR).get(digest))
+        config = load_config(late / CONFIG_FILE)
+        boot = load_config(dirs[1] / CONFIG_FILE).p2p.bootstrap
+        save_config(_replace(config, p2p=P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{free_ports(1)}", bootstrap=boot),
+                             rpc=RPCConfig(port=free_ports(1))), late / CONFIG_FILE)
+        procs += start_nodes([late])
+        top = max(tops)
+        wait_for("the late node synced", lambda: final_height(late, sent[-1]), deadline)
+        status = client_of(late).call("blyan_status")
+        assert status["is_validator"] is False
+        ours = client_of(late).call("blyan_getBlock", ["reward", top])["header"]["state_root"]
+        theirs = client_of(dirs[0]).call("blyan_getBlock", ["reward", top])["header"]["state_root"]
+        assert ours == theirs
+    finally:
+        codes = stop_nodes(procs)
+    assert codes == [0, 0, 0, 0, 0]
