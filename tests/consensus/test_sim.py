@@ -171,5 +171,4 @@ def test_invalid_proposer_is_penalised_and_the_chain_goes_on() -> None:
                     byzantine_kinds=("invalid_proposals",))
     report = run_sim(cfg)
     assert report["ok"], report["violations"]
-    assert report["penalties"] > 0
-    assert report["messages"]["rejected"] > 0
+    assert report["penalties"] > 0, report
