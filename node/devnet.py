@@ -38,6 +38,12 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
     encoded = codec.encode(pact)
     if not pact_path.exists() or pact_path.read_bytes() != encoded:
         pact_path.write_bytes(encoded)
+    faucet_file = root / "faucet.key"
+    if not faucet_file.exists():  # the funded dev account, for `blyan tx transfer --key`
+        from chain.crypto import save_key
+        from genesis.devnet import faucet_key
+
+        save_key(faucet_key(), faucet_file)
     boot_key = dev_validator_key(0)
     bootstrap = f"/ip4/127.0.0.1/tcp/{base_port}/p2p/{compute_peer_id(boot_key.seed)}"
     dirs = []
@@ -107,6 +113,7 @@ def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo)
     echo(f"devnet: {nodes} validators on 127.0.0.1 (dev keys, INSECURE), data in {root}")
     for i, info in enumerate(describe(dirs)):
         echo(f"  node{i}  rpc {info['rpc']}  cookie {info['cookie']}  log {info['log']}")
+    echo(f"  faucet key (funded, INSECURE): {Path(root) / 'faucet.key'}")
     echo("Ctrl-C stops every node cleanly.")
     try:
         while all(p.poll() is None for p in procs):
