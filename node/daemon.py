@@ -48,6 +48,12 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
     from p2p.libp2p_net import Libp2pNetwork
 
     data_dir = Path(data_dir)
+    # py-libp2p logs expected network events (a failed dial, a refused stream) at ERROR on a logger
+    # that does not propagate: route it through ours, at WARNING and above.
+    libp2p_logger = logging.getLogger("libp2p")
+    libp2p_logger.propagate = True
+    libp2p_logger.handlers.clear()
+    libp2p_logger.setLevel(logging.WARNING)
     config, store = open_store(data_dir)
     try:
         key = load_key(data_dir / KEY_FILE)

@@ -170,6 +170,7 @@ class Engine:
         self.evidence = EvidencePool()
         self.known_sets: dict[bytes, ValidatorSet] = {}
         self.pending_earnings: dict[tuple[int, bytes], Earning] = {}
+        self.sync_targets: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
         from node.runner import ChainRunner  # the per-chain half of the engine
 
@@ -199,6 +200,22 @@ class Engine:
         if vs.hash() not in self.known_sets:
             self.known_sets[vs.hash()] = vs
             self.store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
+
+    @property
+    def syncing(self) -> bool:
+        """Whether a peer told us of a finalized height above ours that we have not reached."""
+        return any(self.store.height(c) < target for c, target in self.sync_targets.items())
+
+    def sync_progress(self) -> dict[str, dict[str, int]]:
+        """Per chain: our height and the highest height peers reported."""
+        from chain.types import CHAIN_NAMES
+
+        return {CHAIN_NAMES[c]: {"height": self.store.height(c), "target": max(self.store.height(c), t)}
+                for c, t in self.sync_targets.items()}
+
+    def note_peer_height(self, chain_id: int, height: int) -> None:
+        if height > self.sync_targets.get(chain_id, 0):
+            self.sync_targets[chain_id] = height
 
     def get_earning(self, chain_id: int, tx_hash: bytes) -> Earning | None:
         if chain_id not in (CHAIN_PARAMETER, CHAIN_DATASET):
@@ -312,6 +329,7 @@ class Engine:
             return
         for head in theirs.heads:
             if head.chain_id in self.runners and head.height > self.store.height(head.chain_id):
+                self.note_peer_height(head.chain_id, head.height)
                 self.runners[head.chain_id].want_sync(peer, head.height)
 
     # --- transactions -----------------------------------------------------------------------
@@ -430,6 +448,7 @@ class Engine:
             return Verdict.REJECT
         for head in msg.heads:
             if head.chain_id in self.runners and head.height > self.store.height(head.chain_id):
+                self.note_peer_height(head.chain_id, head.height)
                 self.runners[head.chain_id].want_sync(peer, head.height)
         return Verdict.ACCEPT
 

@@ -141,6 +141,7 @@ def get_status(engine: Any, args: dict[str, Any]) -> dict[str, Any]:
             CHAIN_NAMES[c]: {"id": c, "height": store.height(c), "head": store.head(c).hex()} for c in CHAIN_IDS
         },
         "syncing": bool(getattr(engine, "syncing", False)),
+        "sync": engine.sync_progress() if hasattr(engine, "sync_progress") else {},
         "is_validator": address is not None and engine.validators().get(address) is not None,
     }
 
@@ -224,7 +225,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             "network": {"type": "string"}, "genesis_hash": HASH_HEX, "node_id": {"type": "string"},
             "address": {"oneOf": [ADDRESS, {"type": "null"}]}, "peers": {"type": "integer"},
             "chains": {"type": "object", "additionalProperties": _CHAIN_HEAD},
-            "syncing": {"type": "boolean"}, "is_validator": {"type": "boolean"}}}, get_status),
+            "syncing": {"type": "boolean"},
+            "sync": {"type": "object", "description": "Per chain: our height and the highest a peer reported."},
+            "is_validator": {"type": "boolean"}}}, get_status),
     Method("blyan_getBlock", "A block by height or hash: its header (bytes in hex) and transaction hashes.", (
         Param("chain", CHAIN, "Chain name or id."),
         Param("block", {"oneOf": [{"type": "integer", "minimum": 0}, HASH_HEX]}, "Height, or block hash in hex."),

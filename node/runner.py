@@ -450,6 +450,9 @@ class ChainRunner:
             if not self._import_synced(peer, block, commit):
                 break
             imported += 1
+        if imported:
+            logger.info("%s/%s: synced to height %d of %d (%d blocks from %s)", self.engine.name, self.name,
+                        self.state.height, max(target, self.state.height), imported, peer)
         if imported and self.state.height < target:
             self.want_sync(peer, target)
         elif imported:

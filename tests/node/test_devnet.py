@@ -236,8 +236,10 @@ def test_late_non_validator_syncs_to_the_same_state(tmp_path: Path) -> None:
         procs += start_nodes([late])
         top = max(tops)
         wait_for("the late node synced", lambda: final_height(late, sent[-1]), deadline)
-        status = client_of(late).call("blyan_status")
+        status = wait_for("the late node no longer syncing", lambda: (lambda st: st if not st["syncing"] else None)(
+            client_of(late).call("blyan_status")), deadline)
         assert status["is_validator"] is False
+        assert status["sync"].get("reward", {"height": top, "target": top})["target"] >= top
         ours = client_of(late).call("blyan_getBlock", ["reward", top])["header"]["state_root"]
         theirs = client_of(dirs[0]).call("blyan_getBlock", ["reward", top])["header"]["state_root"]
         assert ours == theirs
