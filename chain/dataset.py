@@ -16,7 +16,6 @@ import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from chain import codec, crypto
 from chain.errors import InvalidTransaction
 from chain.params import TIER_GOLD, TIER_NAMES, TIER_REJECT
 from chain.payloads import AuditReport, AuditVerdict, QualityVote, SubmitDataset
@@ -218,5 +217,3 @@ def _get_u64(view: Overlay, key: bytes) -> int:
     raw = view.get(key)
     return 0 if raw is None else int.from_bytes(raw, "big")
 
-
-__all__ = ["codec", "crypto"]

@@ -15,7 +15,7 @@ from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
 from chain.state import Overlay
-from chain.tensors import MAX_SUBTILES_PER_TILE, TILE_MERKLE_ARITY, TensorRecord
+from chain.tensors import MAX_SUBTILES_PER_TILE, TensorRecord
 
 if TYPE_CHECKING:
     from chain.transition import Context, TxEnv
@@ -156,5 +156,3 @@ def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
 def end_block(view: Overlay, height: int, ctx: Context) -> None:
     """Nothing happens at the end of a parameter block."""
 
-
-__all__ = ["TILE_MERKLE_ARITY"]

@@ -7,7 +7,6 @@ design, for a local network only.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -128,5 +127,3 @@ def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo)
         codes = stop_nodes(procs)
         echo(f"devnet: stopped (exit codes {codes})")
 
-
-__all__ = ["os"]

@@ -250,12 +250,14 @@ def test_invalid_pow_too_weak(chains: LocalChains) -> None:
 
 
 def test_invalid_pow_solved_for_another_contributor(chains: LocalChains) -> None:
-    cid, bits = cid_of("stolen"), chains.pact.params.pow_difficulty_bits
-    nonce = solve_pow(chains.pact.network_id, OTHER.address, cid, bits)
-    digest = compute_pow_hash(chains.pact.network_id, CONTRIBUTOR.address, cid, nonce)
-    if leading_zero_bits(digest) >= bits:
-        pytest.skip("the other contributor's nonce happens to work for this one too")
-    payload = submission(chains, "stolen", pow_nonce=nonce)
+    bits = chains.pact.params.pow_difficulty_bits
+    # A label whose nonce, solved for OTHER, does not happen to satisfy CONTRIBUTOR's hash too.
+    for label in (f"stolen-{i}" for i in range(64)):
+        nonce = solve_pow(chains.pact.network_id, OTHER.address, cid_of(label), bits)
+        digest = compute_pow_hash(chains.pact.network_id, CONTRIBUTOR.address, cid_of(label), nonce)
+        if leading_zero_bits(digest) < bits:
+            break
+    payload = submission(chains, label, pow_nonce=nonce)
     assert_invalid(chains, signed(chains, CONTRIBUTOR, payload), "proof of work too weak")
 
 

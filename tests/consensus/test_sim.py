@@ -111,7 +111,7 @@ def test_validator_set_change_mid_run_keeps_finality() -> None:
     from chain.kv import MemoryKV  # noqa: F401 - the sim's stores
     from chain.records import KEY_VALIDATORS
     from chain.store import ChainStore
-    from chain.types import CHAIN_REWARD
+    from chain.types import CHAIN_REWARD, ValidatorSet
     from node.simulation import Simulation
     from p2p.sim import run_simulation
 
@@ -121,7 +121,7 @@ def test_validator_set_change_mid_run_keeps_finality() -> None:
     report = run_simulation(sim.main, seed=cfg.seed)
     assert report["ok"], report["violations"]
     store = ChainStore.open(sim.nodes[0].kv)
-    final = decode(ValidatorSetType(), store.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+    final = decode(ValidatorSet, store.state(CHAIN_REWARD).get(KEY_VALIDATORS))
     members = {v.address for v in final.validators}
     assert sim.nodes[4].key.address in members and sim.nodes[5].key.address in members
     assert sim.nodes[3].key.address not in members
@@ -134,12 +134,6 @@ def test_validator_set_change_mid_run_keeps_finality() -> None:
     assert joined[0] > 0, "they signed only after joining"
     assert len(signers) - joined[0] >= 3, "finality went on under the new set"
     assert sim.nodes[3].key.address not in signers[-1]
-
-
-def ValidatorSetType():  # noqa: N802
-    from chain.types import ValidatorSet
-
-    return ValidatorSet
 
 
 def test_equivocator_is_slashed_through_the_chain() -> None:
