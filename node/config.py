@@ -35,6 +35,16 @@ class RPCConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncConfig:
+    fast: bool = True
+    """Start from a certified state snapshot when far behind (else replay every block)."""
+    fast_min_gap: int = 256
+    """Fast sync only when a peer is at least this many blocks ahead on the reward chain."""
+    peer_wait_s: float = 10.0
+    """At start, how long to wait for a first peer before deciding how to sync."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     network: str
     """Network id; must match the genesis pact."""
@@ -46,6 +56,7 @@ class NodeConfig:
     """debug, info, warning, error."""
     p2p: P2PConfig = field(default_factory=P2PConfig)
     rpc: RPCConfig = field(default_factory=RPCConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     @classmethod
     def for_tests(cls, network: str = "testnet-unit") -> NodeConfig:
@@ -75,6 +86,8 @@ def _section(cls: type, raw: object, where: str) -> object:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{name} must be a list of strings")
             value = tuple(value)
+        elif isinstance(default, float) and type(value) is int:
+            value = float(value)
         elif type(default) is not type(value):
             raise ConfigError(f"{where}.{name} must be a {type(default).__name__}")
         values[name] = value
@@ -90,12 +103,13 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"cannot read {path}: {err}") from err
     p2p = P2PConfig(**_section(P2PConfig, raw.pop("p2p", {}), "p2p"))
     rpc = RPCConfig(**_section(RPCConfig, raw.pop("rpc", {}), "rpc"))
+    sync = SyncConfig(**_section(SyncConfig, raw.pop("sync", {}), "sync"))
     for required in ("network", "genesis_hash"):
         if not isinstance(raw.get(required), str):
             raise ConfigError(f"{path}: missing or malformed {required!r}")
     top = {k: raw.pop(k) for k in ("network", "genesis_hash")}
     rest = _section(_TopDefaults, raw, "config")
-    config = NodeConfig(**top, p2p=p2p, rpc=rpc)
+    config = NodeConfig(**top, p2p=p2p, rpc=rpc, sync=sync)
     return replace(config, **rest)
 
 
