@@ -65,8 +65,8 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
 
             metrics = NodeMetrics(peers=lambda: len(net.peers()))
             metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
-            engine = Engine(store, key, net, WallClock(), EngineConfig.from_params(store.pact.params),
-                            observer=metrics, name=config.moniker)
+            engine_config = EngineConfig.from_params(store.pact.params, offload_writes=True)
+            engine = Engine(store, key, net, WallClock(), engine_config, observer=metrics, name=config.moniker)
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render)

@@ -79,6 +79,9 @@ class EngineConfig:
     """Events waiting for a chain's runner; beyond, gossip is dropped (and re-gossiped later)."""
     max_future_drift_ms: int = 15_000
     """A proposed block whose time is further ahead of our clock is not valid."""
+    offload_writes: bool = False
+    """Write blocks from a worker thread (the daemon), not on the event loop. Off in
+    simulations: a thread's finishing time is not deterministic."""
 
     @classmethod
     def for_tests(cls) -> EngineConfig:
@@ -139,6 +142,11 @@ class EngineObserver:
     def on_round(self, node: str, chain_id: int, height: int, round: int) -> None:
         """A consensus round started."""
 
+    def on_block_imported(self, node: str, chain_id: int, height: int, n_txs: int, seconds: float,
+                          synced: bool) -> None:
+        """A block was checked and written: `seconds` from checking to stored; `synced` when it
+        came from catch-up rather than from this node's own consensus."""
+
 
 class Engine:
     """One node's engine for the three chains."""
@@ -171,6 +179,7 @@ class Engine:
         self.known_sets: dict[bytes, ValidatorSet] = {}
         self.pending_earnings: dict[tuple[int, bytes], Earning] = {}
         self.sync_targets: dict[int, int] = {}
+        self.write_limiter = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         from node.runner import ChainRunner  # the per-chain half of the engine
 
@@ -206,12 +215,22 @@ class Engine:
         """Whether a peer told us of a finalized height above ours that we have not reached."""
         return any(self.store.height(c) < target for c, target in self.sync_targets.items())
 
-    def sync_progress(self) -> dict[str, dict[str, int]]:
-        """Per chain: our height and the highest height peers reported."""
+    def sync_progress(self) -> dict[str, dict[str, int | float | None]]:
+        """Per chain: our height, the highest height peers reported, blocks/s and seconds left."""
         from chain.types import CHAIN_NAMES
 
-        return {CHAIN_NAMES[c]: {"height": self.store.height(c), "target": max(self.store.height(c), t)}
-                for c, t in self.sync_targets.items()}
+        from node.progress import compute_eta
+
+        progress = {}
+        for c, t in self.sync_targets.items():
+            height = self.store.height(c)
+            target = max(height, t)
+            rate = self.runners[c].sync_meter.rate if height < target else None
+            eta = compute_eta(height, target, rate)
+            progress[CHAIN_NAMES[c]] = {"height": height, "target": target,
+                                        "blocks_per_s": None if rate is None else round(rate, 1),
+                                        "eta_s": None if eta is None else round(eta, 1)}
+        return progress
 
     def note_peer_height(self, chain_id: int, height: int) -> None:
         if height > self.sync_targets.get(chain_id, 0):

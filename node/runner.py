@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from consensus.tendermint import (
     Step,
     Tendermint,
 )
+from node.progress import RateMeter, format_progress
 from node.wire import (
     PROTOCOL_BLOCKS,
     PROTOCOL_PROPOSAL,
@@ -70,6 +72,8 @@ class ChainRunner:
         self._syncing = False
         self._future: list[tuple] = []
         self._ticks = 0
+        self.sync_meter = RateMeter()
+        """Heights reached by catch-up over time: blocks/s for logs and `blyan status`."""
         self._guard_key = COL_NODE + b"sign" + bytes([chain_id])
         self._votes_key = COL_NODE + b"myvotes" + bytes([chain_id])
         self._new_height()
@@ -151,6 +155,8 @@ class ChainRunner:
     def want_sync(self, peer: PeerId, target: int) -> None:
         if target > self.state.height and not self._syncing:
             self._syncing = True
+            if self.sync_meter.rate is None:
+                self.sync_meter.add(trio.current_time(), self.state.height)
             self.engine.spawn(self._fetch_blocks, peer, target)
 
     def get_proposal_msg(self, height: int, round: int) -> ProposalMsg | None:
@@ -383,15 +389,28 @@ class ChainRunner:
 
     async def _commit(self, decide: Decide) -> None:
         e = self.engine
+        started = time.perf_counter()
         block = self.blocks[decide.block_hash]
         result = self.checked.get(decide.block_hash)
         if result is None:
             result = apply_block(self.state, block, self.current_context())
         new_state, changes = result
-        e.store.commit_block(block, new_state, changes, decide.commit)
+        await self._write(block, new_state, changes, decide.commit)
+        e.observer.on_block_imported(e.name, self.chain_id, block.header.height, len(block.txs),
+                                     time.perf_counter() - started, False)
         self._after_commit(block, new_state, changes)
         logger.info("%s/%s: finalized height %d (%d txs, round %d)", e.name, self.name,
                     block.header.height, len(block.txs), decide.round)
+
+    async def _write(self, block: Block, new_state: State, changes: dict, commit) -> None:  # noqa: ANN001
+        """Store a block (one synced LevelDB batch): in a worker thread in the daemon, so that
+        the event loop keeps serving gossip meanwhile (STYLE 14); inline in simulations."""
+        e = self.engine
+        if e.config.offload_writes:
+            await trio.to_thread.run_sync(e.store.commit_block, block, new_state, changes, commit,
+                                          limiter=e.write_limiter)
+        else:
+            e.store.commit_block(block, new_state, changes, commit)
 
     def _after_commit(self, block: Block, new_state: State, changes: dict) -> None:
         e = self.engine
@@ -447,19 +466,21 @@ class ChainRunner:
             if block.header.height != self.state.height + 1:
                 break
             commit = resp.blocks[i + 1].last_commit if i + 1 < len(resp.blocks) else resp.last_commit
-            if not self._import_synced(peer, block, commit):
+            if not await self._import_synced(peer, block, commit):
                 break
             imported += 1
         if imported:
-            logger.info("%s/%s: synced to height %d of %d (%d blocks from %s)", self.engine.name, self.name,
-                        self.state.height, max(target, self.state.height), imported, peer)
+            self.sync_meter.add(trio.current_time(), self.state.height)
+            logger.info("%s/%s: sync %s from %s", self.engine.name, self.name,
+                        format_progress(self.state.height, target, self.sync_meter.rate), peer)
         if imported and self.state.height < target:
             self.want_sync(peer, target)
         elif imported:
             self.poke()
 
-    def _import_synced(self, peer: PeerId, block: Block, commit) -> bool:  # noqa: ANN001
+    async def _import_synced(self, peer: PeerId, block: Block, commit) -> bool:  # noqa: ANN001
         e = self.engine
+        started = time.perf_counter()
         head = e.store.get_header(self.chain_id, self.state.height)
         validators = e.known_sets.get(head.next_validators_hash) if head else None
         if commit is None or validators is None:
@@ -475,7 +496,9 @@ class ChainRunner:
             return False
         except MissingDependency:
             return False
-        e.store.commit_block(block, new_state, changes, commit)
+        await self._write(block, new_state, changes, commit)
+        e.observer.on_block_imported(e.name, self.chain_id, block.header.height, len(block.txs),
+                                     time.perf_counter() - started, True)
         self._after_commit(block, new_state, changes)
         return True
 
