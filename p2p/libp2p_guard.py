@@ -30,6 +30,8 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 from multiaddr import Multiaddr
 
+from p2p.net_stats import NetCounters
+
 logger = logging.getLogger(__name__)
 
 FaultCallback = Callable[[str, str], None]
@@ -109,11 +111,13 @@ class GuardedPubsub(Pubsub):
         on_fault: FaultCallback,
         queue_size: int,
         max_message_size: int,
+        counters: NetCounters | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(host, router, max_inbound_rpc_size=max_message_size, **kwargs)
         self.peer_queues = _SizedQueues(queue_size, max_message_size)
         self._on_fault = on_fault
+        self._counters = counters
 
     async def stream_handler(self, stream: INetStream) -> None:
         """The `/meshsub` handler: a frame that does not parse (or any other failure) drops
@@ -132,7 +136,13 @@ class GuardedPubsub(Pubsub):
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         """Validate, deliver and relay one message. Runs as a task of pubsub's manager, where
-        an exception (e.g. a garbage public key in `msg.key`) would stop pubsub: contain it."""
+        an exception (e.g. a garbage public key in `msg.key`) would stop pubsub: contain it.
+        Counts each copy from a peer on the topics we subscribe to (what a peer names is
+        never a counter's key: their number stays bounded)."""
+        if self._counters is not None and msg_forwarder != self.my_id:
+            for topic in msg.topicIDs:
+                if topic in self.topic_ids:
+                    self._counters.count_gossip(topic, "messages_in", size=len(msg.data))
         try:
             await super().push_msg(msg_forwarder, msg)
         except Exception as err:
@@ -141,6 +151,15 @@ class GuardedPubsub(Pubsub):
             logger.warning("pubsub message from %s failed: %r", msg_forwarder, err)
             self._on_fault(str(msg_forwarder), f"bad pubsub message ({type(err).__name__})")
 
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """Write one RPC to a peer; counts the messages it carries (own publications and
+        relays: topics of our choosing) once written."""
+        written = await super().write_msg(stream, rpc_msg)
+        if written and self._counters is not None:
+            for msg in rpc_msg.publish:
+                for topic in msg.topicIDs:
+                    self._counters.count_gossip(topic, "messages_out", size=len(msg.data))
+        return written
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         """Not used: messages are handed to their handler during validation (where the verdict

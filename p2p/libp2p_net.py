@@ -23,6 +23,8 @@ Semantics are those of `p2p.network` (and of `p2p.sim`, its deterministic twin):
   whose score falls below the ban threshold is disconnected, and again whenever it comes back,
   until its ban ends. Bootstrap peers are re-dialled every `redial_interval_s` while away.
 - Robustness: `p2p.libp2p_guard` keeps any peer's bytes from stopping the host.
+- Counters: `stats()` is a `NetStats` snapshot: gossip per topic (copies in and out, verdicts,
+  payload bytes) and requests per protocol (served, failed, timed out; both sides).
 
 No exception of libp2p or trio leaves this module: failures are `NetworkError`s.
 """
@@ -52,6 +54,7 @@ from p2p.libp2p_config import Libp2pConfig
 from p2p.libp2p_guard import GuardedPubsub, PeerNotifee, get_stream_peer, guard_stream_handler
 from p2p.libp2p_peers import PeerConnections
 from p2p.libp2p_reqresp import FrameError, RequestServer, ServerEntry, exchange
+from p2p.net_stats import NetCounters, NetStats
 from p2p.network import (
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_GOSSIP_BYTES,
@@ -75,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 RPC_OVERHEAD_BYTES = 64 * 1024
 """Room for a pubsub RPC's envelope (ids, signature, key, peer record) around a maximal message."""
+
+_VERDICT_COUNTERS = {Verdict.ACCEPT: "accepted", Verdict.IGNORE: "ignored", Verdict.REJECT: "rejected"}
 
 
 class Libp2pNetwork:
@@ -100,6 +105,7 @@ class Libp2pNetwork:
         # each attempt logged as an ERROR): callers and the bootstrap loop retry on their own.
         self._swarm.retry_config = RetryConfig(max_retries=0)
         self._scores = PeerScores(config.score)
+        self._counters = NetCounters()
         self._peers = PeerConnections(self._host, config, self.is_banned)
         self._router = GossipSub(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
@@ -122,6 +128,7 @@ class Libp2pNetwork:
             seen_ttl=config.gossip_seen_ttl_s,
             max_concurrent_validator_count=config.gossip_max_concurrent_handlers,
             validation_timeout=config.gossip_handler_timeout,
+            counters=self._counters,
         )
         # One catch-all in front of the swarm's single stream handler covers negotiation and
         # every protocol (identify, ping, meshsub, ours): nothing a peer sends can stop the host.
@@ -136,6 +143,7 @@ class Libp2pNetwork:
             timeout=config.request_timeout,
             on_oversized=self._on_fault,
             is_banned=self.is_banned,
+            on_outcome=self._counters.count_request,
         )
         self._gossip: dict[str, tuple[GossipHandler, int]] = {}
         self._nursery: trio.Nursery | None = None
@@ -268,6 +276,10 @@ class Libp2pNetwork:
     def _on_fault(self, peer: PeerId, reason: str) -> None:
         self.penalize(peer, reason, REJECT_PENALTY)
 
+    def stats(self) -> NetStats:
+        """A snapshot of the gossip and request counters since this network started."""
+        return self._counters.snapshot()
+
     # --- gossip ---------------------------------------------------------------------------------
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -322,6 +334,7 @@ class Libp2pNetwork:
             if not isinstance(verdict, Verdict):
                 logger.error("gossip handler for %s returned %r", topic, verdict)
                 verdict = Verdict.IGNORE
+        self._counters.count_gossip(topic, _VERDICT_COUNTERS[verdict])
         if verdict is Verdict.REJECT:
             self.penalize(sender, f"rejected gossip on {topic}", REJECT_PENALTY)
         return verdict is Verdict.ACCEPT
@@ -370,9 +383,15 @@ class Libp2pNetwork:
             raise PeerUnreachable(peer, protocol, "this node is down")
         try:
             with trio.fail_at(deadline):
-                return await self._request(peer, protocol, bytes(data), max_response_bytes)
+                response = await self._request(peer, protocol, bytes(data), max_response_bytes)
         except trio.TooSlowError as err:
+            self._counters.count_request(protocol, "send_timed_out")
             raise RequestTimeout(peer, protocol, f"no response within {timeout:g}s") from err
+        except NetworkError:
+            self._counters.count_request(protocol, "send_failed")
+            raise
+        self._counters.count_request(protocol, "sent")
+        return response
 
     async def _request(self, peer: PeerId, protocol: str, data: bytes, cap: int) -> bytes:
         if peer == self.local_id:

@@ -85,7 +85,8 @@ class RequestServer:
     """Serves every registered protocol; one instance per network.
 
     `on_oversized(peer, reason)` penalises the sender of a request above its protocol's cap;
-    `is_banned(peer)` refuses streams from banned peers outright."""
+    `is_banned(peer)` refuses streams from banned peers outright; `on_outcome(protocol,
+    outcome)` hears how each admitted request ended: "served", "failed" or "timed_out"."""
 
     def __init__(
         self,
@@ -94,12 +95,14 @@ class RequestServer:
         timeout: float,
         on_oversized: Callable[[PeerId, str], None],
         is_banned: Callable[[PeerId], bool],
+        on_outcome: Callable[[str, str], None] = lambda protocol, outcome: None,
     ) -> None:
         self.entries: dict[str, ServerEntry] = {}
         self._slots = trio.Semaphore(max_inbound)
         self._timeout = timeout
         self._on_oversized = on_oversized
         self._is_banned = is_banned
+        self._on_outcome = on_outcome
 
     async def serve(self, stream: INetStream, peer: PeerId) -> None:
         """Answer one request stream (the caller's guard handles what escapes)."""
@@ -111,18 +114,22 @@ class RequestServer:
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
+            self._on_outcome(protocol, "failed")
             await self._refuse(stream, "overloaded")
             return
+        outcome = "failed"
         try:
-            await self._serve_admitted(stream, peer, protocol, entry)
+            outcome = await self._serve_admitted(stream, peer, protocol, entry)
         finally:
             self._slots.release()
+            self._on_outcome(protocol, outcome)
 
     async def _serve_admitted(
         self, stream: INetStream, peer: PeerId, protocol: str, entry: ServerEntry
-    ) -> None:
+    ) -> str:
         """Read, handle, answer: each phase within the server's own `timeout` (the requester's
-        deadline is its own business; a requester that gave up just resets the stream)."""
+        deadline is its own business; a requester that gave up just resets the stream).
+        Returns the outcome: "served", "failed" or "timed_out"."""
         data: bytes | None = None
         with trio.move_on_after(self._timeout):
             try:
@@ -131,29 +138,32 @@ class RequestServer:
                     reason = f"request of {size} bytes exceeds the cap of {entry.max_request_bytes}"
                     self._on_oversized(peer, f"oversized request on {protocol}")
                     await self._refuse(stream, reason)
-                    return
+                    return "failed"
                 data = await read_exactly(stream, size)
             except FrameError as err:
                 logger.debug("request %s from %s broke off: %s", protocol, peer, err)
                 await reset_quietly(stream)
-                return
+                return "failed"
         if data is None:
             logger.info("request %s from %s not received in %.1fs", protocol, peer, self._timeout)
             await reset_quietly(stream)
-            return
+            return "timed_out"
         status, body = STATUS_ERROR, encode_reason("handler timed out")
         with trio.move_on_after(self._timeout) as scope:
             status, body = await self._run_handler(entry.handler, peer, protocol, data)
+        outcome = "served" if status == STATUS_OK else "failed"
         if scope.cancelled_caught:
             logger.warning("request handler for %s overran %.1fs", protocol, self._timeout)
-        with trio.move_on_after(self._timeout) as scope:
+            outcome = "timed_out"
+        with trio.move_on_after(self._timeout):
             try:
                 await write_response(stream, status, body)
                 await stream.close()
-                return
+                return outcome
             except StreamError as err:  # the requester gave up (reset) or went away
                 logger.debug("response %s to %s not delivered: %r", protocol, peer, err)
         await reset_quietly(stream)
+        return "failed" if outcome == "served" else outcome
 
     async def _run_handler(
         self, handler: RequestHandler, peer: PeerId, protocol: str, data: bytes

@@ -35,6 +35,7 @@ from libp2p.utils import encode_varint_prefixed
 
 from chain.errors import BlyanError, ConfigError
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
+from p2p.net_stats import NetStats, RequestStats, TopicStats, compute_short_name
 from p2p.network import (
     MAX_GOSSIP_BYTES,
     MessageTooLarge,
@@ -715,3 +716,60 @@ async def test_figures_dial_gossip_latency_request_round_trip() -> None:
             f"gossip p50 {gossip_p50 * 1e3:.2f} ms, request round trip p50 {trip_p50 * 1e3:.2f} ms"
         )
         assert dial_s < 1.0 and gossip_p50 < 0.1 and trip_p50 < 0.1
+
+
+# --- counters ---------------------------------------------------------------------------------
+
+
+async def test_stats_count_gossip_per_topic_and_verdict() -> None:
+    async with star(2) as (a, b):
+        verdicts = iter([Verdict.ACCEPT, Verdict.IGNORE, Verdict.REJECT])
+        got: list[bytes] = []
+        arrived = trio.Event()
+
+        async def judge(sender: str, data: bytes) -> Verdict:
+            got.append(data)
+            if len(got) == 3:
+                arrived.set()
+            return next(verdicts)
+
+        a.subscribe(TOPIC, judge)
+        Inbox(b)
+        await mesh([a, b])
+        assert a.stats().topics.get("votes", TopicStats()) == TopicStats()
+        for data in (b"one", b"two", b"three"):
+            await b.publish(TOPIC, data)
+        with trio.fail_after(WAIT):
+            await arrived.wait()
+        received, sent = a.stats().topics["votes"], b.stats().topics["votes"]
+        assert (received.accepted, received.ignored, received.rejected) == (1, 1, 1)
+        assert received.messages_in == 3 and received.bytes_in == 11
+        assert sent.messages_out == 3 and sent.bytes_out == 11
+        assert sent.messages_in == 0 and received.messages_out == 0  # a relays to nobody else
+        assert isinstance(a.stats(), NetStats)
+
+
+async def test_stats_count_requests_on_both_sides() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=8)
+
+        async def refuse(requester: str, data: bytes) -> bytes:
+            raise BlyanError("no")
+
+        a.set_request_handler(protocol_name("testnet", "refuse"), refuse, max_request_bytes=8)
+        await b.request(a.local_id, ECHO, b"x", timeout=WAIT)
+        with pytest.raises(RemoteError):
+            await b.request(a.local_id, ECHO, b"x" * 9, timeout=WAIT)
+        with pytest.raises(RemoteError):
+            await b.request(a.local_id, protocol_name("testnet", "refuse"), b"x", timeout=WAIT)
+        served, asked = a.stats().requests, b.stats().requests
+        assert served["echo"] == RequestStats(served=1, failed=1)
+        assert served["refuse"] == RequestStats(failed=1)
+        assert asked["echo"] == RequestStats(sent=1, send_failed=1)
+        assert asked["refuse"] == RequestStats(send_failed=1)
+
+
+def test_short_names_of_topics_and_protocols() -> None:
+    assert compute_short_name(topic_name("devnet", "votes")) == "votes"
+    assert compute_short_name(protocol_name("devnet", "blocks", 2)) == "blocks"
+    assert compute_short_name("/other/thing") == "/other/thing"
