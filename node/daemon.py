@@ -63,10 +63,11 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
             from chain.types import CHAIN_IDS
             from node.metrics import NodeMetrics
 
-            metrics = NodeMetrics(peers=lambda: len(net.peers()))
+            metrics = NodeMetrics(peers=lambda: len(net.peers()), net_stats=getattr(net, "stats", None))
             metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
             engine_config = EngineConfig.from_params(store.pact.params, offload_writes=True)
             engine = Engine(store, key, net, WallClock(), engine_config, observer=metrics, name=config.moniker)
+            metrics.sync_progress = engine.sync_progress
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render)
