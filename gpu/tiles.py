@@ -127,6 +127,17 @@ def compute_tile_proofs_from_hashes(
     return [_tile_proof(levels, t, per_tile) for t in range(-(-len(subtile_hashes) // per_tile))]
 
 
+def compute_tile_proof_from_hashes(
+    subtile_hashes: list[bytes], tile_index: int, tile_size: int, subtile_size: int
+) -> TileProof:
+    """The proof of one tile from the blob's subtile hashes (what a serving node keeps)."""
+    _validate_sizes(tile_size, subtile_size)
+    per_tile = tile_size // subtile_size
+    if not 0 <= tile_index < -(-len(subtile_hashes) // per_tile):
+        raise IndexError(f"tile {tile_index} of a blob of {len(subtile_hashes)} subtiles")
+    return _tile_proof(compute_levels(subtile_hashes, TILE_MERKLE_ARITY), tile_index, per_tile)
+
+
 def compute_tile_proofs(
     data: bytes | memoryview, tile_size: int, subtile_size: int
 ) -> list[TileProof]:
