@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 _PACT_KEY = COL_GENESIS + b"pact"
 _HASH_KEY = COL_GENESIS + b"hash"
+_BASE_KEY = COL_META + b"base"
+"""+ chain id byte -> the height of an installed snapshot (blocks below it are not held)."""
 
 
 @wire
@@ -215,6 +217,42 @@ class ChainStore:
             puts.append((COL_COMMIT + c + height_key(h.height), codec.encode(commit)))
         self.kv.write_batch(puts, deletes, sync=True)
         self._states[h.chain_id] = new_state
+
+    def install_snapshot(self, block: Block, commit: CommitCertificate, state: State) -> None:
+        """Make a verified snapshot the chain's head: `state` after `block`, certified by `commit`.
+
+        The caller has checked the commit and that the state's buckets hash to the header's
+        state root. Blocks below it stay absent (`get_base_height` says from where blocks are
+        held); the old state is replaced, all in one batch."""
+        h = block.header
+        c = bytes([h.chain_id])
+        current = self._states[h.chain_id]
+        if state.chain_id != h.chain_id or state.height != h.height or state.head != block.hash():
+            raise StoreError("snapshot state is not the state after its block")
+        if state.root != h.state_root:
+            raise StoreError("snapshot state root differs from its header")
+        if h.height <= current.height:
+            raise StoreError(f"snapshot at height {h.height} is not above the head {current.height}")
+        block_hash = state.head
+        puts: list[tuple[bytes, bytes]] = [
+            (COL_BLOCK + c + height_key(h.height), codec.encode(block)),
+            (COL_BLOCK_BY_HASH + c + block_hash, height_key(h.height)),
+            (COL_COMMIT + c + height_key(h.height), codec.encode(commit)),
+            (COL_META + c, codec.encode(ChainMeta(h.height, block_hash, h.time_ms, state.root))),
+            (_BASE_KEY + c, height_key(h.height)),
+        ]
+        puts.extend((COL_TX + c + tx.hash(), codec.encode(TxLocation(h.height, i))) for i, tx in enumerate(block.txs))
+        deletes = [COL_STATE + c + key for key, _ in current.items() if state.get(key) is None]
+        puts.extend((COL_STATE + c + key, value) for key, value in state.items())
+        self.kv.write_batch(puts, deletes, sync=True)
+        self._states[h.chain_id] = state
+        logger.info("%s chain: installed snapshot at height %d (%d entries)", CHAIN_NAMES[h.chain_id],
+                    h.height, len(state))
+
+    def get_base_height(self, chain_id: int) -> int:
+        """The lowest height above genesis from which blocks are held (1 unless fast-synced)."""
+        raw = self.kv.get(_BASE_KEY + bytes([chain_id]))
+        return 1 if raw is None else int.from_bytes(raw, "big")
 
     def save_commit(self, chain_id: int, height: int, commit: CommitCertificate) -> None:
         self.kv.put(COL_COMMIT + bytes([chain_id]) + height_key(height), codec.encode(commit))

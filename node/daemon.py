@@ -63,6 +63,8 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
             from chain.types import CHAIN_IDS
             from node.metrics import NodeMetrics
 
+            if config.sync.fast:
+                await _fast_sync(store, net, config.sync)
             metrics = NodeMetrics(peers=lambda: len(net.peers()), net_stats=getattr(net, "stats", None))
             metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
             engine_config = EngineConfig.from_params(store.pact.params, offload_writes=True)
@@ -78,6 +80,23 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
         store.close()
         (data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
         logger.info("node %s stopped; chains closed", data_dir)
+
+
+async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
+    """Before the engine starts: install certified snapshots if a peer is far ahead."""
+    from chain import codec
+    from chain.records import KEY_VALIDATORS
+    from chain.types import CHAIN_REWARD, ValidatorSet
+    from node.engine import load_validator_sets, save_validator_set
+    from node.fastsync import run_fast_sync
+
+    sets = load_validator_sets(store)
+    current = codec.decode(ValidatorSet, store.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+    sets.setdefault(current.hash(), current)
+    known = set(sets)
+    await run_fast_sync(store, net, sets, min_gap=sync.fast_min_gap, peer_wait_s=sync.peer_wait_s)
+    for vs_hash in set(sets) - known:
+        save_validator_set(store, sets[vs_hash])
 
 
 async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text) -> str:  # noqa: ANN001

@@ -32,6 +32,8 @@ from consensus.evidence import EvidencePool
 from consensus.mempool import Mempool, MempoolConfig
 from consensus.messages import InvalidProposal, validate_signed_proposal
 from consensus.tendermint import TendermintConfig
+from node.snapshot_wire import PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH
+from node.snapshots import SnapshotServer
 from node.wire import (
     PROTOCOL_BLOCKS,
     PROTOCOL_HANDSHAKE,
@@ -79,6 +81,8 @@ class EngineConfig:
     """Events waiting for a chain's runner; beyond, gossip is dropped (and re-gossiped later)."""
     max_future_drift_ms: int = 15_000
     """A proposed block whose time is further ahead of our clock is not valid."""
+    snapshot_every: int = 64
+    """Keep the state at every multiple of this height for fast-syncing peers."""
     offload_writes: bool = False
     """Write blocks from a worker thread (the daemon), not on the event loop. Off in
     simulations: a thread's finishing time is not deterministic."""
@@ -118,6 +122,40 @@ class Behaviour:
 
     def names(self) -> list[str]:
         return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
+
+
+def compute_blocks_response(store: ChainStore, req: BlocksRequest):  # noqa: ANN201 - BlocksResponse
+    """Consecutive stored blocks from `req.start` (about 4 MiB at most) and the last one's commit."""
+    from node.wire import MAX_BLOCKS_PER_RESPONSE, BlocksResponse
+
+    if req.chain_id not in CHAIN_IDS:
+        return BlocksResponse((), None)
+    top = store.height(req.chain_id)
+    blocks = []
+    size = 0
+    for h in range(max(req.start, 1), min(req.start + min(req.count, MAX_BLOCKS_PER_RESPONSE), top + 1)):
+        block = store.get_block(req.chain_id, h)
+        if block is None:
+            break
+        size += len(codec.encode(block))
+        if blocks and size > 4 * 1024 * 1024:
+            break
+        blocks.append(block)
+    last_commit = store.get_commit(req.chain_id, blocks[-1].header.height) if blocks else None
+    return BlocksResponse(tuple(blocks), last_commit)
+
+
+def load_validator_sets(store: ChainStore) -> dict[bytes, ValidatorSet]:
+    """Every validator set this node has known (by hash), from disk."""
+    sets = {}
+    for _, raw in store.kv.iterate(_VSET_PREFIX):
+        vs = decode(ValidatorSet, raw)
+        sets[vs.hash()] = vs
+    return sets
+
+
+def save_validator_set(store: ChainStore, vs: ValidatorSet) -> None:
+    store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -180,6 +218,7 @@ class Engine:
         self.pending_earnings: dict[tuple[int, bytes], Earning] = {}
         self.sync_targets: dict[int, int] = {}
         self.write_limiter = trio.CapacityLimiter(1)
+        self.snapshots = SnapshotServer(store, self.known_sets.get, every=self.config.snapshot_every)
         self._nursery: trio.Nursery | None = None
         from node.runner import ChainRunner  # the per-chain half of the engine
 
@@ -202,13 +241,11 @@ class Engine:
         """Keep every validator set ever in force, on disk too: a restarted node must still
         check commits made by the set before an epoch change."""
         if not self.known_sets:
-            for _, raw in self.store.kv.iterate(_VSET_PREFIX):
-                vs = decode(ValidatorSet, raw)
-                self.known_sets[vs.hash()] = vs
+            self.known_sets.update(load_validator_sets(self.store))
         vs = self.validators()
         if vs.hash() not in self.known_sets:
             self.known_sets[vs.hash()] = vs
-            self.store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
+            save_validator_set(self.store, vs)
 
     @property
     def syncing(self) -> bool:
@@ -313,6 +350,11 @@ class Engine:
         n.set_request_handler(protocol_name(self.network_id, PROTOCOL_PROPOSAL), self._serve_proposal, MAX_REQUEST_BYTES)
         n.set_request_handler(protocol_name(self.network_id, PROTOCOL_HANDSHAKE), self._serve_handshake,
                               MAX_REQUEST_BYTES)
+        for name, handler in ((PROTOCOL_SNAPSHOTS, self.snapshots.serve_snapshots),
+                              (PROTOCOL_TRUST_PATH, self.snapshots.serve_trust_path),
+                              (PROTOCOL_BUCKET_HASHES, self.snapshots.serve_bucket_hashes),
+                              (PROTOCOL_BUCKETS, self.snapshots.serve_buckets)):
+            n.set_request_handler(protocol_name(self.network_id, name), handler, MAX_REQUEST_BYTES)
         n.on_peer_event(self._on_peer_event)
 
     # --- handshake --------------------------------------------------------------------------
@@ -472,25 +514,8 @@ class Engine:
         return Verdict.ACCEPT
 
     async def _serve_blocks(self, peer: PeerId, data: bytes) -> bytes:
-        from node.wire import MAX_BLOCKS_PER_RESPONSE, BlocksResponse
-
         req = decode(BlocksRequest, data, max_size=MAX_REQUEST_BYTES)
-        if req.chain_id not in self.runners:
-            return codec.encode(BlocksResponse((), None))
-        top = self.store.height(req.chain_id)
-        count = min(req.count, MAX_BLOCKS_PER_RESPONSE)
-        blocks = []
-        size = 0
-        for h in range(max(req.start, 1), min(req.start + count, top + 1)):
-            block = self.store.get_block(req.chain_id, h)
-            if block is None:
-                break
-            size += len(codec.encode(block))
-            if blocks and size > 4 * 1024 * 1024:
-                break
-            blocks.append(block)
-        last_commit = self.store.get_commit(req.chain_id, blocks[-1].header.height) if blocks else None
-        return codec.encode(BlocksResponse(tuple(blocks), last_commit))
+        return codec.encode(compute_blocks_response(self.store, req))
 
     async def _serve_proposal(self, peer: PeerId, data: bytes) -> bytes:
         from node.wire import ProposalResponse

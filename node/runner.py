@@ -421,6 +421,7 @@ class ChainRunner:
             e.evidence.mark_included([tx.body.payload.evidence for tx in block.txs if isinstance(tx.body.payload, Slash)])
             e.evidence.prune(e.network_id, e.validators(), new_state)
         e.observer.on_commit(e.name, self.chain_id, block, new_state)
+        e.snapshots.on_commit(self.chain_id, new_state)
         self._new_height()
         self._prune_mempool(new_state)
         e.on_committed(self.chain_id, changes)
