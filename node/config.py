@@ -45,6 +45,23 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpertsConfig:
+    serve: tuple[str, ...] = ("auto",)
+    """Experts this node serves: "auto" (every expert whose weights are in the blob store),
+    "none", or block names such as "layer0.expert1"."""
+    announce_interval_s: float = 10.0
+    """How often the node gossips what it serves (announcements live three times as long)."""
+    request_timeout_s: float = 5.0
+    """Deadline of one expert-forward request to a peer."""
+    spot_check: float = 0.05
+    """Probability of recomputing a peer's expert output here to check it."""
+    local_fallback: bool = True
+    """Compute an expert here from the blob store when no serving peer answers."""
+    max_concurrent: int = 1
+    """Torch jobs (serving and inference) running at once in worker threads."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     network: str
     """Network id; must match the genesis pact."""
@@ -67,6 +84,7 @@ class NodeConfig:
 def save_config(config: NodeConfig, path: Path) -> None:
     data = asdict(config)
     data["p2p"]["bootstrap"] = list(config.p2p.bootstrap)
+    data["experts"]["serve"] = list(config.experts.serve)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(tomli_w.dumps(data).encode())
     tmp.replace(path)
@@ -88,6 +106,8 @@ def _section(cls: type, raw: object, where: str) -> object:
             value = tuple(value)
         elif isinstance(default, float) and type(value) is int:
             value = float(value)
+        elif type(default) is float and type(value) is int:
+            value = float(value)
         elif type(default) is not type(value):
             raise ConfigError(f"{where}.{name} must be a {type(default).__name__}")
         values[name] = value
@@ -103,6 +123,10 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"cannot read {path}: {err}") from err
     p2p = P2PConfig(**_section(P2PConfig, raw.pop("p2p", {}), "p2p"))
     rpc = RPCConfig(**_section(RPCConfig, raw.pop("rpc", {}), "rpc"))
+    raw_experts = raw.pop("experts", {})
+    if isinstance(raw_experts, dict) and isinstance(raw_experts.get("serve"), str):
+        raw_experts = {**raw_experts, "serve": [raw_experts["serve"]]}
+    experts = ExpertsConfig(**_section(ExpertsConfig, raw_experts, "experts"))
     sync = SyncConfig(**_section(SyncConfig, raw.pop("sync", {}), "sync"))
     for required in ("network", "genesis_hash"):
         if not isinstance(raw.get(required), str):
