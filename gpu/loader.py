@@ -260,7 +260,7 @@ class BlobLoader:
         self._verified: dict[str, tuple[FileStamp, bytes]] = {}  # path -> (stamp, merkle root)
         self._hashes: dict[bytes, list[bytes]] = {}  # merkle root -> good subtile hashes
         self.verifications = 0
-        """How many times a file was hashed (for tests and metrics)."""
+        """How many times a file was hashed whole (for tests and metrics)."""
 
     # --- public API ---
 
@@ -329,6 +329,8 @@ class BlobLoader:
         except FileNotFoundError:
             return list(range(compute_tile_count(record.size, record.tile_size)))
         view = memoryview(buffer) if buffer is not None else memoryview(b"")
+        with self._lock:
+            self.verifications += 1
         try:
             trusted = self._get_trusted(record)
             if trusted is None:
@@ -355,6 +357,7 @@ class BlobLoader:
             if not force and self._verified.get(key) == (stamp, record.merkle_root):
                 return
             self._verified.pop(key, None)
+            self.verifications += 1
         view = memoryview(buffer) if buffer is not None else memoryview(b"")
         try:
             trusted = self._get_trusted(record)
@@ -374,7 +377,6 @@ class BlobLoader:
 
     def _hash_all(self, view: memoryview, record: TensorRecord) -> list[bytes] | None:
         """The subtile hashes if they match the root (and remember them), else None."""
-        self.verifications += 1
         hashes = compute_subtile_hashes(view, record.subtile_size)
         if compute_root(hashes, TILE_MERKLE_ARITY) != record.merkle_root:
             return None
