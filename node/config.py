@@ -74,6 +74,7 @@ class NodeConfig:
     p2p: P2PConfig = field(default_factory=P2PConfig)
     rpc: RPCConfig = field(default_factory=RPCConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     @classmethod
     def for_tests(cls, network: str = "testnet-unit") -> NodeConfig:
@@ -133,7 +134,7 @@ def load_config(path: Path) -> NodeConfig:
             raise ConfigError(f"{path}: missing or malformed {required!r}")
     top = {k: raw.pop(k) for k in ("network", "genesis_hash")}
     rest = _section(_TopDefaults, raw, "config")
-    config = NodeConfig(**top, p2p=p2p, rpc=rpc, sync=sync)
+    config = NodeConfig(**top, p2p=p2p, rpc=rpc, sync=sync, experts=experts)
     return replace(config, **rest)
 
 
