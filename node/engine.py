@@ -33,7 +33,7 @@ from consensus.mempool import Mempool, MempoolConfig
 from consensus.messages import InvalidProposal, validate_signed_proposal
 from consensus.tendermint import TendermintConfig
 from node.snapshot_wire import PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH
-from node.snapshots import SnapshotServer
+from node.snapshots import SnapshotServer, compute_blocks_response
 from node.wire import (
     PROTOCOL_BLOCKS,
     PROTOCOL_HANDSHAKE,
@@ -122,27 +122,6 @@ class Behaviour:
 
     def names(self) -> list[str]:
         return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
-
-
-def compute_blocks_response(store: ChainStore, req: BlocksRequest):  # noqa: ANN201 - BlocksResponse
-    """Consecutive stored blocks from `req.start` (about 4 MiB at most) and the last one's commit."""
-    from node.wire import MAX_BLOCKS_PER_RESPONSE, BlocksResponse
-
-    if req.chain_id not in CHAIN_IDS:
-        return BlocksResponse((), None)
-    top = store.height(req.chain_id)
-    blocks = []
-    size = 0
-    for h in range(max(req.start, 1), min(req.start + min(req.count, MAX_BLOCKS_PER_RESPONSE), top + 1)):
-        block = store.get_block(req.chain_id, h)
-        if block is None:
-            break
-        size += len(codec.encode(block))
-        if blocks and size > 4 * 1024 * 1024:
-            break
-        blocks.append(block)
-    last_commit = store.get_commit(req.chain_id, blocks[-1].header.height) if blocks else None
-    return BlocksResponse(tuple(blocks), last_commit)
 
 
 def load_validator_sets(store: ChainStore) -> dict[bytes, ValidatorSet]:

@@ -17,6 +17,10 @@ from chain.state import N_BUCKETS, State
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD, ValidatorSet
 from node.snapshot_wire import (
+    PROTOCOL_BUCKET_HASHES,
+    PROTOCOL_BUCKETS,
+    PROTOCOL_SNAPSHOTS,
+    PROTOCOL_TRUST_PATH,
     MAX_BUCKET_RESPONSE_BYTES,
     MAX_BUCKETS_PER_RESPONSE,
     MAX_TRUST_STEPS,
@@ -33,6 +37,7 @@ from node.snapshot_wire import (
     TrustPathResponse,
     TrustStep,
 )
+from node.wire import MAX_BLOCKS_PER_RESPONSE, PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
 from p2p.network import PeerId
 
 logger = logging.getLogger(__name__)
@@ -99,6 +104,16 @@ class SnapshotServer:
 
     # --- serving ----------------------------------------------------------------------------
 
+    async def handle(self, protocol: str, data: bytes) -> bytes:
+        """Answer one request by its protocol's short name, in process (tests, benchmarks)."""
+        if protocol == PROTOCOL_BLOCKS:
+            req = codec.decode(BlocksRequest, data, max_size=MAX_SNAPSHOT_REQUEST_BYTES)
+            return codec.encode(compute_blocks_response(self.store, req))
+        handlers = {PROTOCOL_SNAPSHOTS: self.serve_snapshots, PROTOCOL_TRUST_PATH: self.serve_trust_path,
+                    PROTOCOL_BUCKET_HASHES: self.serve_bucket_hashes, PROTOCOL_BUCKETS: self.serve_buckets}
+        return await handlers[protocol]("in-process", data)
+
+
     async def serve_snapshots(self, peer: PeerId, data: bytes) -> bytes:
         codec.decode(SnapshotsRequest, data, max_size=MAX_SNAPSHOT_REQUEST_BYTES)
         return codec.encode(self.make_offers())
@@ -135,6 +150,25 @@ class SnapshotServer:
         if state is None:
             return codec.encode(BucketsResponse(()))
         return codec.encode(compute_buckets_response(state, req.first, req.count))
+
+
+def compute_blocks_response(store: ChainStore, req: BlocksRequest):  # noqa: ANN201 - BlocksResponse
+    """Consecutive stored blocks from `req.start` (about 4 MiB at most) and the last one's commit."""
+    if req.chain_id not in CHAIN_IDS:
+        return BlocksResponse((), None)
+    top = store.height(req.chain_id)
+    blocks = []
+    size = 0
+    for h in range(max(req.start, 1), min(req.start + min(req.count, MAX_BLOCKS_PER_RESPONSE), top + 1)):
+        block = store.get_block(req.chain_id, h)
+        if block is None:
+            break
+        size += len(codec.encode(block))
+        if blocks and size > 4 * 1024 * 1024:
+            break
+        blocks.append(block)
+    last_commit = store.get_commit(req.chain_id, blocks[-1].header.height) if blocks else None
+    return BlocksResponse(tuple(blocks), last_commit)
 
 
 def compute_buckets_response(state: State, first: int, count: int) -> BucketsResponse:

@@ -47,6 +47,7 @@ from benchlib import (  # noqa: E402 - the path above comes first
 )
 import bench_core  # noqa: E402,F401 - registers its sections
 import bench_net  # noqa: E402,F401 - registers its sections
+import bench_fastsync  # noqa: E402,F401 - registers its sections
 
 __all__ = ["SECTIONS", "Row", "Section", "SectionRun", "Stat", "fmt_rate", "fmt_time", "main", "section"]
 

@@ -16,12 +16,10 @@ from chain.store import ChainStore
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD
 from genesis.history import ChainHistory
 from genesis.testkit import account_keys, make_pact, validator_keys
-from node.engine import compute_blocks_response
 from node.fastsync import FastSyncError, SnapshotClient
 from node.snapshot_wire import (
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
-    PROTOCOL_SNAPSHOTS,
     PROTOCOL_TRUST_PATH,
     BucketHashesResponse,
     BucketsResponse,
@@ -29,7 +27,7 @@ from node.snapshot_wire import (
     TrustPathResponse,
 )
 from node.snapshots import SnapshotServer
-from node.wire import PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
+from node.wire import PROTOCOL_BLOCKS, BlocksResponse
 
 KEYS = validator_keys(4)
 PAYER = account_keys(1, prefix="fastsync-payer")[0]
@@ -61,20 +59,11 @@ def served(reward_blocks: int = 35) -> ChainHistory:
 def direct_request(server: SnapshotServer, tamper=None):  # noqa: ANN001, ANN201
     """A `Request` that calls the server's handlers in process; `tamper(protocol, response)`
     may replace a decoded response before it is encoded back."""
-    handlers = {
-        PROTOCOL_SNAPSHOTS: server.serve_snapshots,
-        PROTOCOL_TRUST_PATH: server.serve_trust_path,
-        PROTOCOL_BUCKET_HASHES: server.serve_bucket_hashes,
-        PROTOCOL_BUCKETS: server.serve_buckets,
-    }
     types = {PROTOCOL_TRUST_PATH: TrustPathResponse, PROTOCOL_BUCKET_HASHES: BucketHashesResponse,
              PROTOCOL_BUCKETS: BucketsResponse, PROTOCOL_BLOCKS: BlocksResponse}
 
     async def request(protocol: str, data: bytes, max_size: int) -> bytes:
-        if protocol == PROTOCOL_BLOCKS:
-            out = codec.encode(compute_blocks_response(server.store, codec.decode(BlocksRequest, data)))
-        else:
-            out = await handlers[protocol]("peer", data)
+        out = await server.handle(protocol, data)
         if tamper is not None and protocol in types:
             changed = tamper(protocol, codec.decode(types[protocol], out, max_size=1 << 30))
             if changed is not None:
