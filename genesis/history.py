@@ -16,7 +16,7 @@ from chain.state import State
 from chain.store import ChainStore
 from chain.transition import Context, apply_block, build_block
 from chain.types import CHAIN_IDS, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
-from genesis.testkit import certify, sign_tx
+from genesis.testkit import account_keys, certify, sign_tx, validator_keys
 
 
 @dataclass
@@ -85,3 +85,28 @@ class ChainHistory:
         from chain.transition import get_nonce
 
         return get_nonce(self.store.state(CHAIN_REWARD), key.address)
+
+
+def make_test_history(reward_blocks: int, other_blocks: int = 3, txs_per_block: int = 2,
+                      params=None) -> ChainHistory:  # noqa: ANN001
+    """A store of the test pact (4 validators, one funded payer) with `other_blocks` empty blocks
+    on the parameter and dataset chains and `reward_blocks` reward blocks of transfers."""
+    from chain.kv import MemoryKV
+    from chain.types import CHAIN_DATASET, CHAIN_PARAMETER
+
+    history = ChainHistory(ChainStore.open(MemoryKV(), make_test_pact(params)), TEST_KEYS)
+    for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET):
+        for _ in range(other_blocks):
+            history.advance(chain_id, [])
+    history.grow_reward(reward_blocks, TEST_PAYER, txs_per_block=txs_per_block)
+    return history
+
+
+def make_test_pact(params=None):  # noqa: ANN001, ANN201
+    from genesis.testkit import make_pact
+
+    return make_pact(TEST_KEYS, [(TEST_PAYER.address, 10**12)], params=params)
+
+
+TEST_KEYS = validator_keys(4)
+TEST_PAYER = account_keys(1, prefix="history-payer")[0]

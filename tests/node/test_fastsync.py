@@ -13,9 +13,8 @@ from chain import codec
 from chain.kv import MemoryKV
 from chain.state import N_BUCKETS
 from chain.store import ChainStore
-from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD
-from genesis.history import ChainHistory
-from genesis.testkit import account_keys, make_pact, validator_keys
+from chain.types import CHAIN_IDS, CHAIN_REWARD
+from genesis.history import TEST_KEYS, TEST_PAYER, ChainHistory, make_test_history, make_test_pact
 from node.fastsync import FastSyncError, SnapshotClient
 from node.snapshot_wire import (
     PROTOCOL_BUCKET_HASHES,
@@ -29,22 +28,11 @@ from node.snapshot_wire import (
 from node.snapshots import SnapshotServer
 from node.wire import PROTOCOL_BLOCKS, BlocksResponse
 
-KEYS = validator_keys(4)
-PAYER = account_keys(1, prefix="fastsync-payer")[0]
+KEYS = TEST_KEYS
+PAYER = TEST_PAYER
 EPOCH = 10  # test_params
-
-
-def _pact():
-    return make_pact(KEYS, [(PAYER.address, 10**12)])
-
-
-def _history(reward_blocks: int, other_blocks: int = 3) -> ChainHistory:
-    history = ChainHistory(ChainStore.open(MemoryKV(), _pact()), KEYS)
-    for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET):
-        for _ in range(other_blocks):
-            history.advance(chain_id, [])
-    history.grow_reward(reward_blocks, PAYER, txs_per_block=2)
-    return history
+_pact = make_test_pact
+_history = make_test_history
 
 
 _SERVED: dict[int, ChainHistory] = {}
