@@ -22,6 +22,7 @@ from gpu.tiles import (
     compute_tensor_root,
     compute_tile_count,
     compute_tile_proof,
+    compute_tile_proof_from_hashes,
     compute_tile_proofs,
     get_tile,
     verify_record_tile,
@@ -284,3 +285,84 @@ def test_invalid_subtile_proof_count() -> None:
         forged = dataclasses.replace(proof, subtiles=wrong)
         with pytest.raises(CorruptTile):
             verify_tile(get_tile(data, 1, 32), 1, forged, **fields)
+
+
+# --- proofs from kept hashes, tampered proofs, reordered subtiles ---------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometry, st.data())
+def test_proof_from_hashes_equals_proof_from_bytes(
+    geo: tuple[int, int, int, int], draw: st.DataObject
+) -> None:
+    size, subtile_size, per_tile, seed = geo
+    tile_size = subtile_size * per_tile
+    data = _blob(size, seed)
+    index = draw.draw(st.integers(0, compute_tile_count(size, tile_size) - 1))
+    hashes = compute_subtile_hashes(data, subtile_size)
+    proof = compute_tile_proof_from_hashes(hashes, index, tile_size, subtile_size)
+    assert proof == compute_tile_proof(data, index, tile_size, subtile_size)
+    with pytest.raises(IndexError):
+        compute_tile_proof_from_hashes(hashes, compute_tile_count(size, tile_size), tile_size,
+                                       subtile_size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(geometry, st.data())
+def test_tampered_proof_rejected(geo: tuple[int, int, int, int], draw: st.DataObject) -> None:
+    """Any change to a subtile proof (a sibling hash, its position, the leaf count, the arity)
+    makes the honest tile fail."""
+    size, subtile_size, per_tile, seed = geo
+    tile_size = subtile_size * per_tile
+    data = _blob(size, seed)
+    fields = _fields(data, tile_size, subtile_size)
+    index = draw.draw(st.integers(0, compute_tile_count(size, tile_size) - 1))
+    tile = get_tile(data, index, tile_size)
+    proof = compute_tile_proof(data, index, tile_size, subtile_size)
+    which = draw.draw(st.integers(0, len(proof.subtiles) - 1))
+    sub = proof.subtiles[which]
+    siblings = [(lvl, pos) for lvl, group in enumerate(sub.path) for pos in range(len(group))]
+    kinds = ["index", "count", "arity"] + (["sibling"] if siblings else [])
+    kind = draw.draw(st.sampled_from(kinds))
+    if kind == "sibling":
+        lvl, pos = draw.draw(st.sampled_from(siblings))
+        bit = draw.draw(st.integers(0, 255))
+        group = list(sub.path[lvl])
+        flipped = bytearray(group[pos])
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        group[pos] = bytes(flipped)
+        path = sub.path[:lvl] + (tuple(group),) + sub.path[lvl + 1 :]
+        forged = dataclasses.replace(sub, path=path)
+    elif kind == "index":
+        forged = dataclasses.replace(sub, index=sub.index + draw.draw(st.integers(1, 5)))
+    elif kind == "count":
+        forged = dataclasses.replace(sub, count=sub.count + draw.draw(st.integers(1, 5)))
+    else:
+        forged = dataclasses.replace(sub, arity=draw.draw(st.sampled_from([2, 4, 16])))
+    subtiles = proof.subtiles[:which] + (forged,) + proof.subtiles[which + 1 :]
+    with pytest.raises(CorruptTile) as info:
+        verify_tile(tile, index, dataclasses.replace(proof, subtiles=subtiles), **fields)
+    assert info.value.tile_index == index
+
+
+@settings(max_examples=100, deadline=None)
+@given(geometry, st.data())
+def test_reordered_subtiles_rejected(geo: tuple[int, int, int, int], draw: st.DataObject) -> None:
+    """Two different full subtiles of a tile swapped: every byte is genuine, the order is not."""
+    size, subtile_size, per_tile, seed = geo
+    tile_size = subtile_size * per_tile
+    data = _blob(size, seed)
+    fields = _fields(data, tile_size, subtile_size)
+    index = draw.draw(st.integers(0, compute_tile_count(size, tile_size) - 1))
+    tile = bytes(get_tile(data, index, tile_size))
+    full = len(tile) // subtile_size
+    if full < 2:
+        return
+    i, j = sorted(draw.draw(st.lists(st.integers(0, full - 1), min_size=2, max_size=2, unique=True)))
+    a, b = tile[i * subtile_size : (i + 1) * subtile_size], tile[j * subtile_size : (j + 1) * subtile_size]
+    if a == b:
+        return
+    swapped = (tile[: i * subtile_size] + b + tile[(i + 1) * subtile_size : j * subtile_size] + a
+               + tile[(j + 1) * subtile_size :])
+    with pytest.raises(CorruptTile):
+        verify_tile(swapped, index, compute_tile_proof(data, index, tile_size, subtile_size), **fields)
