@@ -1,4 +1,4 @@
-"""CLI verbs that talk to a running node over JSON-RPC: status, account, tx, stake, block.
+"""CLI verbs that talk to a running node over JSON-RPC: status, account, tx, stake, block, chat.
 
 `register(main)` adds them to the `blyan` group. Every verb finds its node with `--data-dir DIR`
 (the URL from the running daemon's node.json or config.toml, the cookie from DIR/.cookie) or
@@ -170,6 +170,28 @@ def register(main: click.Group) -> None:
     def unstake(client: RPCClient, data_dir: Path | None, amount: int, key_file: Path | None, as_json: bool) -> None:
         """Start unbonding AMOUNT of the stake."""
         _print_sent(send_signed(client, _signing_key(data_dir, key_file), Unstake(amount)), as_json)
+
+    @main.command("chat")
+    @click.argument("prompt")
+    @click.option("--max-tokens", default=32, show_default=True, type=click.IntRange(1, 256), help="New tokens.")
+    @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 10),
+                  help="0 is greedy.")
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
+    @rpc_options
+    @click.option("--json", "as_json", is_flag=True, help="Print the node's answer (with its trace) as JSON.")
+    def chat(client: RPCClient, data_dir: Path | None, prompt: str, max_tokens: int, temperature: float,
+             seed: int, as_json: bool) -> None:
+        """Complete PROMPT with the network's model (experts run on the nodes that serve them)."""
+        r = client.call("blyan_generate", {"prompt": prompt, "max_tokens": max_tokens,
+                                           "temperature": temperature, "seed": seed})
+        if as_json:
+            _echo_json(r)
+            return
+        click.echo(prompt + r["text"])
+        nodes = sorted({n for step in r["layers"] for layer in step for n in layer["experts"].values()})
+        mean = sum(r["latency_ms"]) / max(1, len(r["latency_ms"]))
+        click.echo(f"-- {len(r['tokens'])} tokens, {mean:.1f} ms/token, {r['round_trips']} round trips, "
+                   f"experts on {len(nodes)} node(s)", err=True)
 
     @main.group("block")
     def block() -> None:

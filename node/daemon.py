@@ -72,7 +72,10 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
             metrics.sync_progress = engine.sync_progress
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
-                rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render)
+                from node.expert_service import run_expert_service
+
+                experts = await nursery.start(run_expert_service, net, key, store, data_dir, config)
+                rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render, experts)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
                 task_status.started(engine)
@@ -99,10 +102,11 @@ async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
         save_validator_set(store, sets[vs_hash])
 
 
-async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text) -> str:  # noqa: ANN001
+async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text,  # noqa: ANN001
+                     experts=None) -> str:  # noqa: ANN001
     from node.rpc import RPCServer
 
-    server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics_text)
+    server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics_text, experts=experts)
     return await nursery.start(server.serve)
 
 

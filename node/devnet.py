@@ -16,13 +16,36 @@ from pathlib import Path
 
 from chain import codec
 from chain.blobs import BlobStore
-from node.config import BLOBS_DIR, CONFIG_FILE, COOKIE_FILE, P2PConfig, RPCConfig, load_config, save_config
+from chain.tensors import ModelSpec
+from node.config import (
+    BLOBS_DIR,
+    CONFIG_FILE,
+    COOKIE_FILE,
+    ExpertsConfig,
+    P2PConfig,
+    RPCConfig,
+    load_config,
+    save_config,
+)
 from node.daemon import compute_peer_id
 from node.datadir import init_data_dir
 
 logger = logging.getLogger(__name__)
 
 DEVNET_PACT_FILE = "devnet.pact"
+
+
+def assign_experts(spec: ModelSpec, nodes: int, replicas: int = 2) -> list[tuple[str, ...]]:
+    """Which experts each devnet node serves: expert j of every layer on nodes j, j-1, ... (mod
+    nodes), `replicas` of them; node i serves experts {i, i+1} when nodes == n_experts. With three
+    nodes or more (and two replicas) no node holds every expert."""
+    replicas = max(1, min(replicas, nodes))
+    served: list[list[str]] = [[] for _ in range(nodes)]
+    for layer in range(spec.n_layers):
+        for expert in range(spec.n_experts):
+            for r in range(replicas):
+                served[(expert - r) % nodes].append(f"layer{layer}.expert{expert}")
+    return [tuple(dict.fromkeys(names)) for names in served]
 
 
 def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600) -> list[Path]:
@@ -58,6 +81,7 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
             moniker=f"devnet-{i}",
             p2p=P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{base_port + i}", bootstrap=() if i == 0 else (bootstrap,)),
             rpc=RPCConfig(host="127.0.0.1", port=rpc_base_port + i),
+            experts=ExpertsConfig(serve=assign_experts(pact.model, nodes)[i] or ("none",), announce_interval_s=2.0),
         )
         save_config(config, data_dir / CONFIG_FILE)
         dirs.append(data_dir)

@@ -25,12 +25,14 @@ import trio
 from chain import codec
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
-from chain.errors import ConfigError
+from chain.errors import ConfigError, StoreError
+from chain.tensors import TOKENIZER_BLOCK
 from node.config import ExpertsConfig
 from node.expert_weights import (
     ExpertKey,
     LocalExperts,
     ModelView,
+    WeightsUnavailable,
     build_shared_model,
     expert_name,
     get_expert_heads,
@@ -91,6 +93,34 @@ class ByteTokenizer:
         return bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")
 
 
+class BlockTokenizer:
+    """The tokenizer a parameter-chain tokenizer block carries (`gpu.tokenizer`)."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+
+    @classmethod
+    def load(cls, blobs: BlobStore | None, state: Any) -> BlockTokenizer:
+        from gpu.tokenizer import InvalidTokenizer, load_tokenizer_block
+
+        if blobs is None:
+            raise WeightsUnavailable(TOKENIZER_BLOCK, "no blob store")
+        try:
+            return cls(load_tokenizer_block(blobs.get(state.record.blob_id, verify=True)))
+        except (StoreError, InvalidTokenizer) as err:
+            raise WeightsUnavailable(TOKENIZER_BLOCK, str(err)) from err
+
+    def encode(self, text: str) -> list[int]:
+        from gpu.tokenizer import encode_text
+
+        return encode_text(self.tok, text)
+
+    def decode(self, tokens: list[int]) -> str:
+        from gpu.tokenizer import decode_ids
+
+        return decode_ids(self.tok, tokens)
+
+
 def choose_served(serve: tuple[str, ...], view: ModelView, blobs: BlobStore | None) -> list[ExpertKey]:
     """The experts a node serves, from its config: "auto", "none" or block names."""
     spec = view.spec
@@ -147,6 +177,7 @@ class ExpertService:
         self.served_requests = 0
         self._shared: _SharedModel | None = None
         self._announce_now = trio.Event()
+        self._tokenizer: ByteTokenizer | BlockTokenizer | None = None
 
     # --- running ------------------------------------------------------------------------
 
@@ -244,9 +275,15 @@ class ExpertService:
 
     # --- inference ----------------------------------------------------------------------
 
-    def tokenizer(self) -> ByteTokenizer:
-        """The model's tokenizer (bytes until the genesis carries a tokenizer block)."""
-        return ByteTokenizer(self.view.spec.vocab_size)
+    async def tokenizer(self) -> ByteTokenizer | BlockTokenizer:
+        """The model's tokenizer: the chain's tokenizer block, or bytes when the genesis has none."""
+        if self._tokenizer is None:
+            state = self.view.get_state(TOKENIZER_BLOCK)
+            if state is None:
+                self._tokenizer = ByteTokenizer(self.view.spec.vocab_size)
+            else:
+                self._tokenizer = await self.compute.run(BlockTokenizer.load, self.blobs, state)
+        return self._tokenizer
 
     async def shared_model(self) -> Any:
         """The shared modules at the chain's current heads, loaded once per version."""
@@ -267,11 +304,12 @@ class ExpertService:
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
         """Text in, text out, with the trace `blyan_generate` returns."""
-        tokenizer = self.tokenizer()
+        tokenizer = await self.tokenizer()
         gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed)
         me = self.net.local_id
         return {
-            "tokens": gen.tokens,
+            "prompt_tokens": gen.prompt,
+        "tokens": gen.tokens,
             "text": tokenizer.decode(gen.tokens),
             "latency_ms": [round(s * 1000, 3) for s in gen.latency_s],
             "layers": [[{"layer": layer, "experts": {str(e): (n or me) for e, n in sorted(used.items())}}
@@ -289,3 +327,18 @@ class ExpertService:
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),
         }
+
+
+async def run_expert_service(net: Network, key: PrivateKey, store, data_dir, config,  # noqa: ANN001
+                             *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    """The daemon's expert service: the chain's model, the data dir's blobs, libp2p identities."""
+    from pathlib import Path
+
+    from node.config import BLOBS_DIR
+    from node.daemon import WallClock
+    from node.expert_weights import StoreModelView
+
+    service = ExpertService(net, key, StoreModelView(store), BlobStore(Path(data_dir) / BLOBS_DIR),
+                            config.experts, network_id=store.pact.network_id, clock=WallClock(),
+                            peer_binding=is_libp2p_identity)
+    await service.run(task_status=task_status)

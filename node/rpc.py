@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ from node.rpc_client import (
     RATE_LIMITED,
     RPCError,
 )
-from node.rpc_methods import METHODS, bind_params
+from node.rpc_methods import METHODS, SERVICE_UNAVAILABLE, bind_params
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,11 @@ class RPCServer:
         config: RPCConfig,
         metrics_text: Callable[[], bytes] | None = None,
         limits: RPCLimits | None = None,
+        experts: Any = None,
     ) -> None:
         self.engine = engine
+        self.services = {"engine": engine, "experts": experts}
+        """What each method's handler is given, by `Method.target`."""
         self.cookie_path = Path(data_dir) / COOKIE_FILE
         self.config = config
         self.metrics_text = metrics_text
@@ -227,16 +231,16 @@ class RPCServer:
         except (ValueError, RecursionError):
             return self._json(error_response(PARSE_ERROR, "parse error: malformed JSON"))
         if not isinstance(payload, list):
-            reply = self._call(payload)
+            reply = await self._call(payload)
             return Response(status_code=204) if reply is None else self._json(reply)
         if not payload or len(payload) > self.limits.max_batch:
             return self._json(error_response(INVALID_REQUEST, f"a batch holds 1 to {self.limits.max_batch} calls"))
         if len(payload) > 1 and not self._rate.take(client, len(payload) - 1, trio.current_time()):
             return self._json(error_response(RATE_LIMITED, "rate limit exceeded"), 429)
-        replies = [r for r in (self._call(item) for item in payload) if r is not None]
+        replies = [r for r in [await self._call(item) for item in payload] if r is not None]
         return self._json(replies) if replies else Response(status_code=204)
 
-    def _call(self, req: Any) -> dict[str, Any] | None:
+    async def _call(self, req: Any) -> dict[str, Any] | None:
         """One call's response; None for a valid notification (no id)."""
         if not isinstance(req, dict):
             return error_response(INVALID_REQUEST, "invalid request: not an object")
@@ -249,7 +253,7 @@ class RPCServer:
         if params is not None and not isinstance(params, (list, dict)):
             return error_response(INVALID_REQUEST, "invalid request: params must be an array or an object", request_id)
         try:
-            result = self._dispatch(req["method"], params)
+            result = await self._dispatch(req["method"], params)
         except RPCError as err:
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "error": err.to_json()}
         except Exception:  # top of a request: log it, answer -32603, keep serving
@@ -259,11 +263,19 @@ class RPCServer:
             reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
         return None if "id" not in req else reply
 
-    def _dispatch(self, name: str, params: Any) -> Any:
+    async def _dispatch(self, name: str, params: Any) -> Any:
+        """Run a method's handler; an async handler (one that waits on the network) is awaited."""
         method = METHODS.get(name)
         if method is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {name}")
-        return method.handler(self.engine, bind_params(method, params))
+        args = bind_params(method, params)
+        target = self.services.get(method.target)
+        if target is None:
+            raise RPCError(SERVICE_UNAVAILABLE, f"{name}: the {method.target} service is not running on this node")
+        result = method.handler(target, args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     async def _on_metrics(self, request: Request) -> Response:
         if self.metrics_text is None:

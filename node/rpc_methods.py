@@ -1,8 +1,9 @@
 """The JSON-RPC methods of a node and the OpenRPC document that describes them.
 
-Each method is a plain function `(engine, args) -> result` run on the event loop: reads of the
+Each method is a function `(target, args) -> result` run on the event loop, where the target is
+the engine or, for the inference methods, the expert service (`Method.target`): reads of the
 store and the mempools are quick and must not race the consensus task that writes them, so they
-stay on the loop (STYLE rule 12). Parameters may come by position or by name; `bind_params`
+stay on the loop (STYLE rule 12). A handler that waits (on peers) is `async` and is awaited. Parameters may come by position or by name; `bind_params`
 turns both into a dict and every value is checked by the method (bad ones: -32602).
 """
 
@@ -21,6 +22,12 @@ from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Block, Transaction
 from node.rpc_client import INVALID_PARAMS, RPCError
 
 OPENRPC_VERSION = "1.2.6"
+SERVICE_UNAVAILABLE = -32010
+"""The method needs a service this node does not run."""
+INFERENCE_FAILED = -32011
+"""Generation failed: no node serves a routed expert, or every replica failed."""
+MAX_PROMPT_CHARS = 4096
+MAX_GENERATE_TOKENS = 256
 API_VERSION = "0.1.0"
 
 HEX = {"type": "string", "pattern": "^[0-9a-fA-F]*$"}
@@ -53,7 +60,9 @@ class Method:
     result: dict
     """JSON schema of the result."""
     handler: Callable[[Any, dict[str, Any]], Any]
-    """`(engine, args) -> result`; raises RPCError."""
+    """`(target, args) -> result` or an awaitable of it; raises RPCError."""
+    target: str = "engine"
+    """What the handler is given: "engine" or "experts" (the expert service)."""
 
 
 def bad_params(message: str, data: Any = None) -> RPCError:
@@ -211,6 +220,37 @@ def get_peers(engine: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"id": peer} for peer in engine.network.peers()]
 
 
+async def generate(experts: Any, args: dict[str, Any]) -> dict[str, Any]:
+    from node.expert_wire import ExpertError
+
+    prompt = args["prompt"]
+    if not isinstance(prompt, str) or not 0 < len(prompt) <= MAX_PROMPT_CHARS:
+        raise bad_params(f"prompt must be a string of 1 to {MAX_PROMPT_CHARS} characters")
+    max_tokens = args.get("max_tokens", 16)
+    if not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_GENERATE_TOKENS:
+        raise bad_params(f"max_tokens must be an integer in [1, {MAX_GENERATE_TOKENS}]")
+    temperature = args.get("temperature", 0.0)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 10:
+        raise bad_params("temperature must be a number in [0, 10]")
+    seed = args.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise bad_params("seed must be a non-negative integer")
+    try:
+        return await experts.generate(prompt, max_tokens, float(temperature), seed)
+    except ValueError as err:  # a prompt the tokenizer cannot encode
+        raise bad_params(str(err)) from err
+    except ExpertError as err:
+        raise RPCError(INFERENCE_FAILED, f"inference failed: {err}") from err
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def get_experts(experts: Any, args: dict[str, Any]) -> dict[str, Any]:
+    return experts.describe()
+
+
 def discover(engine: Any, args: dict[str, Any]) -> dict[str, Any]:
     return openrpc_document()
 
@@ -253,6 +293,24 @@ METHODS: dict[str, Method] = {m.name: m for m in (
         "nonces": {"type": "object", "additionalProperties": _NONCES}}}, get_account_info),
     Method("blyan_peers", "Connected peers.", (), {
         "type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}}}}, get_peers),
+    Method("blyan_generate", "Generate text with the network's model: experts run on the nodes serving them.", (
+        Param("prompt", {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS}, "Prompt text."),
+        Param("max_tokens", {"type": "integer", "minimum": 1, "maximum": MAX_GENERATE_TOKENS},
+              "New tokens to generate (default 16).", required=False),
+        Param("temperature", {"type": "number", "minimum": 0}, "0 (default) is greedy.", required=False),
+        Param("seed", {"type": "integer", "minimum": 0}, "Sampling seed (default 0).", required=False),
+    ), {"type": "object", "properties": {
+        "prompt_tokens": {"type": "array", "items": {"type": "integer"}},
+        "tokens": {"type": "array", "items": {"type": "integer"}}, "text": {"type": "string"},
+        "latency_ms": {"type": "array", "items": {"type": "number"}, "description": "Per new token."},
+        "layers": {"type": "array", "description": "Per token, per layer: expert -> node that computed it."},
+        "round_trips": {"type": "integer"}, "failovers": {"type": "integer"},
+        "spot_checks": {"type": "integer"}, "faults": {"type": "array", "items": {"type": "string"}}}},
+        generate, target="experts"),
+    Method("blyan_experts", "Experts this node serves and the registry of serving peers.", (), {
+        "type": "object", "properties": {
+            "node": {"type": "string"}, "tier": {"type": "integer"}, "load": {"type": "integer"},
+            "serving": {"type": "array"}, "registry": {"type": "array"}}}, get_experts, target="experts"),
     Method("rpc.discover", "This OpenRPC document.", (), {"type": "object"}, discover),
 )}
 
