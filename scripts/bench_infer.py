@@ -78,6 +78,9 @@ def bench_inference(run: SectionRun) -> None:
     from node.rpc_client import RPCClient, find_rpc
 
     tokens = run.pick(32, 8)
+    if run.cfg.quick:  # no daemons: 4 nodes on the simulated network, in this process
+        _bench_simulated(run, tokens)
+        return
     with tempfile.TemporaryDirectory(prefix="blyan-bench-infer-") as tmp:
         root = Path(tmp)
         try:
@@ -116,4 +119,78 @@ def bench_inference(run: SectionRun) -> None:
         baseline_text=f"{1 / local:.1f} tokens/s", baseline_what="MoEModel.generate, one process",
         ratio=ours / local, better="lower", goal=None,
         extra={"round_trips_per_token": trips, "tokens_per_s": 1 / ours, "local_tokens_per_s": 1 / local},
+    ))
+
+
+def _bench_simulated(run: SectionRun, tokens: int) -> None:
+    """4 nodes on `SimNetworkHub` under the mock clock: the executor's own cost, no sockets."""
+    import random
+
+    import torch
+    import trio
+    import trio.testing
+
+    from chain import codec
+    from chain.blobs import BlobStore
+    from chain.crypto import PrivateKey
+    from chain.records import ExpertState
+    from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
+    from gpu.model import MoEConfig, init_seeded
+    from gpu.weights import encode_block, make_tensor_record
+    from node.config import ExpertsConfig
+    from node.devnet import assign_experts
+    from node.expert_service import ExpertService
+    from node.expert_weights import StaticModelView
+    from node.inference import InlineCompute
+    from p2p.sim import SimNetworkHub
+
+    spec = ModelSpec("bench-moe", "0.1.0", 256, 128, 2, 4, 4, 2, 256, 128, 7)
+    model = init_seeded(MoEConfig.from_spec(spec), spec.seed).eval()
+    prompt = list(PROMPT.encode())
+    with tempfile.TemporaryDirectory(prefix="blyan-bench-infer-") as tmp:
+        blobs = BlobStore(Path(tmp))
+        states = {}
+        for name in model.block_names():
+            data = encode_block(model.block_state_dict(name))
+            blobs.put(data)
+            rec = make_tensor_record(name, KIND_EXPERT if ".expert" in name else KIND_MODULE, "0.1.0", data)
+            states[name] = ExpertState(rec, codec.hash_of(rec), (), rec.version, 0)
+        view = StaticModelView(spec, states)
+        result = {}
+
+        async def main() -> None:
+            async with SimNetworkHub(seed=1) as hub:
+                services = []
+                for i, serve in enumerate(assign_experts(spec, 4)):
+                    net = hub.add_node(f"n{i}")
+                    services.append(ExpertService(
+                        net, PrivateKey.from_label(f"n{i}"), view, blobs,
+                        ExpertsConfig(serve=serve, spot_check=0.0, local_fallback=False),
+                        network_id="bench", clock=net, compute=InlineCompute(), rng=random.Random(i)))
+                async with trio.open_nursery() as nursery:
+                    for svc in services:
+                        await nursery.start(svc.run)
+                    for svc in services:
+                        await svc.announce()
+                    await hub.wait_idle()
+                    await services[0].generate_tokens(prompt, 2)  # warm up (loads shared modules)
+                    start = time.perf_counter()
+                    result["gen"] = await services[0].generate_tokens(prompt, tokens)
+                    result["wall"] = time.perf_counter() - start
+                    nursery.cancel_scope.cancel()
+
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    model.generate(torch.tensor([prompt]), 2)  # warm up
+    start = time.perf_counter()
+    model.generate(torch.tensor([prompt]), tokens)
+    local = (time.perf_counter() - start) / tokens
+    ours = result["wall"] / tokens
+    trips = result["gen"].round_trips / tokens
+    run.row(Row(
+        name="inference.sim4", what=f"{tokens} greedy tokens, 4 simulated nodes (quick mode)",
+        ours=ours, baseline=local, unit="s",
+        ours_text=f"{1 / ours:.1f} tokens/s, {trips:.1f} round trips/token",
+        baseline_text=f"{1 / local:.1f} tokens/s", baseline_what="MoEModel.generate, one process",
+        ratio=ours / local, better="lower", goal=None,
+        extra={"round_trips_per_token": trips},
     ))
