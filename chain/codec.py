@@ -325,6 +325,20 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(to_wire(obj), use_bin_type=True)
 
 
+def encode_with_field(obj: Any, name: str) -> tuple[bytes, bytes]:
+    """The canonical bytes of `obj` and of its field `name`, from one conversion (a transaction
+    and its signed body: the costly part of encoding is the conversion, not the packing)."""
+    schema = _schema_for(type(obj))
+    form = schema.to_wire(obj, type(obj).__name__)
+    part = form[schema.names.index(name)]
+    return msgpack.packb(form, use_bin_type=True), msgpack.packb(part, use_bin_type=True)
+
+
+def compute_array_header_size(n: int) -> int:
+    """Bytes msgpack spends on the header of an array of `n` items (the rest is the items)."""
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
 def decode(cls: type[T], data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> T:
     """Decode canonical bytes into `cls`, or raise `DecodingError` naming the field."""
     if type(data) is not bytes:
@@ -357,6 +371,7 @@ def hash_of(obj: Any) -> bytes:
 
 __all__ = [
     "Address", "Bytes", "ClassVar", "DecodingError", "EncodingError", "Hash32", "I64",
-    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "decode", "encode",
+    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "compute_array_header_size", "decode", "encode",
+    "encode_with_field",
     "from_wire", "hash_of", "sha256", "to_wire", "wire",
 ]

@@ -254,5 +254,11 @@ def validate_supply(state: State) -> None:
         raise InvalidTransaction(f"supply equation broken: {supply}")
 
 
+_ACCOUNT_FIELDS = frozenset({"balance", "stake", "unbonding", "public_key"})
+
+
 def _replace(acct: Account, **changes: object) -> Account:
-    return replace(acct, **changes)
+    # The constructor, not dataclasses.replace: this runs for every account a transfer touches,
+    # and replace() inspects the fields on every call (about 5x slower).
+    return Account(changes.get("balance", acct.balance), changes.get("stake", acct.stake),
+                   changes.get("unbonding", acct.unbonding), changes.get("public_key", acct.public_key))

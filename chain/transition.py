@@ -6,6 +6,7 @@ Each rule is one check, in the order a reader would check it. A chain's own rule
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,14 +92,29 @@ def is_system_tx(tx: Transaction) -> bool:
     return isinstance(tx.body.payload, SYSTEM_PAYLOADS)
 
 
-def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context) -> bytes:
+@dataclass(frozen=True, slots=True)
+class EncodedTx:
+    """A transaction's canonical bytes, its signed body's bytes and its hash, computed once."""
+
+    tx_bytes: bytes
+    body_bytes: bytes
+    tx_hash: bytes
+
+    @classmethod
+    def of(cls, tx: Transaction) -> EncodedTx:
+        tx_bytes, body_bytes = codec.encode_with_field(tx, "body")
+        return cls(tx_bytes, body_bytes, hashlib.sha256(tx_bytes).digest())
+
+
+def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context, enc: EncodedTx | None = None) -> bytes:
     """Check chain, payload kind, size and signature; return the sender address."""
     body = tx.body
     if body.chain_id != chain_id:
         raise InvalidTransaction(f"for chain {body.chain_id}, not {CHAIN_NAMES[chain_id]}")
     if not isinstance(body.payload, PAYLOADS_BY_CHAIN[chain_id]):
         raise InvalidTransaction(f"{type(body.payload).__name__} is not a {CHAIN_NAMES[chain_id]} payload")
-    if len(codec.encode(tx)) > ctx.params.max_tx_bytes:
+    enc = enc or EncodedTx.of(tx)
+    if len(enc.tx_bytes) > ctx.params.max_tx_bytes:
         raise InvalidTransaction("transaction too large")
     if is_system_tx(tx):
         if (body.sender, body.nonce, tx.signature) != (ZERO_PUBKEY, 0, ZERO_SIGNATURE):
@@ -107,16 +123,19 @@ def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context) -> bytes:
     if body.sender == ZERO_PUBKEY:
         raise InvalidTransaction("missing sender")
     try:
-        crypto.verify(body.sender, ctx.network_id, crypto.KIND_TX, codec.encode(body), tx.signature)
+        crypto.verify(body.sender, ctx.network_id, crypto.KIND_TX, enc.body_bytes, tx.signature)
     except InvalidSignature as err:
         raise InvalidTransaction("bad signature") from err
     return crypto.address_of(body.sender)
 
 
-def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Context) -> None:
-    """Apply one transaction to `view`; on any error `view` is left as it was."""
-    sender = validate_tx_envelope(tx, chain_id, ctx)
-    tx_hash = tx.hash()
+def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Context,
+             enc: EncodedTx | None = None) -> None:
+    """Apply one transaction to `view`; on any error `view` is left as it was. `enc` saves
+    encoding it again when the caller has it."""
+    enc = enc or EncodedTx.of(tx)
+    sender = validate_tx_envelope(tx, chain_id, ctx, enc)
+    tx_hash = enc.tx_hash
     scratch = Overlay(view)
     if not is_system_tx(tx):
         expected = get_nonce(scratch, sender)
@@ -131,6 +150,13 @@ def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Co
             raise InvalidTransaction(err.reason, tx_hash) from err
         raise
     scratch.merge_into_base()
+
+
+def compute_block_size(block: Block, encoded: list[EncodedTx]) -> int:
+    """`len(codec.encode(block))` from the transactions' bytes already at hand."""
+    txs = sum(len(enc.tx_bytes) for enc in encoded) + codec.compute_array_header_size(len(encoded))
+    rest = len(codec.encode(Block(block.header, (), block.last_commit)))  # header, commit, empty list
+    return rest - codec.compute_array_header_size(0) + txs
 
 
 def compute_tx_root(txs: tuple[Transaction, ...] | list[Transaction]) -> bytes:
@@ -159,18 +185,20 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
         raise fail("proposer is not a validator")
     if len(block.txs) > ctx.params.max_block_txs:
         raise fail(f"{len(block.txs)} transactions exceed {ctx.params.max_block_txs}")
-    if len(codec.encode(block)) > ctx.params.max_block_bytes:
+    encoded = [EncodedTx.of(tx) for tx in block.txs]
+    if compute_block_size(block, encoded) > ctx.params.max_block_bytes:
         raise fail("block too large")
     validate_last_commit(block, state, ctx, fail)
-    if h.tx_root != compute_tx_root(block.txs):
+    hashes = [enc.tx_hash for enc in encoded]
+    if h.tx_root != merkle.compute_root(hashes, 2):
         raise fail("transactions root mismatch")
-    if len({tx.hash() for tx in block.txs}) != len(block.txs):
+    if len(set(hashes)) != len(block.txs):
         raise fail("duplicate transaction")
 
     view = Overlay(state)
-    for index, tx in enumerate(block.txs):
+    for index, (tx, enc) in enumerate(zip(block.txs, encoded, strict=True)):
         try:
-            apply_tx(view, tx, h.chain_id, h.height, ctx)
+            apply_tx(view, tx, h.chain_id, h.height, ctx, enc)
         except (InvalidTransaction, DecodingError) as err:
             raise fail(f"transaction {index}: {err}") from err
     try:

@@ -668,3 +668,33 @@ def test_invalid_encode_rejects_ill_typed_values() -> None:
     with pytest.raises(codec.EncodingError, match="TxBody.payload"):
         wrong_member: Any = VOTE
         encode(TxBody(chain_id=0, sender=bytes(32), nonce=0, payload=wrong_member))
+
+
+@given(st.integers(0, 70_000))
+def test_array_header_size_matches_msgpack(n: int) -> None:
+    import msgpack
+
+    from chain.codec import compute_array_header_size
+
+    assert compute_array_header_size(n) == len(msgpack.packb([None] * n)) - n
+
+
+def test_block_size_from_parts_equals_the_encoding() -> None:
+    from chain.transition import EncodedTx, compute_block_size
+    from chain.types import Block
+    from genesis.history import make_test_history
+
+    history = make_test_history(3, other_blocks=0, txs_per_block=20)
+    for h in (1, 2, 3):
+        block = history.store.get_block(2, h)
+        assert compute_block_size(block, [EncodedTx.of(tx) for tx in block.txs]) == len(codec.encode(block))
+    empty = Block(block.header, (), block.last_commit)
+    assert compute_block_size(empty, []) == len(codec.encode(empty))
+
+
+def test_encode_with_field_gives_both_encodings() -> None:
+    from genesis.history import make_test_history
+
+    tx = make_test_history(1, other_blocks=0).store.get_block(2, 1).txs[0]
+    whole, body = codec.encode_with_field(tx, "body")
+    assert whole == codec.encode(tx) and body == codec.encode(tx.body)
