@@ -46,9 +46,10 @@ from benchlib import (  # noqa: E402 - the path above comes first
     fmt_time, load_average, machine_info, render_markdown, render_table, section,
 )
 import bench_core  # noqa: E402,F401 - registers its sections
-import bench_infer  # noqa: E402,F401 - registers its sections
+import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_net  # noqa: E402,F401 - registers its sections
 import bench_fastsync  # noqa: E402,F401 - registers its sections
+import bench_infer  # noqa: E402,F401 - registers its sections
 
 __all__ = ["SECTIONS", "Row", "Section", "SectionRun", "Stat", "fmt_rate", "fmt_time", "main", "section"]
 
