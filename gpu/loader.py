@@ -190,9 +190,9 @@ def move_to_device(
 
     With `synchronize`, returns after the copy has finished; otherwise the copy is queued on
     the current stream (work on that stream is ordered after it)."""
-    if not spans:
-        return {}
-    lo, hi = min(s.start for s in spans), max(s.end for s in spans)
+    lo, hi = min((s.start for s in spans), default=0), max((s.end for s in spans), default=0)
+    if hi == lo:  # no tensor has any bytes
+        return {s.name: torch.empty(s.shape, dtype=s.dtype, device=device) for s in spans}
     region = torch.frombuffer(buffer, dtype=torch.uint8, count=hi - lo, offset=lo)  # [n]
     staging = torch.empty(hi - lo, dtype=torch.uint8, pin_memory=True)  # [n] page-locked
     staging.copy_(region)
@@ -284,8 +284,8 @@ class BlobLoader:
         target = torch.device(device)
         if target.type == "cpu":
             return _view_tensors(buffer, spans)
-        if target.type != "cuda":
-            raise ValueError(f"cannot load onto {target}: CPU or CUDA only")
+        if target.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"cannot load onto {target}: the CPU or an available CUDA device")
         return move_to_device(buffer, spans, target, synchronize)
 
     def verify(self, path: Path, record: TensorRecord, *, force: bool = False) -> None:

@@ -331,3 +331,33 @@ def test_load_to_cuda(tmp_path: Path) -> None:
     for name, tensor in tensors_of().items():
         assert loaded[name].device.type == "cuda"
         assert torch.equal(loaded[name].cpu(), tensor), name
+
+
+def test_cuda_refused_without_a_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    path, _, record = write_blob(tmp_path)
+    with pytest.raises(ValueError, match="CUDA"):
+        BlobLoader().load(path, record, device="cuda")
+
+
+@needs_cuda
+def test_load_to_cuda_is_verified_and_private(tmp_path: Path) -> None:
+    path, data, record = write_blob(tmp_path)
+    loader = _knowing(path, data, record, tmp_path)
+    flip(path, 5)
+    with pytest.raises(CorruptTile):
+        loader.load(path, record, device="cuda")
+    rewrite_in_place(path, data)
+    loaded = loader.load(path, record, device="cuda", synchronize=False)
+    loaded["w1.weight"].add_(1)
+    torch.cuda.synchronize()
+    assert path.read_bytes() == data
+
+
+def test_block_of_empty_tensors(tmp_path: Path) -> None:
+    tensors = {"a": torch.zeros(0, 3), "b": torch.zeros(2, 0, dtype=torch.int8)}
+    path, _, record = write_blob(tmp_path, tensors)
+    loaded = BlobLoader().load(path, record)
+    assert {k: (v.shape, v.dtype) for k, v in loaded.items()} == {
+        k: (v.shape, v.dtype) for k, v in tensors.items()}
