@@ -149,7 +149,8 @@ def _decode_entry(name: str, entry: object, data_start: int, size: int) -> Tenso
         raise DecodingError(f"unknown dtype {entry.get('dtype')!r}", where)
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise DecodingError(f"bad shape {shape!r}", where)
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2
+            and all(type(o) is int for o in offsets)):
         raise DecodingError(f"bad data_offsets {offsets!r}", where)
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = 1
@@ -451,7 +452,9 @@ def repair_tiles(
     logger.info("repaired tiles %s of %s at %s", sorted(tiles), record.name, path)
 
 
-def _rewrite(path: Path, record: TensorRecord, tiles: Mapping[int, tuple[bytes, TileProof]]) -> None:
+def _rewrite(
+    path: Path, record: TensorRecord, tiles: Mapping[int, tuple[bytes, TileProof]]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:

@@ -134,10 +134,11 @@ def serve_tile(
     record = records.get(blob_id)
     if record is None:
         raise TileUnavailable(blob_id, index, "unknown blob")
-    if not 0 <= index < compute_tile_count(record.size, record.tile_size):
-        raise TileUnavailable(blob_id, index, f"blob has {compute_tile_count(record.size, record.tile_size)} tiles")
+    count = compute_tile_count(record.size, record.tile_size)
+    if not 0 <= index < count:
+        raise TileUnavailable(blob_id, index, f"the blob has {count} tiles")
     if record.tile_size > MAX_TILE_BYTES:
-        raise TileUnavailable(blob_id, index, f"tiles of {record.tile_size} bytes exceed the wire cap")
+        raise TileUnavailable(blob_id, index, f"{record.tile_size}-byte tiles exceed the wire cap")
     path = blob_store.path_of(blob_id)
     loader = loader or BlobLoader()
     try:
@@ -147,8 +148,9 @@ def serve_tile(
         raise TileUnavailable(blob_id, index, "blob not stored here") from err
     except CorruptBlob as err:
         raise TileUnavailable(blob_id, index, f"local copy is corrupt ({err})") from err
-    per_tile = record.tile_size // record.subtile_size
-    if compute_subtile_hashes(data, record.subtile_size) != hashes[index * per_tile : (index + 1) * per_tile]:
+    first = index * (record.tile_size // record.subtile_size)
+    mine = compute_subtile_hashes(data, record.subtile_size)
+    if mine != hashes[first : first + len(mine)]:
         loader.forget(path)  # the next load hashes it again and names the tile
         logger.warning("not serving tile %d of %s: the local copy is corrupt", index, record.name)
         raise TileUnavailable(blob_id, index, "local copy is corrupt")
