@@ -59,6 +59,8 @@ class ExpertsConfig:
     """Compute an expert here from the blob store when no serving peer answers."""
     max_concurrent: int = 1
     """Torch jobs (serving and inference) running at once in worker threads."""
+    cache_mib: int = 256
+    """Byte budget of experts loaded beyond those served (fallback, spot checks), in MiB."""
 
 
 @dataclass(frozen=True, slots=True)

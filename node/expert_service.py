@@ -27,6 +27,7 @@ from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
 from chain.errors import ConfigError, StoreError
 from chain.tensors import TOKENIZER_BLOCK
+from gpu.loader import BlobLoader
 from node.config import ExpertsConfig
 from node.expert_weights import (
     ExpertKey,
@@ -61,6 +62,7 @@ from node.expert_wire import (
 )
 from node.experts import ExpertRegistry
 from node.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
+from node.tile_service import TileService
 from p2p.network import Clock, Network, PeerId, Verdict, protocol_name, topic_name
 
 logger = logging.getLogger(__name__)
@@ -160,7 +162,7 @@ class ExpertService:
         self, net: Network, key: PrivateKey, view: ModelView, blobs: BlobStore | None,
         config: ExpertsConfig, *, network_id: str, clock: Clock, compute: Compute | None = None,
         rng: random.Random | None = None, peer_binding: Callable[[PeerId, bytes], bool] | None = None,
-        tier: int = 0,
+        tier: int = 0, loader: BlobLoader | None = None, tiles: TileService | None = None,
     ) -> None:
         self.net, self.key, self.view, self.blobs, self.config = net, key, view, blobs, config
         self.network_id, self.clock, self.tier = network_id, clock, tier
@@ -168,7 +170,10 @@ class ExpertService:
         self.rng = rng or random.Random()
         self.peer_binding = peer_binding
         self.registry = ExpertRegistry()
-        self.local = LocalExperts(view, blobs)
+        self.loader = loader
+        self.tiles = tiles
+        """Serves this node's verified tiles and repairs its blobs from peers (daemon only)."""
+        self.local = LocalExperts(view, blobs, loader, cache_bytes=config.cache_mib << 20)
         self.inference = InferenceConfig(request_timeout_s=config.request_timeout_s,
                                          spot_check=config.spot_check, local_fallback=config.local_fallback)
         self.topic = topic_name(network_id, TOPIC_EXPERTS)
@@ -183,9 +188,16 @@ class ExpertService:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
         """Load the served experts, listen, then announce every interval until cancelled."""
+        if self.tiles is not None:
+            self.tiles.register(self.net)
+        broken = []
         for key in choose_served(self.config.serve, self.view, self.blobs):
             try:
                 await self.compute.run(self.local.serve, key)
+            except WeightsUnavailable as err:
+                logger.warning("cannot serve %s yet: %s", expert_name(key), err)
+                if err.record is not None and self.tiles is not None:
+                    broken.append((key, err.record))
             except ExpertError as err:
                 logger.warning("cannot serve %s: %s", expert_name(key), err)
         logger.info("serving %d experts: %s", len(self.local.served),
@@ -195,7 +207,35 @@ class ExpertService:
         self.net.on_peer_event(self._on_peer_event)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce_loop)
+            if broken:
+                nursery.start_soon(self._repair_and_serve, broken)
             task_status.started(self)
+
+    async def _repair_and_serve(self, broken: list) -> None:  # noqa: ANN001
+        """Fetch the bad or missing tiles of experts we should serve from peers, each tile
+        checked against the chain's root, then serve them. Retried as peers come and go."""
+        from node.tile_service import RepairFailed
+
+        delay = 1.0
+        while broken:
+            peers = self.net.peers()
+            still = []
+            for key, record in broken:
+                try:
+                    if not peers:
+                        raise RepairFailed(record.name, [])
+                    tiles = await self.tiles.repair_from_peers(self.net, peers, record)
+                    self.loader.forget(self.blobs.path_of(record.blob_id))
+                    await self.compute.run(self.local.serve, key)
+                    logger.info("repaired %s (%d tiles from peers); serving it", record.name, len(tiles))
+                    self._announce_now.set()
+                except (RepairFailed, ExpertError) as err:
+                    logger.info("repair of %s not done yet: %s", record.name, err)
+                    still.append((key, record))
+            broken = still
+            if broken:
+                await trio.sleep(delay)  # a retry interval, not a wait on a condition: peers may appear
+                delay = min(delay * 2, 30.0)
 
     async def _announce_loop(self) -> None:
         while True:
@@ -291,7 +331,7 @@ class ExpertService:
                                      for p in ("attn", "router")]
         heads = tuple(getattr(self.view.get_state(n), "head", b"") for n in names)
         if self._shared is None or self._shared.heads != heads:
-            model = await self.compute.run(build_shared_model, self.view, self.blobs)
+            model = await self.compute.run(build_shared_model, self.view, self.blobs, self.loader)
             self._shared = _SharedModel(heads, model)
         return self._shared.model
 
@@ -329,6 +369,11 @@ class ExpertService:
         }
 
 
+TILE_HASHES_DIR = "tile-hashes"
+"""Under the data dir: subtile hashes of blobs once verified, so a later corruption is located
+to its tiles (and only those are fetched again)."""
+
+
 async def run_expert_service(net: Network, key: PrivateKey, store, data_dir, config,  # noqa: ANN001
                              *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
     """The daemon's expert service: the chain's model, the data dir's blobs, libp2p identities."""
@@ -338,7 +383,19 @@ async def run_expert_service(net: Network, key: PrivateKey, store, data_dir, con
     from node.daemon import WallClock
     from node.expert_weights import StoreModelView
 
-    service = ExpertService(net, key, StoreModelView(store), BlobStore(Path(data_dir) / BLOBS_DIR),
-                            config.experts, network_id=store.pact.network_id, clock=WallClock(),
-                            peer_binding=is_libp2p_identity)
+    from gpu.devices import compute_tier, discover_devices
+    from gpu.loader import BlobLoader
+    from node.expert_weights import ChainRecords
+    from node.tile_service import TileService
+
+    devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls
+    tier = max(int(compute_tier(d)) for d in devices)
+    logger.info("devices: %s; serving tier %d", ", ".join(d.name for d in devices), tier)
+    view = StoreModelView(store)
+    blobs = BlobStore(Path(data_dir) / BLOBS_DIR)
+    loader = BlobLoader(hash_dir=Path(data_dir) / TILE_HASHES_DIR)
+    tiles = TileService(store.pact.network_id, blobs, loader, ChainRecords(view))
+    service = ExpertService(net, key, view, blobs, config.experts, network_id=store.pact.network_id,
+                            clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
+                            loader=loader, tiles=tiles)
     await service.run(task_status=task_status)

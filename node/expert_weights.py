@@ -14,7 +14,6 @@ loadable yet (`WeightsUnavailable`).
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,12 +22,14 @@ import torch
 from torch import Tensor
 
 from chain.blobs import BlobStore
-from chain.errors import StoreError
+from chain.errors import CorruptBlob, StoreError
 from chain.parameter import get_expert
 from chain.records import ExpertState
 from chain.state import Overlay
 from chain.tensors import ModelSpec, TensorRecord
 from chain.types import CHAIN_PARAMETER
+from gpu.cache import ExpertCache
+from gpu.loader import BlobLoader
 from gpu.model import Expert, MoEConfig, MoEModel
 from node.expert_wire import ExpertError
 
@@ -36,10 +37,11 @@ ExpertKey = tuple[int, int]
 
 
 class WeightsUnavailable(ExpertError):
-    """Weights this node cannot load (blob absent or corrupt, unknown block, deltas pending)."""
+    """Weights this node cannot load (blob absent or corrupt, unknown block, deltas pending).
+    `record` is set when fetching the blob's tiles from peers could fix it."""
 
-    def __init__(self, name: str, reason: str) -> None:
-        self.name, self.reason = name, reason
+    def __init__(self, name: str, reason: str, record: TensorRecord | None = None) -> None:
+        self.name, self.reason, self.record = name, reason, record
         super().__init__(f"weights of {name}: {reason}")
 
 
@@ -47,16 +49,55 @@ def expert_name(key: ExpertKey) -> str:
     return f"layer{key[0]}.expert{key[1]}"
 
 
-def load_block_tensors(blobs: BlobStore | None, record: TensorRecord) -> dict[str, Tensor]:
-    """The seam: a record's tensors from the blob store, digest-checked and canonical."""
+def load_block_tensors(blobs: BlobStore | None, record: TensorRecord,
+                       loader: BlobLoader | None = None) -> dict[str, Tensor]:
+    """The seam between a chain record and tensors. With a `BlobLoader`: the blob mapped, its
+    tiles checked against the record's Merkle root once per file version, tensors viewed in
+    place (zero-copy); without: read, digest-checked and decoded (tests, tools)."""
     from gpu.weights import decode_block
 
     if blobs is None:
         raise WeightsUnavailable(record.name, "no blob store")
+    if not blobs.has(record.blob_id):
+        raise WeightsUnavailable(record.name, "blob absent", record)
     try:
+        if loader is not None:
+            return loader.load(blobs.path_of(record.blob_id), record)
         return decode_block(blobs.get(record.blob_id, verify=True))
+    except CorruptBlob as err:
+        raise WeightsUnavailable(record.name, f"corrupt: {err}", record) from err
     except StoreError as err:
         raise WeightsUnavailable(record.name, str(err)) from err
+
+
+class ChainRecords(Mapping):
+    """Blob id -> tensor record of every block of the model as the chain has it now (what the
+    tile service serves): a live view, recomputed when read."""
+
+    def __init__(self, view: ModelView) -> None:
+        self.view = view
+
+    def _records(self) -> dict[bytes, TensorRecord]:
+        spec = self.view.spec
+        names = ["embed", "head", "tokenizer"]
+        for layer in range(spec.n_layers):
+            names += [f"layer{layer}.attn", f"layer{layer}.router"]
+            names += [f"layer{layer}.expert{e}" for e in range(spec.n_experts)]
+        out = {}
+        for name in names:
+            state = self.view.get_state(name)
+            if state is not None:
+                out[state.record.blob_id] = state.record
+        return out
+
+    def __getitem__(self, blob_id: bytes) -> TensorRecord:
+        return self._records()[blob_id]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._records())
+
+    def __len__(self) -> int:
+        return len(self._records())
 
 
 class ModelView(Protocol):
@@ -104,7 +145,7 @@ def is_loadable(state: ExpertState | None, blobs: BlobStore | None) -> bool:
     return state is not None and not state.deltas and blobs is not None and blobs.has(state.record.blob_id)
 
 
-def build_shared_model(view: ModelView, blobs: BlobStore | None) -> MoEModel:
+def build_shared_model(view: ModelView, blobs: BlobStore | None, loader: BlobLoader | None = None) -> MoEModel:
     """The model with its shared blocks (embed, attn, router, head) loaded and experts left on
     the meta device (no memory): experts run through `LocalExperts` or on other nodes."""
     cfg = MoEConfig.from_spec(view.spec)
@@ -117,22 +158,24 @@ def build_shared_model(view: ModelView, blobs: BlobStore | None) -> MoEModel:
         if state is None or state.deltas:
             raise WeightsUnavailable(name, "not on the chain" if state is None else "deltas not applied")
         model.get_block(name).to_empty(device="cpu")
-        model.load_block_state_dict(name, load_block_tensors(blobs, state.record))
+        model.load_block_state_dict(name, load_block_tensors(blobs, state.record, loader))
     return model.eval()
 
 
 class LocalExperts:
     """Expert modules held here: those served (pinned) and a few loaded for fallback or checks."""
 
-    def __init__(self, view: ModelView, blobs: BlobStore | None, max_cached: int = 16) -> None:
+    def __init__(self, view: ModelView, blobs: BlobStore | None, loader: BlobLoader | None = None,
+                 cache_bytes: int = 256 << 20) -> None:
         self.view = view
         self.blobs = blobs
+        self.loader = loader
         self.cfg = MoEConfig.from_spec(view.spec)
-        self.max_cached = max_cached
         self.served: dict[ExpertKey, bytes] = {}
         """Experts this node serves, with the block hash of the weights it holds."""
         self._pinned: dict[tuple[ExpertKey, bytes], Expert] = {}
-        self._cache: OrderedDict[tuple[ExpertKey, bytes], Expert] = OrderedDict()
+        self._cache = ExpertCache(cache_bytes)
+        """Experts loaded for fallback or spot checks, LRU within a byte budget."""
         self._lock = threading.Lock()  # the cache is touched from worker threads
 
     def serve(self, key: ExpertKey) -> bytes:
@@ -164,20 +207,13 @@ class LocalExperts:
         ident = (key, block_hash)
         with self._lock:
             module = self._pinned.get(ident)
-            if module is None and ident in self._cache:
-                self._cache.move_to_end(ident)
-                module = self._cache[ident]
         if module is not None:
             return module
         state = self.view.get_state(expert_name(key))
         if state is None or state.head != block_hash:
             raise WeightsUnavailable(expert_name(key), f"block {block_hash.hex()[:16]} is not the chain's head")
-        module = self._load(key, state)
         with self._lock:
-            self._cache[ident] = module
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        return module
+            return self._cache.get(ident, lambda: self._load(key, state))
 
     def _load(self, key: ExpertKey, state: ExpertState | None) -> Expert:
         name = expert_name(key)
@@ -188,7 +224,7 @@ class LocalExperts:
         with torch.device("meta"):
             module = Expert(self.cfg)
         module.to_empty(device="cpu")
-        tensors = load_block_tensors(self.blobs, state.record)
+        tensors = load_block_tensors(self.blobs, state.record, self.loader)
         if set(tensors) != set(module.state_dict()):
             raise WeightsUnavailable(name, f"tensors {sorted(tensors)} do not fit an expert")
         try:

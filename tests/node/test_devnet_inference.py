@@ -41,6 +41,19 @@ def reference_tokens(root: Path, data_dir: Path, prompt_ids: list[int]) -> list[
     return out[0, len(prompt_ids):].tolist()
 
 
+def corrupt_served_expert(root: Path, data_dir: Path) -> str:
+    """Flip a byte in the blob of the first expert `data_dir` serves; its name."""
+    pact = load_pact_file(root / DEVNET_PACT_FILE)
+    name = sorted(load_config(data_dir / CONFIG_FILE).experts.serve)[0]
+    record = next(r for r in pact.tensors if r.name == name)
+    path = BlobStore(data_dir / BLOBS_DIR).path_of(record.blob_id)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    return name
+
+
 def registry_complete(data_dir: Path, others: int) -> bool:
     try:
         found = client_of(data_dir).call("blyan_experts")
@@ -53,11 +66,14 @@ def test_chat_through_four_daemons_matches_single_process(tmp_path: Path) -> Non
     dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
     served = [set(load_config(d / CONFIG_FILE).experts.serve) for d in dirs]
     assert all(len(s) < len(set().union(*served)) for s in served), "no node serves every expert"
+    corrupted = corrupt_served_expert(tmp_path, dirs[2])
     procs = start_nodes(dirs)
     deadline = time.monotonic() + DEADLINE_S
     try:
         for d in dirs:
             wait_for(f"{d.name} up", lambda d=d: reachable(d), deadline)
+        wait_for("node2 repaired its corrupt expert from a peer",
+                 lambda: f"repaired {corrupted}" in (dirs[2] / "node.log").read_text(), deadline)
         wait_for("node0 knows the three other servers", lambda: registry_complete(dirs[0], 3), deadline)
         chat = subprocess.run(
             [sys.executable, "-m", "node.cli", "chat", PROMPT, "--max-tokens", str(MAX_TOKENS), "--json",
@@ -76,3 +92,6 @@ def test_chat_through_four_daemons_matches_single_process(tmp_path: Path) -> Non
     assert answer["round_trips"] >= MAX_TOKENS
     for d in dirs:
         assert "Traceback" not in (d / "node.log").read_text()
+    healed = BlobStore(dirs[2] / BLOBS_DIR)
+    record = next(r for r in load_pact_file(tmp_path / DEVNET_PACT_FILE).tensors if r.name == corrupted)
+    assert healed.get(record.blob_id, verify=True)  # the file is whole again
