@@ -195,21 +195,40 @@ class _Optional(_Node):
         return None if obj is None else self.inner.from_wire(obj, path)
 
 
+MEMO_ENTRIES = 16_384
+"""Wire forms remembered per memoized class (`__wire_memo__ = True`): a transaction is encoded
+for its size, its signature, its hash, the block's encoding and the store's index; converting
+it once and packing the remembered form saves most of that."""
+
+
 class _Struct(_Node):
-    __slots__ = ("cls", "names", "nodes")
+    __slots__ = ("cls", "names", "nodes", "memo")
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.names: tuple[str, ...] = ()
         self.nodes: tuple[_Node, ...] = ()
+        self.memo: dict[int, tuple[Any, list]] | None = {} if getattr(cls, "__wire_memo__", False) else None
 
     def to_wire(self, value: Any, path: str) -> Any:
+        memo = self.memo
+        if memo is not None:
+            # By identity, never by equality (1 == True): the entry holds the object, so its id
+            # cannot be reused while the entry lives. The form is shared and never mutated.
+            hit = memo.get(id(value))
+            if hit is not None and hit[0] is value:
+                return hit[1]
         if type(value) is not self.cls:
             raise EncodingError(f"{path}: expected {self.cls.__name__}, got {type(value).__name__}")
-        return [
+        form = [
             node.to_wire(getattr(value, name), f"{path}.{name}")
             for name, node in zip(self.names, self.nodes)
         ]
+        if memo is not None:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[id(value)] = (value, form)
+        return form
 
     def from_wire(self, obj: Any, path: str) -> Any:
         if type(obj) is not list:
@@ -316,13 +335,26 @@ def _node_for(tp: Any, where: str) -> _Node:
 
 
 def to_wire(obj: Any) -> Any:
-    """The msgpack-native form of a wire object (lists, ints, bytes, str, bool, None)."""
+    """The msgpack-native form of a wire object (lists, ints, bytes, str, bool, None), fresh:
+    the caller may change it (internally, remembered forms are shared and never changed)."""
+    form = _form_of(obj)
+    return msgpack.unpackb(msgpack.packb(form, use_bin_type=True), raw=False, use_list=True)
+
+
+def _form_of(obj: Any) -> Any:
     return _schema_for(type(obj)).to_wire(obj, type(obj).__name__)
 
 
 def encode(obj: Any) -> bytes:
     """The canonical bytes of a wire object."""
-    return msgpack.packb(to_wire(obj), use_bin_type=True)
+    return msgpack.packb(_form_of(obj), use_bin_type=True)
+
+
+def clear_memos() -> None:
+    """Forget every remembered wire form (benchmarks measuring cold imports)."""
+    for struct in _SCHEMAS.values():
+        if struct.memo is not None:
+            struct.memo.clear()
 
 
 def encode_with_field(obj: Any, name: str) -> tuple[bytes, bytes]:
@@ -371,7 +403,7 @@ def hash_of(obj: Any) -> bytes:
 
 __all__ = [
     "Address", "Bytes", "ClassVar", "DecodingError", "EncodingError", "Hash32", "I64",
-    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "compute_array_header_size", "decode", "encode",
+    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "clear_memos", "compute_array_header_size", "decode", "encode",
     "encode_with_field",
     "from_wire", "hash_of", "sha256", "to_wire", "wire",
 ]

@@ -145,6 +145,8 @@ class Transaction:
     signature: Signature
     """Ed25519 signature with KIND_TX; all zero for a system transaction."""
 
+    __wire_memo__ = True  # see codec.MEMO_ENTRIES
+
     def hash(self) -> bytes:
         return hash_of(self)
 

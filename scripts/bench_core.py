@@ -87,6 +87,11 @@ def chain_caches() -> list[Any]:
 
 
 def clear_chain_caches() -> int:
+    """Clear the memo caches, and the codec's remembered wire forms: a synced block arrives as
+    bytes, so nothing about it is remembered."""
+    from chain import codec
+
+    codec.clear_memos()
     caches = chain_caches()
     for cached in caches:
         cached.cache_clear()

@@ -698,3 +698,17 @@ def test_encode_with_field_gives_both_encodings() -> None:
     tx = make_test_history(1, other_blocks=0).store.get_block(2, 1).txs[0]
     whole, body = codec.encode_with_field(tx, "body")
     assert whole == codec.encode(tx) and body == codec.encode(tx.body)
+
+
+def test_remembered_transaction_forms_are_never_shared_out() -> None:
+    tx = Transaction(body=TX_BODY, signature=b"\x99" * 64)
+    first = codec.encode(tx)
+    form = codec.to_wire(tx)
+    form[1] = b"\x00" * 64  # a caller's change to its copy ...
+    assert codec.encode(tx) == first  # ... is not the remembered form
+    twin = Transaction(body=TX_BODY, signature=b"\x99" * 64)
+    assert codec.encode(twin) == first
+    other = Transaction(body=TX_BODY, signature=b"\x98" * 64)
+    assert codec.encode(other) != first
+    codec.clear_memos()
+    assert codec.encode(tx) == first
