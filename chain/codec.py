@@ -198,7 +198,8 @@ class _Optional(_Node):
 MEMO_ENTRIES = 16_384
 """Wire forms remembered per memoized class (`__wire_memo__ = True`): a transaction is encoded
 for its size, its signature, its hash, the block's encoding and the store's index; converting
-it once and packing the remembered form saves most of that."""
+it once and packing the remembered form saves most of that. Decoded objects of those classes
+are remembered by their bytes too (`_DECODED`)."""
 
 
 class _Struct(_Node):
@@ -347,7 +348,23 @@ def _form_of(obj: Any) -> Any:
 
 def encode(obj: Any) -> bytes:
     """The canonical bytes of a wire object."""
-    return msgpack.packb(_form_of(obj), use_bin_type=True)
+    schema = _schema_for(type(obj))
+    data = msgpack.packb(schema.to_wire(obj, type(obj).__name__), use_bin_type=True)
+    if schema.memo is not None:
+        _remember_decoded(type(obj), data, obj)
+    return data
+
+
+_DECODED: dict[tuple[type, bytes], Any] = {}
+"""(class, canonical bytes) -> the object, for memoized classes: a state record written by one
+transaction and read by the next is not decoded again. Objects are immutable and decoding is a
+pure function of the bytes, so sharing one is the same as decoding anew."""
+
+
+def _remember_decoded(cls: type, data: bytes, obj: Any) -> None:
+    if len(_DECODED) >= MEMO_ENTRIES:
+        _DECODED.clear()
+    _DECODED[(cls, data)] = obj
 
 
 def clear_memos() -> None:
@@ -355,6 +372,7 @@ def clear_memos() -> None:
     for struct in _SCHEMAS.values():
         if struct.memo is not None:
             struct.memo.clear()
+    _DECODED.clear()
 
 
 def encode_with_field(obj: Any, name: str) -> tuple[bytes, bytes]:
@@ -377,13 +395,20 @@ def decode(cls: type[T], data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> T:
         data = bytes(data)
     if len(data) > max_size:
         raise DecodingError(f"{len(data)} bytes exceed the cap of {max_size}", cls.__name__)
+    schema = _schema_for(cls)
+    if schema.memo is not None:
+        known = _DECODED.get((cls, data))
+        if known is not None:
+            return known
     try:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as err:  # msgpack raises many unrelated types for garbage
         raise DecodingError(f"malformed msgpack: {err.__class__.__name__}", cls.__name__) from err
-    value = _schema_for(cls).from_wire(raw, cls.__name__)
+    value = schema.from_wire(raw, cls.__name__)
     if msgpack.packb(raw, use_bin_type=True) != data:
         raise DecodingError("non-canonical encoding", cls.__name__)
+    if schema.memo is not None:
+        _remember_decoded(cls, data, value)
     return value
 
 

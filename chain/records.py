@@ -83,6 +83,8 @@ class Account:
     public_key: PubKey
     """Known once the account staked (zero otherwise)."""
 
+    __wire_memo__ = True  # read and written by most reward transactions: see codec.MEMO_ENTRIES
+
 
 EMPTY_ACCOUNT = Account(0, 0, 0, bytes(32))
 

@@ -712,3 +712,15 @@ def test_remembered_transaction_forms_are_never_shared_out() -> None:
     assert codec.encode(other) != first
     codec.clear_memos()
     assert codec.encode(tx) == first
+
+
+def test_remembered_records_decode_to_equal_objects_and_keep_every_check() -> None:
+    from chain.records import Account
+
+    acct = Account(5, 6, 7, bytes(32))
+    data = codec.encode(acct)
+    assert codec.decode(Account, data) == acct
+    with pytest.raises(DecodingError):
+        codec.decode(Account, data, max_size=len(data) - 1)
+    codec.clear_memos()
+    assert codec.decode(Account, data) == acct
