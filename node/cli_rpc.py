@@ -24,6 +24,7 @@ from chain.errors import BlyanError
 from chain.payloads import Stake, Transfer, Unstake
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Transaction, TxBody
 from node.config import KEY_FILE
+from node.progress import format_progress
 from node.rpc_client import RPCClient, find_rpc
 
 
@@ -126,8 +127,14 @@ def register(main: click.Group) -> None:
         role = "validator" if s["is_validator"] else "node"
         click.echo(f"network {s['network']}  {role} {s['address']}  peers {s['peers']}"
                    + ("  (syncing)" if s["syncing"] else ""))
+        sync = s.get("sync", {})
         for name, c in s["chains"].items():
-            click.echo(f"  {name:<10} height {c['height']:>8}  head {c['head'][:16]}")
+            line = f"  {name:<10} height {c['height']:>8}  head {c['head'][:16]}"
+            progress = sync.get(name)
+            if progress and progress["target"] > progress["height"]:
+                line += "  sync " + format_progress(progress["height"], progress["target"],
+                                                    progress.get("blocks_per_s"))
+            click.echo(line)
 
     @main.command("account")
     @click.argument("address", callback=_address)
