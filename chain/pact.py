@@ -26,7 +26,7 @@ from chain.records import (
     expert_key,
 )
 from chain.state import State
-from chain.tensors import TENSOR_KINDS, ModelSpec, TensorRecord
+from chain.tensors import KIND_TOKENIZER, TENSOR_KINDS, TOKENIZER_BLOCK, ModelSpec, TensorRecord
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_IDS,
@@ -40,6 +40,9 @@ from chain.types import (
 )
 
 PACT_VERSION = "blyan-pact/1"
+DATASET_ROLES = ("train", "validation")
+BYTE_VOCAB = 256
+"""A model whose vocabulary is the 256 bytes needs no tokenizer block."""
 
 
 @wire
@@ -132,10 +135,41 @@ def validate_pact(pact: GenesisPact) -> None:
         raise ValueError("a tensor block name appears twice")
     if any(t.kind not in TENSOR_KINDS for t in pact.tensors):
         raise ValueError("unknown tensor kind")
-    if sum(1 for d in pact.datasets if d.role == "validation") > 1:
-        raise ValueError("at most one validation set")
+    validate_tokenizer_record(pact)
+    validate_datasets(pact.datasets)
     if pact.params.epoch_length == 0 or pact.params.trust_levels[0].min_approved != 0:
         raise ValueError("epoch length must be positive and the first trust level start at 0")
+
+
+def validate_tokenizer_record(pact: GenesisPact) -> None:
+    """At most one tokenizer block, named TOKENIZER_BLOCK, one 1-D uint8 tensor (its JSON);
+    a model with tensor blocks and a vocabulary other than bytes must have it."""
+    tokenizers = [t for t in pact.tensors if t.kind == KIND_TOKENIZER]
+    named = [t for t in pact.tensors if t.name == TOKENIZER_BLOCK]
+    if len(tokenizers) > 1 or tokenizers != named:
+        raise ValueError(f"the one tokenizer block must be named {TOKENIZER_BLOCK!r}")
+    if tokenizers:
+        infos = tokenizers[0].tensors
+        if len(infos) != 1 or infos[0].dtype != "U8" or len(infos[0].shape) != 1:
+            raise ValueError("a tokenizer block holds one 1-D U8 tensor")
+    if pact.tensors and pact.model.vocab_size != BYTE_VOCAB and not tokenizers:
+        raise ValueError(f"a model with vocabulary {pact.model.vocab_size} needs a tokenizer block")
+
+
+def validate_datasets(datasets: tuple[GenesisDataset, ...]) -> None:
+    """Each genesis dataset once, its CID naming its blob id, with a known role."""
+    cids = [d.cid for d in datasets]
+    if len(set(cids)) != len(cids):
+        raise ValueError("a genesis dataset appears twice")
+    for ds in datasets:
+        if ds.role not in DATASET_ROLES:
+            raise ValueError(f"dataset {ds.cid}: role {ds.role!r} not in {DATASET_ROLES}")
+        try:
+            digest = crypto.digest_from_cid(ds.cid)
+        except ValueError as err:
+            raise ValueError(f"dataset {ds.cid}: {err}") from err
+        if digest != ds.blob_id:
+            raise ValueError(f"dataset {ds.cid}: its CID does not name its blob id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +217,10 @@ def compute_parameter_items(pact: GenesisPact) -> dict[bytes, bytes]:
 
 
 def compute_dataset_items(pact: GenesisPact, genesis_hash: bytes) -> dict[bytes, bytes]:
+    """A record per dataset; KEY_VALIDATION_SET holds the refs of the validation datasets,
+    32 bytes each, concatenated in pact order (absent when there are none)."""
     items: dict[bytes, bytes] = {}
+    validation = b""
     for ds in pact.datasets:
         ref = crypto.sha256(genesis_hash + ds.cid.encode())
         rec = DatasetRecord(
@@ -195,7 +232,9 @@ def compute_dataset_items(pact: GenesisPact, genesis_hash: bytes) -> dict[bytes,
         items[dataset_key(ref)] = codec.encode(rec)
         items[cid_key(ds.cid)] = ref
         if ds.role == "validation":
-            items[KEY_VALIDATION_SET] = ref
+            validation += ref
+    if validation:
+        items[KEY_VALIDATION_SET] = validation
     return items
 
 
