@@ -142,6 +142,44 @@ def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int) -> No
     sys.exit(code)
 
 
+@main.group()
+def genesis() -> None:
+    """Build the genesis model."""
+
+
+@genesis.command("build")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for manifest.json, tokenizer.json and the block blobs.")
+@click.option("--steps", type=int, default=None, help="Training steps [default: the devnet preset's].")
+@click.option("--minutes", type=float, default=None,
+              help="Size the run to about this many minutes here (measured); the manifest records the steps.")
+@click.option("--seed", type=int, default=None, help="Seed of the initial weights and the batch order.")
+@click.option("--threads", type=int, default=None, help="torch threads (results may depend on it).")
+@click.option("--corpus-bytes", type=int, default=None, help="Cap on the stdlib corpus, bytes.")
+@click.option("--stdlib", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="CPython stdlib root [default: this interpreter's].")
+def genesis_build(out: Path, steps: int | None, minutes: float | None, seed: int | None, threads: int | None,
+                  corpus_bytes: int | None, stdlib: Path | None) -> None:
+    """Train the genesis MoE reproducibly on the stdlib sources and write its artifact."""
+    from genesis.build import build_artifact, compute_steps_for_minutes, make_build_config, save_artifact
+    from genesis.corpus import get_stdlib_root
+
+    if steps is not None and minutes is not None:
+        _fail("give --steps or --minutes, not both")
+    try:
+        cfg = make_build_config(steps=steps, seed=seed, threads=threads, corpus_bytes=corpus_bytes)
+        if minutes is not None:
+            cfg = make_build_config(compute_steps_for_minutes(cfg, minutes), seed, threads, corpus_bytes)
+            click.echo(f"{minutes} minutes here: {cfg.train.steps} steps")
+        artifact = build_artifact(cfg, stdlib or get_stdlib_root(), click.echo)
+        save_artifact(artifact, out)
+    except (BlyanError, OSError, ValueError) as err:
+        _fail(str(err))
+    r = artifact.manifest["results"]
+    click.echo(f"wrote {out}: {r['parameters']} parameters, {r['steps']} steps in {r['train_seconds']} s, "
+               f"validation {r['validation_loss']} nats/token (unigram {r['unigram_validation_loss']})")
+
+
 def _parse_seeds(text: str) -> range:
     try:
         lo, _, hi = text.partition("-")
