@@ -349,18 +349,24 @@ class Engine:
         if connected:
             self.spawn(self._check_peer, peer)
 
-    async def _check_peer(self, peer: PeerId) -> None:
-        """Refuse a peer of another network or genesis (a ban, so it is disconnected)."""
-        try:
-            data = await self.network.request(
-                peer, protocol_name(self.network_id, PROTOCOL_HANDSHAKE), b"", self.config.request_timeout_s)
-            theirs = decode(Handshake, data, max_size=MAX_REQUEST_BYTES)
-        except DecodingError:
-            self.penalize(peer, "undecodable handshake")
-            return
-        except BlyanError as err:
-            logger.info("%s: handshake with %s failed: %s", self.name, peer, err)
-            return
+    async def _check_peer(self, peer: PeerId, attempts: int = 4) -> None:
+        """Refuse a peer of another network or genesis (a ban, so it is disconnected). A peer
+        that does not answer yet (its engine may still be starting, or fast-syncing) is asked
+        again, a few times, further apart."""
+        for attempt in range(attempts):
+            try:
+                data = await self.network.request(
+                    peer, protocol_name(self.network_id, PROTOCOL_HANDSHAKE), b"", self.config.request_timeout_s)
+                theirs = decode(Handshake, data, max_size=MAX_REQUEST_BYTES)
+                break
+            except DecodingError:
+                self.penalize(peer, "undecodable handshake")
+                return
+            except BlyanError as err:
+                logger.info("%s: handshake with %s failed (%d/%d): %s", self.name, peer, attempt + 1, attempts, err)
+                if attempt + 1 == attempts or peer not in self.network.peers():
+                    return
+                await trio.sleep(self.config.request_timeout_s * 2**attempt)
         if (theirs.network_id, theirs.genesis_hash) != (self.network_id, self.store.genesis_hash):
             logger.warning("%s: refusing peer %s of network %r genesis %s", self.name, peer,
                            theirs.network_id, theirs.genesis_hash.hex()[:16])

@@ -62,9 +62,10 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 class FastSyncError(BlyanError):
     """Fast sync could not finish; `peer_at_fault` when the peer sent something false."""
 
-    def __init__(self, reason: str, peer_at_fault: bool = False) -> None:
+    def __init__(self, reason: str, peer_at_fault: bool = False, ban: bool = False) -> None:
         self.reason = reason
         self.peer_at_fault = peer_at_fault
+        self.ban = ban
         super().__init__(reason)
 
 
@@ -102,6 +103,19 @@ class SnapshotClient:
             raise FastSyncError(f"{protocol}: undecodable response: {err}", peer_at_fault=True) from err
 
     # --- the steps --------------------------------------------------------------------------
+
+    async def check_handshake(self) -> None:
+        """Refuse a peer of another network or genesis before asking it anything else."""
+        from node.wire import PROTOCOL_HANDSHAKE, Handshake
+
+        data = await self._request(PROTOCOL_HANDSHAKE, b"", 4096)
+        try:
+            theirs = codec.decode(Handshake, data, max_size=4096)
+        except DecodingError as err:
+            raise FastSyncError(f"undecodable handshake: {err}", peer_at_fault=True) from err
+        if (theirs.network_id, theirs.genesis_hash) != (self.network_id, self.store.genesis_hash):
+            raise FastSyncError(f"peer is of network {theirs.network_id!r} genesis "
+                                f"{theirs.genesis_hash.hex()[:16]}", peer_at_fault=True, ban=True)
 
     async def get_offers(self) -> dict[int, SnapshotOffer]:
         """The highest offer per chain."""
@@ -263,6 +277,7 @@ async def run_fast_sync(store: ChainStore, net, known_sets: dict[bytes, Validato
     for peer in net.peers()[:max_peers]:
         client = SnapshotClient(store, peer_request(net, store.pact.network_id, peer, timeout_s), known_sets)
         try:
+            await client.check_handshake()
             offers = await client.get_offers()
             reward = offers.get(CHAIN_REWARD)
             if reward is None or reward.height < store.height(CHAIN_REWARD) + min_gap:
@@ -274,7 +289,7 @@ async def run_fast_sync(store: ChainStore, net, known_sets: dict[bytes, Validato
         except FastSyncError as err:
             if err.peer_at_fault:
                 logger.warning("fast sync from %s failed, penalised: %s", peer, err.reason)
-                net.penalize(peer, f"fast sync: {err.reason}", weight=10.0)
+                net.penalize(peer, f"fast sync: {err.reason}", weight=1_000.0 if err.ban else 10.0)
             else:
                 logger.info("fast sync from %s not possible: %s", peer, err.reason)
             continue

@@ -37,7 +37,15 @@ from node.snapshot_wire import (
     TrustPathResponse,
     TrustStep,
 )
-from node.wire import MAX_BLOCKS_PER_RESPONSE, PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
+from node.wire import (
+    MAX_BLOCKS_PER_RESPONSE,
+    PROTOCOL_BLOCKS,
+    PROTOCOL_HANDSHAKE,
+    BlocksRequest,
+    BlocksResponse,
+    ChainHead,
+    Handshake,
+)
 from p2p.network import PeerId
 
 logger = logging.getLogger(__name__)
@@ -106,6 +114,9 @@ class SnapshotServer:
 
     async def handle(self, protocol: str, data: bytes) -> bytes:
         """Answer one request by its protocol's short name, in process (tests, benchmarks)."""
+        if protocol == PROTOCOL_HANDSHAKE:
+            heads = tuple(ChainHead(c, self.store.height(c)) for c in CHAIN_IDS)
+            return codec.encode(Handshake(self.store.pact.network_id, self.store.genesis_hash, heads))
         if protocol == PROTOCOL_BLOCKS:
             req = codec.decode(BlocksRequest, data, max_size=MAX_SNAPSHOT_REQUEST_BYTES)
             return codec.encode(compute_blocks_response(self.store, req))

@@ -207,3 +207,17 @@ def test_offers_pin_heads_so_a_moving_chain_still_serves_them() -> None:
     server.make_offers()
     assert server.get_state(CHAIN_REWARD, 12) is None  # only the last two offered heads are kept
     assert server.get_state(CHAIN_REWARD, 15) is not None
+
+
+async def test_a_peer_of_another_genesis_is_refused_before_anything_else() -> None:
+    from genesis.testkit import make_pact
+
+    stranger = ChainHistory(ChainStore.open(MemoryKV(), make_pact(KEYS, network_id="elsewhere")), KEYS)
+    stranger.grow_reward(3)
+    store = ChainStore.open(MemoryKV(), _pact())
+    server = SnapshotServer(stranger.store, stranger.sets.get)
+    client = SnapshotClient(store, direct_request(server), dict(ChainHistory(store, KEYS).sets))
+    with pytest.raises(FastSyncError, match="elsewhere") as err:
+        await client.check_handshake()
+    assert err.value.peer_at_fault and err.value.ban
+    await fresh_client(served())[0].check_handshake()  # our own network passes

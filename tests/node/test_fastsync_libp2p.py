@@ -23,7 +23,7 @@ from node.snapshot_wire import (
     StateEntry,
 )
 from node.snapshots import MAX_SNAPSHOT_REQUEST_BYTES, SnapshotServer
-from node.wire import PROTOCOL_BLOCKS
+from node.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
 from p2p.network import protocol_name
 
@@ -47,7 +47,8 @@ def _corrupt_first_entry(data: bytes) -> bytes:
 async def serving(server: SnapshotServer, network_id: str, corrupt: bool = False):  # noqa: ANN201
     cfg = Libp2pConfig(seed=bytes([7]) * 32, listen="/ip4/127.0.0.1/tcp/0")
     async with Libp2pNetwork.open(cfg) as net:
-        for name in (PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH, PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_BLOCKS):
+        for name in (PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH, PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_BLOCKS,
+                     PROTOCOL_HANDSHAKE):
             async def handler(peer: str, data: bytes, name: str = name) -> bytes:
                 out = await server.handle(name, data)
                 return _corrupt_first_entry(out) if corrupt and name == PROTOCOL_BUCKETS else out
