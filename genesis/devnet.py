@@ -1,39 +1,65 @@
 """The built-in devnet genesis: dev validators (insecure, public keys), a faucet, the model.
 
-Every machine builds the same pact, byte for byte: fixed time, fixed labels for keys, and
-model weights from a fixed seed. `blyan init --network devnet` writes the weight blobs into
-the node's blob store.
+Every machine builds the same pact, byte for byte: fixed time, fixed labels for keys, and the
+model, tokenizer and corpus list of the prebuilt artifact shipped in `genesis/prebuilt/devnet/`
+(made by `blyan genesis build`; see its manifest.json). Nothing is trained at run time, and the
+pact does not depend on this machine's Python: the corpus datasets are the manifest's CIDs.
+
+`store_blob` receives every model and tokenizer blob, and the corpus files whose bytes on this
+machine match their CID (the stdlib of another Python patch release may differ for some files:
+those are skipped, and their CIDs stay unresolved on this node until fetched from a peer).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from chain import crypto
 from chain.pact import PACT_VERSION, GenesisAccount, GenesisPact, GenesisValidator
-from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec, TensorRecord
+from chain.tensors import ModelSpec, TensorRecord
+from genesis.corpus import CorpusFile, CorpusMismatch, get_stdlib_root, make_dataset, read_corpus_file
 from genesis.params import devnet_params
+
+logger = logging.getLogger(__name__)
 
 DEVNET_ID = "devnet"
 DEVNET_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DEVNET_VALIDATORS = 4
 DEVNET_STAKE = 1_000_000
 FAUCET_BALANCE = 1_000_000_000
-WEIGHTS_VERSION = "0.1.0"
+PREBUILT_DIR = Path(__file__).resolve().parent / "prebuilt" / "devnet"
 
-DEVNET_MODEL = ModelSpec(
-    name="blyan-devnet-moe",
-    version="0.1.0",
-    vocab_size=256,   # bytes until the tokenizer block lands with the trained genesis model
-    d_model=128,
-    n_layers=2,
-    n_heads=4,
-    n_experts=4,
-    top_k=2,
-    d_ff=256,
-    max_seq_len=128,
-    seed=20260101,
-)
+
+@dataclass(frozen=True, slots=True)
+class Prebuilt:
+    spec: ModelSpec
+    """The model architecture."""
+    tensors: tuple[TensorRecord, ...]
+    """Model blocks in order, then the tokenizer."""
+    blobs: tuple[bytes, ...]
+    """The blob of each record."""
+    corpus: tuple[CorpusFile, ...]
+    """The corpus files the model was trained and validated on."""
+
+
+@functools.cache
+def load_prebuilt(path: Path = PREBUILT_DIR) -> Prebuilt:
+    """The shipped devnet artifact, every file checked against its manifest."""
+    from genesis.build import get_corpus_entries, get_spec, load_artifact, make_records
+
+    artifact = load_artifact(path)
+    records, blobs = make_records(artifact)
+    return Prebuilt(get_spec(artifact.manifest), records, tuple(blobs), get_corpus_entries(artifact.manifest))
+
+
+def __getattr__(name: str) -> object:
+    if name == "DEVNET_MODEL":  # lazily: importing this module reads no artifact and no torch
+        return load_prebuilt().spec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dev_validator_key(index: int, network_id: str = DEVNET_ID) -> crypto.PrivateKey:
@@ -46,22 +72,21 @@ def faucet_key(network_id: str = DEVNET_ID) -> crypto.PrivateKey:
     return crypto.PrivateKey.from_label(f"{network_id}-faucet")
 
 
-def build_model_tensors(
-    spec: ModelSpec, store_blob: Callable[[bytes], object] | None = None
-) -> tuple[TensorRecord, ...]:
-    """Seeded random weights of `spec`, one tensor block per expert and shared module."""
-    from gpu.model import MoEConfig, init_seeded
-    from gpu.weights import encode_block, make_tensor_record
-
-    model = init_seeded(MoEConfig.from_spec(spec), spec.seed)
-    records = []
-    for name in model.block_names():
-        data = encode_block(model.block_state_dict(name))
-        kind = KIND_EXPERT if ".expert" in name else KIND_MODULE
-        records.append(make_tensor_record(name, kind, WEIGHTS_VERSION, data))
-        if store_blob is not None:
-            store_blob(data)
-    return tuple(records)
+def store_corpus_blobs(
+    corpus: tuple[CorpusFile, ...], store_blob: Callable[[bytes], object], root: Path | None = None
+) -> int:
+    """Pass each corpus file found under `root` with its recorded bytes to `store_blob`; count."""
+    root = get_stdlib_root() if root is None else root
+    stored = 0
+    for entry in corpus:
+        try:
+            store_blob(read_corpus_file(root, entry))
+            stored += 1
+        except CorpusMismatch:
+            continue
+    if stored < len(corpus):
+        logger.info("genesis corpus: %d of %d files differ here, not stored", len(corpus) - stored, len(corpus))
+    return stored
 
 
 def build_devnet_pact(
@@ -74,7 +99,13 @@ def build_devnet_pact(
         GenesisValidator(dev_validator_key(i, network_id).public_key, DEVNET_STAKE, f"dev-{i}")
         for i in range(n_validators)
     )
-    tensors = build_model_tensors(DEVNET_MODEL, store_blob) if with_model else ()
+    prebuilt = load_prebuilt()
+    tensors = prebuilt.tensors if with_model else ()
+    datasets = tuple(make_dataset(e) for e in prebuilt.corpus) if with_model else ()
+    if with_model and store_blob is not None:
+        for blob in prebuilt.blobs:
+            store_blob(blob)
+        store_corpus_blobs(prebuilt.corpus, store_blob)
     return GenesisPact(
         version=PACT_VERSION,
         network_id=network_id,
@@ -82,8 +113,8 @@ def build_devnet_pact(
         params=devnet_params(),
         validators=validators,
         accounts=(GenesisAccount(faucet_key(network_id).address, FAUCET_BALANCE),),
-        model=DEVNET_MODEL,
+        model=prebuilt.spec,
         tensors=tensors,
-        datasets=(),
+        datasets=datasets,
         bootstrap=(),
     )
