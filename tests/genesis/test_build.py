@@ -257,3 +257,19 @@ def test_rebuild_matches_prebuilt(tmp_path: Path) -> None:
     assert again.manifest["tokenizer"] == manifest["tokenizer"]
     assert again.manifest["results"]["validation_loss"] == manifest["results"]["validation_loss"]
     assert again.manifest["blocks"] == manifest["blocks"]
+
+
+def test_steps_for_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpu.train
+    from genesis.build import compute_steps_for_minutes
+
+    monkeypatch.setattr(gpu.train, "measure_step_seconds", lambda model, cfg: 0.1)
+    assert compute_steps_for_minutes(TINY_BUILD, 1.0) == 540  # 90% of 60 s at 0.1 s a step
+
+
+def test_cli_steps_and_minutes_exclusive(tmp_path: Path) -> None:
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["genesis", "build", "--out", str(tmp_path), "--steps", "2",
+                                       "--minutes", "1"])
+    assert result.exit_code == 1 and "not both" in result.output
