@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,29 @@ def assign_experts(spec: ModelSpec, nodes: int, replicas: int = 2) -> list[tuple
             for r in range(replicas):
                 served[(expert - r) % nodes].append(f"layer{layer}.expert{expert}")
     return [tuple(dict.fromkeys(names)) for names in served]
+
+
+def find_free_ports(n: int) -> int:
+    """A base port with n free consecutive ports after it (checked by binding)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + n >= 65000:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + i))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
 
 
 def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600) -> list[Path]:

@@ -3,7 +3,6 @@ same result on all four, and SIGTERM stops every node cleanly."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -12,34 +11,12 @@ import pytest
 from chain import codec, crypto
 from chain.payloads import Transfer
 from chain.types import CHAIN_REWARD, Transaction, TxBody
+from node.devnet import find_free_ports as free_ports
 from node.devnet import prepare_devnet, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 90.0
-
-
-def free_ports(n: int) -> int:
-    """A base port with n free consecutive ports after it (checked by binding)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + n >= 65000:
-            continue
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", base + i))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def wait_for(what: str, condition, deadline: float):  # noqa: ANN001, ANN201
