@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chain import codec, crypto
+from chain import crypto
 from chain.payloads import Transfer
-from chain.records import KEY_VALIDATORS
 from chain.state import State
 from chain.store import ChainStore
-from chain.transition import Context, apply_block, build_block
+from chain.commit import verify_commit
+from chain.transition import Context, apply_block, build_block, compute_reward_next_validators
 from chain.types import CHAIN_IDS, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
 from genesis.testkit import account_keys, certify, sign_tx, validator_keys
 
@@ -30,7 +30,7 @@ class ChainHistory:
     commits: dict[int, CommitCertificate | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        current = codec.decode(ValidatorSet, self.store.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+        current = compute_reward_next_validators(self.store.state(CHAIN_REWARD))
         self.sets[current.hash()] = current
         for chain_id in CHAIN_IDS:
             self.commits.setdefault(chain_id, self.store.get_commit(chain_id, self.store.height(chain_id)))
@@ -61,14 +61,22 @@ class ChainHistory:
                                       self.commits[chain_id], next_validators=latest)
         if rejected:
             raise ValueError(f"history block rejected {len(rejected)} transactions: {rejected[0][1]}")
-        new_state, changes = apply_block(state, block, ctx)
-        commit = certify(block, self.keys, self.network_id)
+        new_state = self.import_block(block, certify(block, self.keys, self.network_id), ctx)
+        return block, new_state
+
+    def import_block(self, block: Block, commit: CommitCertificate, ctx: Context | None = None) -> State:
+        """Check `block` against `commit` and the chain's rules, store it and follow the set it
+        names next: what catch-up does with a synced block, without an engine."""
+        chain_id = block.header.chain_id
+        ctx = ctx or self.context(chain_id)
+        verify_commit(chain_id, block.header.height, block.hash(), commit, ctx.validators, self.network_id)
+        new_state, changes = apply_block(self.store.state(chain_id), block, ctx)
         self.store.commit_block(block, new_state, changes, commit)
         self.commits[chain_id] = commit
         if chain_id == CHAIN_REWARD:
-            nxt = codec.decode(ValidatorSet, new_state.get(KEY_VALIDATORS))
+            nxt = compute_reward_next_validators(new_state)
             self.sets.setdefault(nxt.hash(), nxt)
-        return block, new_state
+        return new_state
 
     def grow_reward(self, n_blocks: int, payer: crypto.PrivateKey | None = None, txs_per_block: int = 0) -> None:
         """`n_blocks` reward blocks, each with `txs_per_block` transfers from `payer` (funded)."""

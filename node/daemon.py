@@ -87,14 +87,13 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
 
 async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
     """Before the engine starts: install certified snapshots if a peer is far ahead."""
-    from chain import codec
-    from chain.records import KEY_VALIDATORS
-    from chain.types import CHAIN_REWARD, ValidatorSet
+    from chain.transition import compute_reward_next_validators
+    from chain.types import CHAIN_REWARD
     from node.engine import load_validator_sets, save_validator_set
     from node.fastsync import run_fast_sync
 
     sets = load_validator_sets(store)
-    current = codec.decode(ValidatorSet, store.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+    current = compute_reward_next_validators(store.state(CHAIN_REWARD))
     sets.setdefault(current.hash(), current)
     known = set(sets)
     await run_fast_sync(store, net, sets, min_gap=sync.fast_min_gap, peer_wait_s=sync.peer_wait_s)

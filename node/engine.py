@@ -33,7 +33,7 @@ from consensus.mempool import Mempool, MempoolConfig
 from consensus.messages import InvalidProposal, validate_signed_proposal
 from consensus.tendermint import TendermintConfig
 from node.snapshot_wire import PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH
-from node.snapshots import SnapshotServer, compute_blocks_response
+from node.snapshots import SnapshotServer, compute_blocks_response, compute_handshake
 from node.wire import (
     PROTOCOL_BLOCKS,
     PROTOCOL_HANDSHAKE,
@@ -338,12 +338,8 @@ class Engine:
 
     # --- handshake --------------------------------------------------------------------------
 
-    def _handshake(self) -> Handshake:
-        return Handshake(self.network_id, self.store.genesis_hash,
-                         tuple(ChainHead(c, self.store.height(c)) for c in CHAIN_IDS))
-
     async def _serve_handshake(self, peer: PeerId, data: bytes) -> bytes:
-        return codec.encode(self._handshake())
+        return codec.encode(compute_handshake(self.store))
 
     def _on_peer_event(self, peer: PeerId, connected: bool) -> None:
         if connected:

@@ -115,8 +115,7 @@ class SnapshotServer:
     async def handle(self, protocol: str, data: bytes) -> bytes:
         """Answer one request by its protocol's short name, in process (tests, benchmarks)."""
         if protocol == PROTOCOL_HANDSHAKE:
-            heads = tuple(ChainHead(c, self.store.height(c)) for c in CHAIN_IDS)
-            return codec.encode(Handshake(self.store.pact.network_id, self.store.genesis_hash, heads))
+            return codec.encode(compute_handshake(self.store))
         if protocol == PROTOCOL_BLOCKS:
             req = codec.decode(BlocksRequest, data, max_size=MAX_SNAPSHOT_REQUEST_BYTES)
             return codec.encode(compute_blocks_response(self.store, req))
@@ -161,6 +160,12 @@ class SnapshotServer:
         if state is None:
             return codec.encode(BucketsResponse(()))
         return codec.encode(compute_buckets_response(state, req.first, req.count))
+
+
+def compute_handshake(store: ChainStore) -> Handshake:
+    """What this node says first: network, genesis and finalized heights."""
+    return Handshake(store.pact.network_id, store.genesis_hash,
+                     tuple(ChainHead(c, store.height(c)) for c in CHAIN_IDS))
 
 
 def compute_blocks_response(store: ChainStore, req: BlocksRequest):  # noqa: ANN201 - BlocksResponse

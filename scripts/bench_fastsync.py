@@ -48,7 +48,7 @@ def bench_fastsync(run: SectionRun) -> None:
             follower = ChainHistory(store, keys)
             started = time.perf_counter()
             for block, commit in zip(blocks, commits, strict=True):
-                import_synced(follower, block, commit)
+                follower.import_block(block, commit)
             seconds = time.perf_counter() - started
             if store.state(CHAIN_REWARD).root != source.store.state(CHAIN_REWARD).root:
                 raise RuntimeError("replay reached another state")
@@ -86,24 +86,3 @@ def bench_fastsync(run: SectionRun) -> None:
     ))
     run.note(f"Building the {n_blocks:,}-block chain took {build_s:.1f} s; "
              f"speedup {base.median / ours.median:,.0f}x.")
-
-
-def import_synced(history, block, commit) -> None:  # noqa: ANN001
-    """What `node.runner.ChainRunner._import_synced` does for one block, without the engine."""
-    from chain.commit import verify_commit
-    from chain.transition import apply_block
-    from chain.types import CHAIN_REWARD
-
-    store = history.store
-    ctx = history.context(block.header.chain_id)
-    verify_commit(block.header.chain_id, block.header.height, block.hash(), commit, ctx.validators,
-                  store.pact.network_id)
-    new_state, changes = apply_block(store.state(block.header.chain_id), block, ctx)
-    store.commit_block(block, new_state, changes, commit)
-    if block.header.chain_id == CHAIN_REWARD:
-        from chain import codec
-        from chain.records import KEY_VALIDATORS
-        from chain.types import ValidatorSet
-
-        nxt = codec.decode(ValidatorSet, new_state.get(KEY_VALIDATORS))
-        history.sets.setdefault(nxt.hash(), nxt)
