@@ -2,7 +2,7 @@
 
 Blocks are built, applied and certified by every validator key as a network would (no engine, no
 network); the deciding validator set follows the reward chain's epoch boundaries exactly as
-`node.runner` does, so a store made here looks like the store of a node that took part.
+`node.engine.runner` does, so a store made here looks like the store of a node that took part.
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ def bench_state(run: SectionRun) -> None:
 def bench_sim(run: SectionRun) -> None:
     import logging as _logging
 
-    from node.simulation import SimConfig, run_sim
+    from node.sim.simulation import SimConfig, run_sim
 
     _logging.disable(_logging.WARNING)
     try:

@@ -28,8 +28,8 @@ def bench_fastsync(run: SectionRun) -> None:
     from genesis.history import ChainHistory
     from genesis.params import devnet_params
     from genesis.testkit import account_keys, make_pact, validator_keys
-    from node.fastsync import SnapshotClient
-    from node.snapshots import SnapshotServer
+    from node.sync.fastsync import SnapshotClient
+    from node.sync.snapshots import SnapshotServer
 
     n_blocks = run.pick(10_000, 300)
     keys = validator_keys(4, prefix="bench-fastsync")

@@ -25,9 +25,9 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
     from chain.blobs import BlobStore
     from gpu.model import MoEConfig, MoEModel
     from gpu.weights import decode_block
-    from node.config import BLOBS_DIR
-    from node.datadir import load_pact_file
-    from node.devnet import DEVNET_PACT_FILE
+    from node.app.config import BLOBS_DIR
+    from node.app.datadir import load_pact_file
+    from node.app.devnet import DEVNET_PACT_FILE
 
     pact = load_pact_file(root / DEVNET_PACT_FILE)
     blobs = BlobStore(data_dir / BLOBS_DIR)
@@ -51,8 +51,8 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
     "Greedy; the two produce the same tokens (tests/node/test_devnet_inference.py checks it).",
 ])
 def bench_inference(run: SectionRun) -> None:
-    from node.devnet import find_free_ports, prepare_devnet, start_nodes, stop_nodes
-    from node.rpc_client import RPCClient, find_rpc
+    from node.app.devnet import find_free_ports, prepare_devnet, start_nodes, stop_nodes
+    from node.api.client import RPCClient, find_rpc
 
     tokens = run.pick(32, 8)
     if run.cfg.quick:  # no daemons: 4 nodes on the simulated network, in this process
@@ -114,11 +114,11 @@ def _bench_simulated(run: SectionRun, tokens: int) -> None:
     from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
     from gpu.model import MoEConfig, init_seeded
     from gpu.weights import encode_block, make_tensor_record
-    from node.config import ExpertsConfig
-    from node.devnet import assign_experts
-    from node.expert_service import ExpertService
-    from node.expert_weights import StaticModelView
-    from node.inference import InlineCompute
+    from node.app.config import ExpertsConfig
+    from node.app.devnet import assign_experts
+    from node.experts.service import ExpertService
+    from node.experts.weights import StaticModelView
+    from node.experts.inference import InlineCompute
     from p2p.sim import SimNetworkHub
 
     spec = ModelSpec("bench-moe", "0.1.0", 256, 128, 2, 4, 4, 2, 256, 128, 7)

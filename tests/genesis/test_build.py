@@ -162,7 +162,7 @@ def test_invalid_artifact_tampered(tiny_artifact: Path, tmp_path: Path) -> None:
 
 def test_cli_genesis_build(fake_stdlib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import genesis.build as build
-    from node.cli import main
+    from node.cli.main import main
 
     monkeypatch.setattr(build, "BuildConfig", lambda **kw: replace(TINY_BUILD, **kw))
     out = tmp_path / "out"
@@ -268,7 +268,7 @@ def test_steps_for_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_steps_and_minutes_exclusive(tmp_path: Path) -> None:
-    from node.cli import main
+    from node.cli.main import main
 
     result = CliRunner().invoke(main, ["genesis", "build", "--out", str(tmp_path), "--steps", "2",
                                        "--minutes", "1"])

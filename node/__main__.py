@@ -1,0 +1,5 @@
+"""`python -m node`: the `blyan` command line."""
+
+from node.cli.main import main
+
+main()

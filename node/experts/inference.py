@@ -1,0 +1,275 @@
+"""Distributed inference: the shared modules run here, experts wherever they are served.
+
+Per generated token the executor runs the model exactly as `MoEModel.generate` does (no KV
+cache: the whole context every step), piece by piece: embed, then per layer attention and
+router here; the router's choices become a plan (`node.experts.plan`: one request per node per
+layer); remote tasks run concurrently, each with a deadline; a task that fails (timeout,
+unreachable, refused, malformed or inconsistent answer) is re-planned onto the next replica,
+or onto local compute when this node can load the weights, a bounded number of times. Every
+answer names the block hashes used; a wrong one is rejected and its sender penalised. With
+probability `spot_check` an answer is recomputed here (when this node can load the weights) and
+a peer whose output disagrees beyond `tolerance` is penalised; the local result is used.
+
+Torch work goes through a `Compute` (a worker thread with a limiter in the daemon; inline in the
+simulator, where a thread would let the mock clock jump past every deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+import trio
+from torch import Tensor
+
+from chain import codec
+from gpu.model import MoEModel, combine_expert_outputs
+from node.experts.weights import ExpertKey, LocalExperts
+from node.experts.wire import (
+    MAX_FORWARD_BYTES,
+    ExpertError,
+    ForwardItem,
+    ForwardRequest,
+    ForwardResponse,
+    InvalidExpertMessage,
+    decode_message,
+    decode_rows,
+    encode_rows,
+    is_close,
+    validate_response,
+)
+from node.experts.registry import ExpertRegistry
+from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
+from p2p.network import Network, RequestFailed
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceFailed(ExpertError):
+    """A layer whose experts could not be computed within the allowed attempts."""
+
+    def __init__(self, layer: int, reason: str) -> None:
+        self.layer, self.reason = layer, reason
+        super().__init__(f"layer {layer}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    request_timeout_s: float = 5.0  # deadline of one expert-forward request
+    max_attempts: int = 4  # plans per layer and token before giving up
+    spot_check: float = 0.05  # probability of recomputing a remote answer here
+    tolerance: float = 1e-4  # max |difference| allowed, relative to the output's scale
+    wrong_output_penalty: float = 5.0  # score a peer loses for a wrong answer
+    local_fallback: bool = True  # compute here from the blob store when no replica answers
+
+    def __post_init__(self) -> None:
+        if not (self.request_timeout_s > 0 and self.max_attempts >= 1 and 0 <= self.spot_check <= 1):
+            raise ValueError(f"invalid inference config {self}")
+
+
+class Compute(Protocol):
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+
+class ThreadCompute:
+    """Torch off the event loop: one worker thread at a time per limiter (STYLE rule 14)."""
+
+    def __init__(self, limiter: trio.CapacityLimiter | None = None) -> None:
+        self.limiter = limiter or trio.CapacityLimiter(1)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+class InlineCompute:
+    """Torch on the event loop: for the simulator, where the clock must not move while it runs."""
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+
+@dataclass(slots=True)
+class Generation:
+    """One `generate` call's result and its trace."""
+
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    """New tokens only."""
+    latency_s: list[float] = field(default_factory=list)
+    """Per new token."""
+    layers: list[list[dict[int, str]]] = field(default_factory=list)
+    """Per new token, per layer: expert -> node that computed it (LOCAL for this node)."""
+    round_trips: int = 0
+    spot_checks: int = 0
+    faults: list[str] = field(default_factory=list)
+    """Peers caught with wrong answers (one entry per fault)."""
+    failovers: int = 0
+    """Tasks re-planned after a failure."""
+
+
+class Executor:
+    def __init__(
+        self, net: Network, protocol: str, model: MoEModel, local: LocalExperts,
+        registry: ExpertRegistry, config: InferenceConfig, compute: Compute, rng: random.Random,
+    ) -> None:
+        self.net, self.protocol, self.model = net, protocol, model
+        self.local, self.registry, self.config = local, registry, config
+        self.compute, self.rng = compute, rng
+
+    async def generate(self, prompt: list[int], max_new_tokens: int, heads: dict[ExpertKey, bytes],
+                       temperature: float = 0.0, seed: int = 0) -> Generation:
+        """`MoEModel.generate` for one sequence, with experts computed across the network."""
+        if not prompt:
+            raise ValueError("empty prompt")
+        gen = Generation(prompt=list(prompt))
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.tensor([prompt], dtype=torch.long)  # [1, T]
+        for _ in range(max_new_tokens):
+            start = trio.current_time()
+            context = idx[:, -self.model.cfg.max_seq_len:]  # [1, <=S]
+            logits, trace = await self.forward(context, heads, gen)
+            last = logits[:, -1, :]  # [1, V]
+            token = await self.compute.run(_pick, last, temperature, generator)  # [1, 1]
+            idx = torch.cat([idx, token], dim=1)  # [1, T+1]
+            gen.tokens.append(int(token))
+            gen.latency_s.append(trio.current_time() - start)
+            gen.layers.append(trace)
+        return gen
+
+    async def forward(self, idx: Tensor, heads: dict[ExpertKey, bytes],
+                      gen: Generation) -> tuple[Tensor, list[dict[int, str]]]:
+        """Logits [B, T, V] of `idx` [B, T], and per layer which node computed each expert."""
+        model, trace = self.model, []
+        x = await self.compute.run(_no_grad(model.embed_tokens), idx)  # [B, T, D]
+        for layer in range(model.cfg.n_layers):
+            x = await self.compute.run(_no_grad(model.attn_forward), layer, x)  # [B, T, D]
+            routing = await self.compute.run(_no_grad(model.route), layer, x)
+            outputs, used = await self.run_experts(layer, routing.hidden, routing.experts.tolist(), heads, gen)
+            x = await self.compute.run(_no_grad(_combine), routing, outputs, x)  # [B, T, D]
+            trace.append(used)
+        logits = await self.compute.run(_no_grad(model.head_forward), x)  # [B, T, V]
+        return logits, trace
+
+    async def run_experts(self, layer: int, hidden: Tensor, choices: list[list[int]],
+                          heads: dict[ExpertKey, bytes], gen: Generation) -> tuple[dict[int, Tensor], dict[int, str]]:
+        """Every routed expert's output on its rows of `hidden` [N, D]; and who computed it."""
+        routes = compute_routes(choices)
+        outputs: dict[int, Tensor] = {}
+        used: dict[int, str] = {}
+        pending = dict(routes)
+        exclude: set[str] = set()
+        for attempt in range(self.config.max_attempts):
+            plan = self._plan(layer, pending, heads, exclude)
+            failed: list[NodeTask] = []
+            async with trio.open_nursery() as nursery:
+                for task in plan.tasks:
+                    nursery.start_soon(self._run_task, layer, task, hidden, heads, outputs, used, failed, gen)
+            if not failed:
+                return outputs, used
+            gen.failovers += len(failed)
+            exclude.update(t.node for t in failed)
+            pending = {e: rows for t in failed for e, rows in t.experts.items()}
+        raise InferenceFailed(layer, f"experts {sorted(pending)} failed {self.config.max_attempts} times")
+
+    def _plan(self, layer: int, pending: dict[int, tuple[int, ...]], heads: dict[ExpertKey, bytes],
+              exclude: set[str]):  # noqa: ANN202
+        now = trio.current_time()
+        wanted = {(layer, e): heads[(layer, e)] for e in pending}
+        served = [] if LOCAL in exclude else [e for e in pending if self.local.is_served((layer, e), heads[(layer, e)])]
+        candidates = {k[1]: v for k, v in self.registry.find_nodes_for(wanted, now, exclude).items()}
+        loadable = []
+        if self.config.local_fallback and LOCAL not in exclude:
+            loadable = [e for e in pending if self.local.can_load((layer, e), heads[(layer, e)])]
+        return build_layer_plan(layer, pending, served, candidates, loadable)
+
+    async def _run_task(self, layer: int, task: NodeTask, hidden: Tensor, heads: dict[ExpertKey, bytes],
+                        outputs: dict[int, Tensor], used: dict[int, str], failed: list[NodeTask],
+                        gen: Generation) -> None:
+        try:
+            if task.node == LOCAL:
+                got = await self._compute_local(layer, task, hidden, heads)
+            else:
+                got = await self._request(layer, task, hidden, heads, gen)
+        except (RequestFailed, ExpertError) as err:
+            logger.info("layer %d experts %s on %s failed: %s", layer, sorted(task.experts), task.node or "local", err)
+            if task.node != LOCAL:
+                self.registry.record_failure(task.node, trio.current_time())
+            failed.append(task)
+            return
+        outputs.update(got)
+        used.update({e: task.node for e in task.experts})
+
+    async def _compute_local(self, layer: int, task: NodeTask, hidden: Tensor,
+                             heads: dict[ExpertKey, bytes]) -> dict[int, Tensor]:
+        out = {}
+        for expert, rows in task.experts.items():
+            x = hidden[torch.tensor(rows)]  # [n_e, D]
+            out[expert] = await self.compute.run(self.local.forward, (layer, expert), heads[(layer, expert)], x)
+        return out
+
+    async def _request(self, layer: int, task: NodeTask, hidden: Tensor, heads: dict[ExpertKey, bytes],
+                       gen: Generation) -> dict[int, Tensor]:
+        d_model = hidden.shape[-1]
+        rows_of = {e: hidden[torch.tensor(rows)] for e, rows in task.experts.items()}  # e -> [n_e, D]
+        req = ForwardRequest(layer, d_model, tuple(
+            ForwardItem(e, heads[(layer, e)], len(rows), encode_rows(rows_of[e]))
+            for e, rows in task.experts.items()))
+        start = trio.current_time()
+        gen.round_trips += 1
+        data = await self.net.request(task.node, self.protocol, codec.encode(req),
+                                      timeout=self.config.request_timeout_s, max_response_bytes=MAX_FORWARD_BYTES)
+        try:
+            resp = decode_message(ForwardResponse, data, MAX_FORWARD_BYTES)
+            validate_response(resp, req)
+            got = {o.expert: decode_rows(o.data, o.rows, d_model) for o in resp.outputs}
+        except InvalidExpertMessage as err:
+            self.net.penalize(task.node, f"invalid expert answer: {err}", self.config.wrong_output_penalty)
+            raise
+        self.registry.record_latency(task.node, trio.current_time() - start)
+        if self.config.spot_check > 0 and self.rng.random() < self.config.spot_check:
+            got = await self._spot_check(layer, task.node, rows_of, got, heads, gen)
+        return got
+
+    async def _spot_check(self, layer: int, peer: str, rows_of: dict[int, Tensor], got: dict[int, Tensor],
+                          heads: dict[ExpertKey, bytes], gen: Generation) -> dict[int, Tensor]:
+        """Recompute what this node can; a disagreeing peer is penalised and its answer replaced."""
+        checked = dict(got)
+        for expert, x in rows_of.items():
+            key = (layer, expert)
+            if not self.local.can_load(key, heads[key]):
+                continue
+            gen.spot_checks += 1
+            mine = await self.compute.run(self.local.forward, key, heads[key], x)
+            if not is_close(got[expert], mine, self.config.tolerance):
+                logger.warning("peer %s answered layer%d.expert%d wrongly: penalised", peer, layer, expert)
+                self.net.penalize(peer, f"wrong output for layer{layer}.expert{expert}",
+                                  self.config.wrong_output_penalty)
+                self.registry.record_failure(peer, trio.current_time())
+                gen.faults.append(peer)
+                checked[expert] = mine
+        return checked
+
+
+def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        with torch.no_grad():
+            return fn(*args)
+    return run
+
+
+def _combine(routing, outputs: dict[int, Tensor], x: Tensor) -> Tensor:  # noqa: ANN001
+    return x + combine_expert_outputs(routing, outputs).view_as(x)  # [B, T, D]
+
+
+def _pick(last: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
+    """The next token from last-position logits [B, V], as `MoEModel.generate` picks it."""
+    if temperature == 0:
+        return last.argmax(dim=-1, keepdim=True)  # [B, 1]
+    probs = F.softmax(last / temperature, dim=-1)  # [B, V]
+    return torch.multinomial(probs, 1, generator=generator)  # [B, 1]
