@@ -148,6 +148,11 @@ class Mempool:
         """Transactions held for a sender address."""
         return len(self._senders.get(sender, ()))
 
+    def has_ready(self, state: State | Overlay) -> bool:
+        """Whether a block on `state` could take a transaction: some sender's committed nonce is
+        held (a pool of nonce gaps alone is no work)."""
+        return any(get_nonce(state, sender) in held for sender, held in self._senders.items())
+
     # --- admission --------------------------------------------------------------------------
 
     def add(self, tx: Transaction, state: State | Overlay, ctx: Context) -> AddResult:

@@ -52,7 +52,8 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
 ])
 def bench_inference(run: SectionRun) -> None:
     from node.app.devnet import find_free_ports, prepare_devnet, start_nodes, stop_nodes
-    from node.api.client import RPCClient, find_rpc
+    from node.api.client import RPCClient
+    from node.cli.connect import find_rpc
 
     tokens = run.pick(32, 8)
     if run.cfg.quick:  # no daemons: 4 nodes on the simulated network, in this process
@@ -114,7 +115,7 @@ def _bench_simulated(run: SectionRun, tokens: int) -> None:
     from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
     from gpu.model import MoEConfig, init_seeded
     from gpu.weights import encode_block, make_tensor_record
-    from node.app.config import ExpertsConfig
+    from node.experts.config import ExpertsConfig
     from node.app.devnet import assign_experts
     from node.experts.service import ExpertService
     from node.experts.weights import StaticModelView

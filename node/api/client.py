@@ -1,7 +1,6 @@
 """The JSON-RPC client of the `blyan` CLI: stdlib only, synchronous, cookie-authenticated.
 
-    url, cookie = find_rpc(data_dir)
-    status = RPCClient(url, cookie).call("blyan_status")
+    status = RPCClient(url, cookie_path).call("blyan_status")
 
 Errors are typed: `RPCError(code, message, data)` for a JSON-RPC error the node answered,
 `RPCAuthError` when the cookie is missing or refused, `RPCUnavailable` when no node answers.
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from chain.errors import BlyanError
-from node.app.config import CONFIG_FILE, COOKIE_FILE, load_config
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -58,24 +56,6 @@ class RPCUnavailable(BlyanError):
 
 class RPCAuthError(BlyanError):
     """The cookie is missing, unreadable or refused by the node (HTTP 401)."""
-
-
-def find_rpc(data_dir: Path) -> tuple[str, Path]:
-    """The RPC URL and cookie path of the node using `data_dir`.
-
-    The running daemon's `node.json` names the address it bound (needed when the config says
-    port 0); otherwise the `[rpc]` section of `config.toml` does."""
-    data_dir = Path(data_dir)
-    cookie = data_dir / COOKIE_FILE
-    try:
-        info = json.loads((data_dir / NODE_INFO_FILE).read_text())
-    except (OSError, ValueError):
-        info = None
-    if isinstance(info, dict) and isinstance(info.get("rpc"), str):
-        return info["rpc"], cookie
-    config = load_config(data_dir / CONFIG_FILE)
-    host = f"[{config.rpc.host}]" if ":" in config.rpc.host else config.rpc.host
-    return f"http://{host}:{config.rpc.port}", cookie
 
 
 def load_cookie(path: Path) -> str:

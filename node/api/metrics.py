@@ -1,8 +1,9 @@
-"""Prometheus metrics of a node: an `EngineObserver` that counts, rendered as text at /metrics.
+"""Prometheus metrics of a node, rendered as text at /metrics: one subscriber of the commit feed.
 
-What the engine reports through its hooks (commits, rounds, votes, penalties, block imports) is
-counted as it happens; what other parts own (peers, the network's gossip and request counters,
-sync targets) is read at scrape time from the callables the daemon hands in.
+What the engine reports on its feed (commits and block imports, rounds, signed votes, penalties)
+is counted as it arrives (`follow`, a task of the daemon; a scrape first takes what is still
+queued); what other parts own (peers, the network's gossip and request counters, sync targets,
+the feed's own subscribers) is read at scrape time from the callables the daemon hands in.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from chain.types import CHAIN_IDS, CHAIN_NAMES
-from node.engine.engine import EngineObserver
+from node.core.feed import Committed, Event, Feed, Penalized, RoundStarted, Subscription, VoteSigned
 from p2p.net_stats import NetStats
 
 IMPORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -25,10 +26,12 @@ SYNC_RATE_WINDOW_S = 10.0
 """Synced blocks per second are averaged over this many seconds of the recent past."""
 
 SyncProgress = Callable[[], dict[str, dict[str, int]]]
-"""`Engine.sync_progress`: per chain name, our height and the highest height peers reported."""
+"""`SyncService.sync_progress`: per chain name, our height and the highest height peers reported."""
+FEED_QUEUE = 8192
+"""Events waiting for the metrics task; beyond, they are dropped and counted."""
 
 
-class NodeMetrics(EngineObserver):
+class NodeMetrics:
     """Heights, peers, rounds, commits, penalties, block imports, sync and network traffic.
 
     `peers`, `net_stats` (a network's `stats`, when it has one) and `sync_progress` (the
@@ -69,32 +72,52 @@ class NodeMetrics(EngineObserver):
         self.sync_progress = sync_progress
         self._clock = clock
         self._synced_at: dict[int, deque[float]] = {c: deque() for c in CHAIN_IDS}
+        self.feed: Feed | None = None
+        self._sub: Subscription | None = None
         r.register(_ScrapeTimeCollector(self))
 
-    # --- engine hooks ---------------------------------------------------------------------------
+    # --- the feed -------------------------------------------------------------------------------
 
-    def on_commit(self, node: str, chain_id: int, block, state) -> None:  # noqa: ANN001
+    def subscribe(self, feed: Feed) -> Subscription:
+        """Count what `feed` reports from now on (and its subscribers' lag at each scrape)."""
+        self.feed = feed
+        self._sub = feed.subscribe("metrics", (Committed, RoundStarted, VoteSigned, Penalized), FEED_QUEUE)
+        return self._sub
+
+    async def follow(self) -> None:
+        """Count the feed's events as they arrive (a task of the daemon), until cancelled."""
+        if self._sub is not None:
+            async for event in self._sub:
+                self.on_event(event)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Committed):
+            self.on_commit(event.chain_id, event.block.header.height, len(event.block.txs))
+            self.on_block_imported(event.chain_id, event.block.header.height, len(event.block.txs),
+                                   event.seconds, event.synced)
+        elif isinstance(event, RoundStarted):
+            self.on_round(event.chain_id, event.height, event.round)
+        elif isinstance(event, VoteSigned):
+            self.votes.inc()
+        elif isinstance(event, Penalized):
+            self.penalties.inc()
+
+    # --- counting -------------------------------------------------------------------------------
+
+    def on_commit(self, chain_id: int, height: int, n_txs: int) -> None:
         chain = CHAIN_NAMES[chain_id]
-        self.height.labels(chain).set(block.header.height)
+        self.height.labels(chain).set(height)
         self.commits.labels(chain).inc()
-        self.txs.labels(chain).inc(len(block.txs))
+        self.txs.labels(chain).inc(n_txs)
         self.last_commit.labels(chain).set(time.time())
 
-    def on_round(self, node: str, chain_id: int, height: int, round: int) -> None:
+    def on_round(self, chain_id: int, height: int, round: int) -> None:
         self.rounds.labels(CHAIN_NAMES[chain_id]).inc()
         self.round.labels(CHAIN_NAMES[chain_id]).set(round)
         if round > 0:
             self.late_rounds.labels(CHAIN_NAMES[chain_id]).inc()
 
-    def on_penalty(self, node: str, peer: str, reason: str) -> None:
-        self.penalties.inc()
-
-    def on_vote_signed(self, node: str, signed) -> None:  # noqa: ANN001
-        self.votes.inc()
-
-    def on_block_imported(
-        self, node: str, chain_id: int, height: int, n_txs: int, seconds: float, synced: bool
-    ) -> None:
+    def on_block_imported(self, chain_id: int, height: int, n_txs: int, seconds: float, synced: bool) -> None:
         """A block was checked and stored in `seconds` (`synced`: fetched from a peer)."""
         chain = CHAIN_NAMES[chain_id]
         self.import_seconds.labels(chain, "true" if synced else "false").observe(seconds)
@@ -126,6 +149,9 @@ class NodeMetrics(EngineObserver):
             times.popleft()
 
     def render(self) -> bytes:
+        if self._sub is not None:
+            for event in self._sub.drain():  # what the task has not counted yet
+                self.on_event(event)
         if self._peer_count is not None:
             self.peers.set(self._peer_count())
         return generate_latest(self.registry)
@@ -153,6 +179,13 @@ class _ScrapeTimeCollector:
         for chain, progress in sorted((m.sync_progress() if m.sync_progress else {}).items()):
             target.add_metric([chain], progress["target"])
         yield target
+        if m.feed is not None:
+            dropped = CounterMetricFamily("blyan_feed_dropped_events", "Feed events a subscriber lost because "
+                                          "its queue was full (it lags; consensus never waits).",
+                                          labels=["subscriber"])
+            for sub in m.feed.subscriptions():
+                dropped.add_metric([sub.name], sub.dropped)
+            yield dropped
 
 
 def _net_families(stats: NetStats) -> Iterator[Metric]:

@@ -12,7 +12,8 @@ Transport failures get HTTP codes with a JSON-RPC error body: 401 (no or wrong c
 (body over `max_body_bytes`), 429 (rate limit, code -32005). Everything else answers 200 with
 JSON-RPC errors: -32700 malformed JSON, -32600 invalid request (or batch empty / too big),
 -32601 unknown method, -32602 bad params, -32603 internal error. The methods live in
-`node.api.methods`.
+`node.api.methods` (declared with `node.api.params`, grouped by domain in `chain_methods` and
+`expert_methods`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from chain.errors import ConfigError
-from node.app.config import COOKIE_FILE, RPCConfig
+from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.client import (
     COOKIE_USER,
     INTERNAL_ERROR,
@@ -51,7 +52,10 @@ from node.api.client import (
     RATE_LIMITED,
     RPCError,
 )
-from node.api.methods import METHODS, SERVICE_UNAVAILABLE, bind_params
+from node.api.methods import METHODS
+from node.api.params import SERVICE_UNAVAILABLE, bind_params
+from node.api.services import ExpertsAPI, Services, SyncStatus
+from node.core.ports import NodeHandle
 
 logger = logging.getLogger(__name__)
 
@@ -123,20 +127,20 @@ def write_cookie(path: Path, secret: str) -> None:
 
 
 class RPCServer:
-    """JSON-RPC for one engine; `await nursery.start(server.serve)` returns the bound URL."""
+    """JSON-RPC for one node; `await nursery.start(server.serve)` returns the bound URL."""
 
     def __init__(
         self,
-        engine: Any,
+        node: NodeHandle,
         data_dir: Path,
         config: RPCConfig,
         metrics_text: Callable[[], bytes] | None = None,
         limits: RPCLimits | None = None,
-        experts: Any = None,
+        experts: ExpertsAPI | None = None,
+        sync: SyncStatus | None = None,
     ) -> None:
-        self.engine = engine
-        self.services = {"engine": engine, "experts": experts}
-        """What each method's handler is given, by `Method.target`."""
+        self.services = Services(node, experts, sync)
+        """What the methods' handlers are given; `Method.target` names the one each needs."""
         self.cookie_path = Path(data_dir) / COOKIE_FILE
         self.config = config
         self.metrics_text = metrics_text
@@ -153,7 +157,7 @@ class RPCServer:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Write the cookie, listen, report the URL; on exit (cancellation) remove the cookie."""
         host, port = self.config.host, self.config.port
         if host not in LOOPBACK_HOSTS:
@@ -269,10 +273,9 @@ class RPCServer:
         if method is None:
             raise RPCError(METHOD_NOT_FOUND, f"method not found: {name}")
         args = bind_params(method, params)
-        target = self.services.get(method.target)
-        if target is None:
+        if self.services.get(method.target) is None:
             raise RPCError(SERVICE_UNAVAILABLE, f"{name}: the {method.target} service is not running on this node")
-        result = method.handler(target, args)
+        result = method.handler(self.services, args)
         if inspect.isawaitable(result):
             result = await result
         return result

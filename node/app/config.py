@@ -1,4 +1,8 @@
-"""Operator settings from DATA_DIR/config.toml (protocol constants come from genesis, not here)."""
+"""Operator settings from DATA_DIR/config.toml (protocol constants come from genesis, not here).
+
+Each wing declares its own section (`node.api.config.RPCConfig`, `node.sync.config.SyncConfig`,
+`node.experts.config.ExpertsConfig`); this module assembles them and reads and writes the file.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,21 @@ from pathlib import Path
 import tomli_w
 
 from chain.errors import ConfigError
+from node.api.config import RPCConfig
+from node.experts.config import ExpertsConfig
+from node.sync.config import SyncConfig
 
 CONFIG_FILE = "config.toml"
 KEY_FILE = "node.key"
 PACT_FILE = "genesis.pact"
 CHAINS_DIR = "chains"
 BLOBS_DIR = "blobs"
-COOKIE_FILE = ".cookie"
+NODE_INFO_FILE = "node.json"
+"""Written by the running daemon: peer id, listen addresses and the RPC URL actually bound (what
+`blyan devnet` bootstraps from, and where the CLI finds the node)."""
+TILE_HASHES_DIR = "tile-hashes"
+"""Subtile hashes of blobs once verified, so a later corruption is located to its tiles (and
+only those are fetched again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,43 +36,6 @@ class P2PConfig:
     """libp2p listen multiaddr."""
     bootstrap: tuple[str, ...] = ()
     """Extra bootstrap multiaddrs (genesis may list more)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RPCConfig:
-    host: str = "127.0.0.1"
-    """JSON-RPC listen address; keep it on loopback."""
-    port: int = 8645
-    """JSON-RPC port."""
-
-
-@dataclass(frozen=True, slots=True)
-class SyncConfig:
-    fast: bool = True
-    """Start from a certified state snapshot when far behind (else replay every block)."""
-    fast_min_gap: int = 256
-    """Fast sync only when a peer is at least this many blocks ahead on the reward chain."""
-    peer_wait_s: float = 10.0
-    """At start, how long to wait for a first peer before deciding how to sync."""
-
-
-@dataclass(frozen=True, slots=True)
-class ExpertsConfig:
-    serve: tuple[str, ...] = ("auto",)
-    """Experts this node serves: "auto" (every expert whose weights are in the blob store),
-    "none", or block names such as "layer0.expert1"."""
-    announce_interval_s: float = 10.0
-    """How often the node gossips what it serves (announcements live three times as long)."""
-    request_timeout_s: float = 5.0
-    """Deadline of one expert-forward request to a peer."""
-    spot_check: float = 0.05
-    """Probability of recomputing a peer's expert output here to check it."""
-    local_fallback: bool = True
-    """Compute an expert here from the blob store when no serving peer answers."""
-    max_concurrent: int = 1
-    """Torch jobs (serving and inference) running at once in worker threads."""
-    cache_mib: int = 256
-    """Byte budget of experts loaded beyond those served (fallback, spot checks), in MiB."""
 
 
 @dataclass(frozen=True, slots=True)

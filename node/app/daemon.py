@@ -1,6 +1,11 @@
-"""`blyan node run`: store, libp2p network, engine (and RPC, when present) under one nursery.
+"""`blyan node run`: store, libp2p network, engine, sync, experts, metrics and RPC under one nursery.
 
-SIGINT and SIGTERM cancel the nursery: the engine stops, the libp2p host leaves its topics and
+    store ─ Engine ──feed──> SyncService (status, handshake, blocks, snapshots, catch-up)
+               │      ├────> NodeMetrics (/metrics)
+               │      └────> (PoL, data quality, dashboard: later services subscribe the same way)
+               └─ NodeHandle <── RPCServer, ExpertService
+
+SIGINT and SIGTERM cancel the nursery: the services stop, the libp2p host leaves its topics and
 peers, and LevelDB is closed; a block is always written in one batch, so nothing is half
 written. A second daemon on the same data dir gets `StoreLocked` with a clear message.
 """
@@ -11,41 +16,42 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 import trio
 
-from chain.crypto import load_key
-from node.app.config import KEY_FILE
+from chain.blobs import BlobStore
+from chain.crypto import PrivateKey, load_key
+from chain.store import ChainStore
+from chain.transition import compute_reward_next_validators
+from chain.types import CHAIN_IDS, CHAIN_REWARD
+from gpu.devices import compute_tier, discover_devices
+from gpu.loader import BlobLoader
+from node.api.metrics import NodeMetrics
+from node.api.server import RPCServer
+from node.app.config import BLOBS_DIR, KEY_FILE, NODE_INFO_FILE, TILE_HASHES_DIR, NodeConfig
 from node.app.datadir import open_store
-from node.engine.engine import Engine, EngineConfig
+from node.core.clock import WallClock
+from node.engine.config import EngineConfig
+from node.engine.engine import Engine
+from node.engine.validators import load_validator_sets, save_validator_set
+from node.experts.service import ExpertService
+from node.experts.tiles import TileService
+from node.experts.weights import ChainRecords, StoreModelView
+from node.sync.config import SyncConfig, SyncTiming
+from node.sync.fastsync import run_fast_sync
+from node.sync.service import SyncService
+from p2p.libp2p_config import Libp2pConfig
+from p2p.libp2p_identity import is_libp2p_identity
+from p2p.libp2p_net import Libp2pNetwork
+from p2p.network import Network
 
 logger = logging.getLogger(__name__)
 
-NODE_INFO_FILE = "node.json"
-"""Written at start: the peer id and listen addresses (what `blyan devnet` bootstraps from)."""
 
 
-class WallClock:
-    """Block timestamps from the system clock (only `node/` reads it)."""
-
-    def now_ms(self) -> int:
-        return int(time.time() * 1000)
-
-
-def compute_peer_id(seed: bytes) -> str:
-    """The libp2p peer id of a node key (Ed25519 identity)."""
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.peer.id import ID
-
-    return ID.from_pubkey(create_new_key_pair(seed).public_key).to_base58()
-
-
-async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon for `data_dir` until cancelled."""
-    from p2p.libp2p_config import Libp2pConfig
-    from p2p.libp2p_net import Libp2pNetwork
 
     data_dir = Path(data_dir)
     # py-libp2p logs expected network events (a failed dial, a refused stream) at ERROR on a logger
@@ -60,22 +66,23 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
         bootstrap = tuple(dict.fromkeys(config.p2p.bootstrap + store.pact.bootstrap))
         net_config = Libp2pConfig(seed=key.seed, listen=config.p2p.listen, bootstrap=bootstrap)
         async with Libp2pNetwork.open(net_config) as net:
-            from chain.types import CHAIN_IDS
-            from node.api.metrics import NodeMetrics
-
             if config.sync.fast:
                 await _fast_sync(store, net, config.sync)
             metrics = NodeMetrics(peers=lambda: len(net.peers()), net_stats=getattr(net, "stats", None))
             metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
             engine_config = EngineConfig.from_params(store.pact.params, offload_writes=True)
-            engine = Engine(store, key, net, WallClock(), engine_config, observer=metrics, name=config.moniker)
-            metrics.sync_progress = engine.sync_progress
+            engine = Engine(store, key, net, WallClock(), engine_config, name=config.moniker)
+            metrics.subscribe(engine.feed)
+            sync = SyncService(engine, SyncTiming(), name=config.moniker)
+            metrics.sync_progress = sync.sync_progress
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(metrics.follow)
                 await nursery.start(engine.run)
-                from node.experts.service import run_expert_service
-
+                await nursery.start(sync.run)
                 experts = await nursery.start(run_expert_service, net, key, store, data_dir, config)
-                rpc_url = await _start_rpc(nursery, engine, data_dir, config, metrics.render, experts)
+                server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics.render, experts=experts,
+                                   sync=sync)
+                rpc_url = await nursery.start(server.serve)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
                 task_status.started(engine)
@@ -85,13 +92,8 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
         logger.info("node %s stopped; chains closed", data_dir)
 
 
-async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
+async def _fast_sync(store: ChainStore, net: Network, sync: SyncConfig) -> None:
     """Before the engine starts: install certified snapshots if a peer is far ahead."""
-    from chain.transition import compute_reward_next_validators
-    from chain.types import CHAIN_REWARD
-    from node.engine.engine import load_validator_sets, save_validator_set
-    from node.sync.fastsync import run_fast_sync
-
     sets = load_validator_sets(store)
     current = compute_reward_next_validators(store.state(CHAIN_REWARD))
     sets.setdefault(current.hash(), current)
@@ -101,12 +103,20 @@ async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
         save_validator_set(store, sets[vs_hash])
 
 
-async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text,  # noqa: ANN001
-                     experts=None) -> str:  # noqa: ANN001
-    from node.api.server import RPCServer
-
-    server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics_text, experts=experts)
-    return await nursery.start(server.serve)
+async def run_expert_service(net: Network, key: PrivateKey, store: ChainStore, data_dir: Path, config: NodeConfig,
+                             *, task_status: trio.TaskStatus[ExpertService] = trio.TASK_STATUS_IGNORED) -> None:
+    """The daemon's expert service: the chain's model, the data dir's blobs, libp2p identities."""
+    devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls
+    tier = max(int(compute_tier(d)) for d in devices)
+    logger.info("devices: %s; serving tier %d", ", ".join(d.name for d in devices), tier)
+    view = StoreModelView(store)
+    blobs = BlobStore(Path(data_dir) / BLOBS_DIR)
+    loader = BlobLoader(hash_dir=Path(data_dir) / TILE_HASHES_DIR)
+    tiles = TileService(store.pact.network_id, blobs, loader, ChainRecords(view))
+    service = ExpertService(net, key, view, blobs, config.experts, network_id=store.pact.network_id,
+                            clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
+                            loader=loader, tiles=tiles)
+    await service.run(task_status=task_status)
 
 
 def _write_node_info(data_dir: Path, peer_id: str, addrs: list[str], rpc_url: str | None) -> None:

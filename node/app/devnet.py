@@ -18,18 +18,11 @@ from pathlib import Path
 from chain import codec
 from chain.blobs import BlobStore
 from chain.tensors import ModelSpec
-from node.app.config import (
-    BLOBS_DIR,
-    CONFIG_FILE,
-    COOKIE_FILE,
-    ExpertsConfig,
-    P2PConfig,
-    RPCConfig,
-    load_config,
-    save_config,
-)
-from node.app.daemon import compute_peer_id
+from node.api.config import COOKIE_FILE, RPCConfig
+from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, load_config, save_config
 from node.app.datadir import init_data_dir
+from node.experts.config import ExpertsConfig
+from p2p.libp2p_identity import compute_peer_id
 
 logger = logging.getLogger(__name__)
 

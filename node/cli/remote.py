@@ -25,7 +25,8 @@ from chain.payloads import Stake, Transfer, Unstake
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Transaction, TxBody
 from node.app.config import KEY_FILE
 from node.core.progress import format_progress
-from node.api.client import RPCClient, find_rpc
+from node.api.client import RPCClient
+from node.cli.connect import find_rpc
 
 
 def _fail(message: str) -> None:

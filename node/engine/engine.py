@@ -1,10 +1,15 @@
-"""The engine: consensus, mempool, evidence, store and a `Network`, wired for the three chains.
+"""The engine: consensus for the three chains over a `Network`, with mempools and evidence.
 
 The same engine runs inside the deterministic simulator (`p2p.sim`) and inside the daemon (over
 libp2p). Each chain has one `ChainRunner` task that alone changes that chain's consensus state,
-fed by a bounded channel (STYLE rule 12); gossip handlers only check signatures and shapes and
-hand events over. Time comes from `trio.current_time()` (timeouts) and an injected clock
-(block timestamps), so the engine runs under `MockClock`.
+fed by a bounded channel (one owner for each piece of mutable state); the gossip handlers here
+only decode, check signatures and heights, give a verdict (accept, ignore, or reject and
+penalise the sender) and enqueue. A runner reaches the node only through its `ChainPort`
+(`_RunnerPort` below). Everything the engine does that others may care about goes out on its
+`Feed`; services act through the `NodeHandle` methods (`submit_tx`, `import_blocks`, ...).
+
+Time comes from `trio.current_time()` (timeouts) and an injected clock (block timestamps), so
+the engine runs under `MockClock`.
 """
 
 from __future__ import annotations
@@ -12,44 +17,49 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from chain import codec
 from chain.codec import decode
-from chain.commit import sign_vote, validate_evidence, validate_signed_vote
+from chain.commit import validate_evidence, validate_signed_vote
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
-from chain.kv import COL_NODE
-from chain.records import KEY_VALIDATORS, Earning, earning_key
+from chain.params import ChainParams
+from chain.payloads import DuplicateVoteEvidence, Slash
+from chain.state import State
 from chain.store import ChainStore
 from chain.transition import Context
-from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, ValidatorSet
-from chain.votes import SignedVote
-from consensus.evidence import EvidencePool
-from consensus.mempool import Mempool, MempoolConfig
-from consensus.messages import InvalidProposal, validate_signed_proposal
-from consensus.tendermint import TendermintConfig
-from node.sync.snapshot_wire import PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH
-from node.sync.snapshots import SnapshotServer, compute_blocks_response, compute_handshake
+from chain.types import (
+    CHAIN_IDS,
+    CHAIN_REWARD,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    Transaction,
+    ValidatorSet,
+)
+from consensus.evidence import EvidencePool, make_slash_txs
+from consensus.mempool import AddResult, Mempool, Outcome
+from node.core.feed import Committed, Feed, Penalized, PeerAhead, RoundStarted, TxAdmitted
+from node.core.ports import ImportReport
+from node.engine.config import EngineConfig
+from node.engine.earnings import PendingEarnings
+from node.engine.ports import BlockBuilder
+from node.engine.runner import ChainRunner
+from node.engine.signing import OwnVoteLog, SignGuard, Signer
+from node.engine.validators import KnownValidatorSets
 from node.engine.wire import (
-    PROTOCOL_BLOCKS,
-    PROTOCOL_HANDSHAKE,
     PROTOCOL_PROPOSAL,
     TOPIC_EVIDENCE,
     TOPIC_PROPOSALS,
-    TOPIC_STATUS,
     TOPIC_TXS,
     TOPIC_VOTES,
-    BlocksRequest,
-    ChainHead,
     EvidenceMsg,
-    Handshake,
     ProposalMsg,
     ProposalRequest,
-    StatusMsg,
+    ProposalResponse,
     TxMsg,
     VoteMsg,
 )
@@ -58,83 +68,6 @@ from p2p.network import Clock, Network, PeerId, Verdict, protocol_name, topic_na
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
-_VSET_PREFIX = COL_NODE + b"vset"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Operator-side engine settings (protocol constants come from genesis)."""
-
-    tendermint: TendermintConfig = field(default_factory=TendermintConfig)
-    """Round timeouts."""
-    mempool: MempoolConfig = field(default_factory=MempoolConfig)
-    """Mempool caps."""
-    rebroadcast_s: float = 1.0
-    """How often the current height's own votes and proposal are gossiped again."""
-    status_interval_s: float = 2.0
-    """How often this node gossips its heights."""
-    request_timeout_s: float = 2.0
-    """Deadline of a block or proposal request."""
-    sync_batch: int = 32
-    """Blocks asked for per sync request."""
-    event_queue: int = 4096
-    """Events waiting for a chain's runner; beyond, gossip is dropped (and re-gossiped later)."""
-    max_future_drift_ms: int = 15_000
-    """A proposed block whose time is further ahead of our clock is not valid."""
-    snapshot_every: int = 64
-    """Keep the state at every multiple of this height for fast-syncing peers."""
-    offload_writes: bool = False
-    """Write blocks from a worker thread (the daemon), not on the event loop. Off in
-    simulations: a thread's finishing time is not deterministic."""
-
-    @classmethod
-    def for_tests(cls) -> EngineConfig:
-        return cls(tendermint=TendermintConfig.for_tests(), mempool=MempoolConfig.for_tests(),
-                   rebroadcast_s=0.5, status_interval_s=1.0, request_timeout_s=1.0)
-
-    @classmethod
-    def from_params(cls, params, **overrides: object) -> EngineConfig:  # noqa: ANN001
-        tm = TendermintConfig(
-            timeout_propose_ms=params.timeout_propose_ms, timeout_prevote_ms=params.timeout_vote_ms,
-            timeout_precommit_ms=params.timeout_vote_ms, timeout_delta_ms=params.timeout_delta_ms,
-        )
-        return cls(tendermint=tm, **overrides)
-
-
-@dataclass(frozen=True, slots=True)
-class Behaviour:
-    """How a node misbehaves, for simulations. The default is honest."""
-
-    equivocate: bool = False
-    """Sign a second, conflicting vote for every vote."""
-    invalid_proposals: bool = False
-    """Propose blocks with a wrong state root."""
-    withhold_votes: bool = False
-    """Never send own votes."""
-    silent: bool = False
-    """Send nothing at all."""
-    spam: bool = False
-    """Flood topics with garbage and invalid transactions."""
-
-    @property
-    def is_honest(self) -> bool:
-        return not (self.equivocate or self.invalid_proposals or self.withhold_votes or self.silent or self.spam)
-
-    def names(self) -> list[str]:
-        return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
-
-
-def load_validator_sets(store: ChainStore) -> dict[bytes, ValidatorSet]:
-    """Every validator set this node has known (by hash), from disk."""
-    sets = {}
-    for _, raw in store.kv.iterate(_VSET_PREFIX):
-        vs = decode(ValidatorSet, raw)
-        sets[vs.hash()] = vs
-    return sets
-
-
-def save_validator_set(store: ChainStore, vs: ValidatorSet) -> None:
-    store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -142,27 +75,6 @@ def decode_vote_msg(data: bytes) -> VoteMsg:
     """Votes arrive many times (gossip, rebroadcasts, and in a simulation at every node of
     the process); decoding is pure, so the result is shared. Errors are not cached."""
     return decode(VoteMsg, data, max_size=512)
-
-
-class EngineObserver:
-    """Hooks for simulations and metrics; the default does nothing."""
-
-    def on_commit(self, node: str, chain_id: int, block, state) -> None:  # noqa: ANN001
-        """A block was finalized and stored."""
-
-    def on_vote_signed(self, node: str, signed: SignedVote) -> None:
-        """This node signed a vote."""
-
-    def on_penalty(self, node: str, peer: PeerId, reason: str) -> None:
-        """This node penalised a peer."""
-
-    def on_round(self, node: str, chain_id: int, height: int, round: int) -> None:
-        """A consensus round started."""
-
-    def on_block_imported(self, node: str, chain_id: int, height: int, n_txs: int, seconds: float,
-                          synced: bool) -> None:
-        """A block was checked and written: `seconds` from checking to stored; `synced` when it
-        came from catch-up rather than from this node's own consensus."""
 
 
 class Engine:
@@ -175,37 +87,35 @@ class Engine:
         network: Network,
         clock: Clock,
         config: EngineConfig | None = None,
-        behaviour: Behaviour = Behaviour(),
-        observer: EngineObserver | None = None,
+        *,
+        feed: Feed | None = None,
         name: str = "",
         rng: random.Random | None = None,
+        builder: BlockBuilder | None = None,
     ) -> None:
         self.store = store
         self.key = key
         self.network = network
         self.clock = clock
         self.config = config or EngineConfig.from_params(store.pact.params)
-        self.behaviour = behaviour
-        self.observer = observer or EngineObserver()
+        self.feed = feed or Feed()
+        """Finalized blocks and gossip events, for any number of subscribers."""
         self.name = name or network.local_id
         self.rng = rng or random.Random(0)
         self.network_id = store.pact.network_id
-        self.params = store.pact.params
+        self.params: ChainParams = store.pact.params
         self.mempools = {c: Mempool(c, self.config.mempool) for c in CHAIN_IDS}
         self.evidence = EvidencePool()
-        self.known_sets: dict[bytes, ValidatorSet] = {}
-        self.pending_earnings: dict[tuple[int, bytes], Earning] = {}
-        self.sync_targets: dict[int, int] = {}
+        self.validator_sets = KnownValidatorSets(store)
+        self.earnings = PendingEarnings(store)
+        self.signer = Signer(key, self.network_id, self.feed) if key is not None else None
+        self.builder = builder or BlockBuilder()
         self.write_limiter = trio.CapacityLimiter(1)
-        self.snapshots = SnapshotServer(store, self.known_sets.get, every=self.config.snapshot_every)
+        """One block write at a time (writes run in worker threads in the daemon)."""
         self._nursery: trio.Nursery | None = None
-        from node.engine.runner import ChainRunner  # the per-chain half of the engine
+        self.runners = {c: ChainRunner(_RunnerPort(self, c)) for c in CHAIN_IDS}
 
-        self._remember_validators()
-        self._scan_earnings()
-        self.runners = {c: ChainRunner(self, c) for c in CHAIN_IDS}
-
-    # --- shared views -----------------------------------------------------------------------
+    # --- what services may ask (NodeHandle) ---------------------------------------------------
 
     @property
     def address(self) -> bytes | None:
@@ -213,93 +123,52 @@ class Engine:
 
     def validators(self) -> ValidatorSet:
         """The validator set in force now: the reward chain's current one."""
-        raw = self.store.state(CHAIN_REWARD).get(KEY_VALIDATORS)
-        return decode(ValidatorSet, raw)
+        return self.validator_sets.current()
 
-    def _remember_validators(self) -> None:
-        """Keep every validator set ever in force, on disk too: a restarted node must still
-        check commits made by the set before an epoch change."""
-        if not self.known_sets:
-            self.known_sets.update(load_validator_sets(self.store))
-        vs = self.validators()
-        if vs.hash() not in self.known_sets:
-            self.known_sets[vs.hash()] = vs
-            save_validator_set(self.store, vs)
+    def get_validator_set(self, vs_hash: bytes) -> ValidatorSet | None:
+        return self.validator_sets.get(vs_hash)
 
-    @property
-    def syncing(self) -> bool:
-        """Whether a peer told us of a finalized height above ours that we have not reached."""
-        return any(self.store.height(c) < target for c, target in self.sync_targets.items())
+    def submit_tx(self, tx: Transaction) -> AddResult:
+        """Admit a local transaction to its chain's mempool and gossip it (RPC entry point)."""
+        chain_id = tx.body.chain_id
+        if chain_id not in self.mempools:
+            return AddResult(Outcome.INVALID, f"unknown chain {chain_id}")
+        runner = self.runners[chain_id]
+        result = self.mempools[chain_id].add(tx, self.store.state(chain_id), runner.current_context())
+        if result.added:
+            self.feed.publish(TxAdmitted(chain_id, tx.hash(), True))
+            self.spawn(self.publish, TOPIC_TXS, TxMsg(tx))
+            runner.poke()
+        return result
 
-    def sync_progress(self) -> dict[str, dict[str, int | float | None]]:
-        """Per chain: our height, the highest height peers reported, blocks/s and seconds left."""
-        from chain.types import CHAIN_NAMES
+    def is_pending(self, chain_id: int, tx_hash: bytes) -> bool:
+        return chain_id in self.mempools and tx_hash in self.mempools[chain_id]
 
-        from node.core.progress import compute_eta
+    def count_pending(self, chain_id: int, sender: bytes) -> int:
+        return self.mempools[chain_id].count_of(sender) if chain_id in self.mempools else 0
 
-        progress = {}
-        for c, t in self.sync_targets.items():
-            height = self.store.height(c)
-            target = max(height, t)
-            rate = self.runners[c].sync_meter.rate if height < target else None
-            eta = compute_eta(height, target, rate)
-            progress[CHAIN_NAMES[c]] = {"height": height, "target": target,
-                                        "blocks_per_s": None if rate is None else round(rate, 1),
-                                        "eta_s": None if eta is None else round(eta, 1)}
-        return progress
-
-    def note_peer_height(self, chain_id: int, height: int) -> None:
-        if height > self.sync_targets.get(chain_id, 0):
-            self.sync_targets[chain_id] = height
-
-    def get_earning(self, chain_id: int, tx_hash: bytes) -> Earning | None:
-        if chain_id not in (CHAIN_PARAMETER, CHAIN_DATASET):
-            return None
-        raw = self.store.state(chain_id).get(earning_key(tx_hash))
-        return None if raw is None else decode(Earning, raw)
+    async def import_blocks(self, chain_id: int, peer: PeerId, blocks: tuple[Block, ...],
+                            last_commit: CommitCertificate | None, target: int) -> ImportReport:
+        if chain_id not in self.runners:
+            return ImportReport(0, 0)
+        return await self.runners[chain_id].import_blocks(peer, blocks, last_commit, target)
 
     def context(self, validators: ValidatorSet, prev: ValidatorSet | None = None) -> Context:
-        return Context(self.network_id, self.params, validators, prev, earnings=self.get_earning,
-                       next_validators=self.known_sets.get)
-
-    def _scan_earnings(self) -> None:
-        from chain.records import paid_key
-
-        reward = self.store.state(CHAIN_REWARD)
-        for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET):
-            for key, value in self.store.state(chain_id).items():
-                if key[:1] == b"E" and len(key) == 33 and reward.get(paid_key(chain_id, key[1:])) is None:
-                    self.pending_earnings[(chain_id, key[1:])] = decode(Earning, value)
-
-    def on_committed(self, chain_id: int, changes: dict[bytes, bytes | None]) -> None:
-        """Bookkeeping shared across chains after a block of `chain_id` is stored."""
-        if chain_id == CHAIN_REWARD:
-            self._remember_validators()
-            for key in changes:
-                if key[:1] == b"p" and len(key) == 34:
-                    self.pending_earnings.pop((key[1], key[2:]), None)
-        else:
-            for key, value in changes.items():
-                if key[:1] == b"E" and len(key) == 33 and value is not None:
-                    self.pending_earnings[(chain_id, key[1:])] = decode(Earning, value)
-        for runner in self.runners.values():
-            runner.poke()
+        return Context(self.network_id, self.params, validators, prev, earnings=self.earnings.get,
+                       next_validators=self.validator_sets.get)
 
     # --- running ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled."""
         self._subscribe()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for runner in self.runners.values():
                 await nursery.start(runner.run)
-            nursery.start_soon(self._status_loop)
-            if self.behaviour.spam:
-                nursery.start_soon(self._spam_loop)
             task_status.started()
 
-    def spawn(self, fn: Callable, *args: object) -> None:  # noqa: ANN001
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 
@@ -307,90 +176,43 @@ class Engine:
         return topic_name(self.network_id, name)
 
     async def publish(self, name: str, msg: object) -> None:
-        if self.behaviour.silent:
-            return
         try:
             await self.network.publish(self.topic(name), codec.encode(msg))
         except BlyanError as err:
             logger.warning("%s: publish on %s failed: %s", self.name, name, err)
 
-    def penalize(self, peer: PeerId, reason: str) -> None:
-        self.observer.on_penalty(self.name, peer, reason)
-        self.network.penalize(peer, reason)
+    def penalize(self, peer: PeerId, reason: str, weight: float = 1.0) -> None:
+        self.feed.publish(Penalized(peer, reason))
+        self.network.penalize(peer, reason, weight)
 
     def _subscribe(self) -> None:
         n = self.network
-        n.subscribe(self.topic(TOPIC_PROPOSALS), self._on_proposal_gossip)
-        n.subscribe(self.topic(TOPIC_VOTES), self._on_vote_gossip)
-        n.subscribe(self.topic(TOPIC_TXS), self._on_tx_gossip)
-        n.subscribe(self.topic(TOPIC_EVIDENCE), self._on_evidence_gossip)
-        n.subscribe(self.topic(TOPIC_STATUS), self._on_status_gossip)
-        n.set_request_handler(protocol_name(self.network_id, PROTOCOL_BLOCKS), self._serve_blocks, MAX_REQUEST_BYTES)
-        n.set_request_handler(protocol_name(self.network_id, PROTOCOL_PROPOSAL), self._serve_proposal, MAX_REQUEST_BYTES)
-        n.set_request_handler(protocol_name(self.network_id, PROTOCOL_HANDSHAKE), self._serve_handshake,
+        n.subscribe(self.topic(TOPIC_PROPOSALS), self.on_proposal_gossip)
+        n.subscribe(self.topic(TOPIC_VOTES), self.on_vote_gossip)
+        n.subscribe(self.topic(TOPIC_TXS), self.on_tx_gossip)
+        n.subscribe(self.topic(TOPIC_EVIDENCE), self.on_evidence_gossip)
+        n.set_request_handler(protocol_name(self.network_id, PROTOCOL_PROPOSAL), self.serve_proposal,
                               MAX_REQUEST_BYTES)
-        for name, handler in ((PROTOCOL_SNAPSHOTS, self.snapshots.serve_snapshots),
-                              (PROTOCOL_TRUST_PATH, self.snapshots.serve_trust_path),
-                              (PROTOCOL_BUCKET_HASHES, self.snapshots.serve_bucket_hashes),
-                              (PROTOCOL_BUCKETS, self.snapshots.serve_buckets)):
-            n.set_request_handler(protocol_name(self.network_id, name), handler, MAX_REQUEST_BYTES)
-        n.on_peer_event(self._on_peer_event)
 
-    # --- handshake --------------------------------------------------------------------------
+    # --- cross-chain bookkeeping after a commit -----------------------------------------------
 
-    async def _serve_handshake(self, peer: PeerId, data: bytes) -> bytes:
-        return codec.encode(compute_handshake(self.store))
-
-    def _on_peer_event(self, peer: PeerId, connected: bool) -> None:
-        if connected:
-            self.spawn(self._check_peer, peer)
-
-    async def _check_peer(self, peer: PeerId, attempts: int = 4) -> None:
-        """Refuse a peer of another network or genesis (a ban, so it is disconnected). A peer
-        that does not answer yet (its engine may still be starting, or fast-syncing) is asked
-        again, a few times, further apart."""
-        for attempt in range(attempts):
-            try:
-                data = await self.network.request(
-                    peer, protocol_name(self.network_id, PROTOCOL_HANDSHAKE), b"", self.config.request_timeout_s)
-                theirs = decode(Handshake, data, max_size=MAX_REQUEST_BYTES)
-                break
-            except DecodingError:
-                self.penalize(peer, "undecodable handshake")
-                return
-            except BlyanError as err:
-                logger.info("%s: handshake with %s failed (%d/%d): %s", self.name, peer, attempt + 1, attempts, err)
-                if attempt + 1 == attempts or peer not in self.network.peers():
-                    return
-                await trio.sleep(self.config.request_timeout_s * 2**attempt)
-        if (theirs.network_id, theirs.genesis_hash) != (self.network_id, self.store.genesis_hash):
-            logger.warning("%s: refusing peer %s of network %r genesis %s", self.name, peer,
-                           theirs.network_id, theirs.genesis_hash.hex()[:16])
-            self.observer.on_penalty(self.name, peer, "another genesis")
-            self.network.penalize(peer, "another network or genesis", weight=1_000.0)
-            return
-        for head in theirs.heads:
-            if head.chain_id in self.runners and head.height > self.store.height(head.chain_id):
-                self.note_peer_height(head.chain_id, head.height)
-                self.runners[head.chain_id].want_sync(peer, head.height)
-
-    # --- transactions -----------------------------------------------------------------------
-
-    def submit_tx(self, tx: Transaction):  # noqa: ANN201 - returns AddResult
-        """Admit a local transaction to its chain's mempool and gossip it (RPC entry point)."""
-        chain_id = tx.body.chain_id
-        if chain_id not in self.mempools:
-            from consensus.mempool import AddResult, Outcome
-
-            return AddResult(Outcome.INVALID, f"unknown chain {chain_id}")
-        runner = self.runners[chain_id]
-        result = self.mempools[chain_id].add(tx, self.store.state(chain_id), runner.current_context())
-        if result.added:
-            self.spawn(self.publish, TOPIC_TXS, TxMsg(tx))
+    def on_committed(self, chain_id: int, block: Block, state: State, changes: dict[bytes, bytes | None],
+                     synced: bool, seconds: float) -> None:
+        """A block of `chain_id` is stored: evidence, validator sets, earnings, the feed, and a
+        poke for every chain (a commit on one may give another work)."""
+        if chain_id == CHAIN_REWARD:
+            self.evidence.mark_included([tx.body.payload.evidence for tx in block.txs
+                                         if isinstance(tx.body.payload, Slash)])
+            self.evidence.prune(self.network_id, self.validators(), state)
+            self.validator_sets.remember_current()
+        self.earnings.on_committed(chain_id, changes)
+        self.feed.publish(Committed(chain_id, block, state, changes, synced, seconds))
+        for runner in self.runners.values():
             runner.poke()
-        return result
 
-    async def _on_tx_gossip(self, peer: PeerId, data: bytes) -> Verdict:
+    # --- gossip handlers ----------------------------------------------------------------------
+
+    async def on_tx_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
             msg = decode(TxMsg, data, max_size=self.params.max_tx_bytes + 64)
         except DecodingError:
@@ -402,36 +224,26 @@ class Engine:
         runner = self.runners[chain_id]
         result = self.mempools[chain_id].add(msg.tx, self.store.state(chain_id), runner.current_context())
         if result.added:
+            self.feed.publish(TxAdmitted(chain_id, msg.tx.hash(), False))
             runner.poke()
             return Verdict.ACCEPT
         if result.is_invalid:
             return Verdict.REJECT
         return Verdict.IGNORE
 
-    # --- consensus gossip -------------------------------------------------------------------
-
-    async def _on_proposal_gossip(self, peer: PeerId, data: bytes) -> Verdict:
+    async def on_proposal_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
             msg = decode(ProposalMsg, data, max_size=self.params.max_block_bytes + 4096)
         except DecodingError:
             self.penalize(peer, "undecodable proposal")
             return Verdict.REJECT
-        p = msg.signed.proposal
-        if p.chain_id not in self.runners or msg.block.hash() != p.block_hash:
+        runner = self.runners.get(msg.signed.proposal.chain_id)
+        if runner is None:
             self.penalize(peer, "proposal does not name its block")
             return Verdict.REJECT
-        runner = self.runners[p.chain_id]
-        verdict = runner.classify_height(p.height, peer)
-        if verdict is not Verdict.ACCEPT:
-            return verdict
-        try:
-            validate_signed_proposal(msg.signed, self.network_id, runner.validators)
-        except InvalidProposal as err:
-            self.penalize(peer, str(err))
-            return Verdict.REJECT
-        return runner.enqueue(("proposal", peer, msg))
+        return runner.receive_proposal(peer, msg)
 
-    async def _on_vote_gossip(self, peer: PeerId, data: bytes) -> Verdict:
+    async def on_vote_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
             msg = decode_vote_msg(data)
         except DecodingError:
@@ -451,7 +263,7 @@ class Engine:
             return Verdict.REJECT
         return runner.enqueue(("vote", peer, msg.signed))
 
-    async def _on_evidence_gossip(self, peer: PeerId, data: bytes) -> Verdict:
+    async def on_evidence_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
             msg = decode(EvidenceMsg, data, max_size=2048)
         except DecodingError:
@@ -459,7 +271,8 @@ class Engine:
             return Verdict.REJECT
         return self.add_evidence(msg.evidence, peer)
 
-    def add_evidence(self, evidence, peer: PeerId | None = None) -> Verdict:  # noqa: ANN001
+    def add_evidence(self, evidence: DuplicateVoteEvidence, peer: PeerId | None = None) -> Verdict:
+        """Evidence from a peer's gossip, or (peer None) seen by our own machine: gossiped."""
         try:
             validate_evidence(evidence, self.network_id, self.validators())
         except BlyanError:
@@ -473,52 +286,101 @@ class Engine:
             self.spawn(self.publish, TOPIC_EVIDENCE, EvidenceMsg(evidence))
         return Verdict.ACCEPT
 
-    # --- status and sync --------------------------------------------------------------------
-
-    async def _status_loop(self) -> None:
-        while True:
-            heads = tuple(ChainHead(c, self.store.height(c)) for c in CHAIN_IDS)
-            await self.publish(TOPIC_STATUS, StatusMsg(heads))
-            jitter = 1.0 + 0.2 * self.rng.random()
-            await trio.sleep(self.config.status_interval_s * jitter)
-
-    async def _on_status_gossip(self, peer: PeerId, data: bytes) -> Verdict:
-        try:
-            msg = decode(StatusMsg, data, max_size=512)
-        except DecodingError:
-            self.penalize(peer, "undecodable status")
-            return Verdict.REJECT
-        for head in msg.heads:
-            if head.chain_id in self.runners and head.height > self.store.height(head.chain_id):
-                self.note_peer_height(head.chain_id, head.height)
-                self.runners[head.chain_id].want_sync(peer, head.height)
-        return Verdict.ACCEPT
-
-    async def _serve_blocks(self, peer: PeerId, data: bytes) -> bytes:
-        req = decode(BlocksRequest, data, max_size=MAX_REQUEST_BYTES)
-        return codec.encode(compute_blocks_response(self.store, req))
-
-    async def _serve_proposal(self, peer: PeerId, data: bytes) -> bytes:
-        from node.engine.wire import ProposalResponse
-
+    async def serve_proposal(self, peer: PeerId, data: bytes) -> bytes:
         req = decode(ProposalRequest, data, max_size=MAX_REQUEST_BYTES)
         runner = self.runners.get(req.chain_id)
         found = runner.get_proposal_msg(req.height, req.round) if runner else None
         return codec.encode(ProposalResponse(found))
 
-    # --- misbehaviour (simulations only) ----------------------------------------------------
 
-    async def _spam_loop(self) -> None:
-        while True:
-            junk = self.rng.randbytes(self.rng.randrange(1, 200))
-            for name in (TOPIC_TXS, TOPIC_VOTES, TOPIC_PROPOSALS):
-                try:
-                    await self.network.publish(self.topic(name), junk)
-                except BlyanError:
-                    pass
-            await trio.sleep(0.05)
+class _RunnerPort:
+    """The engine as one chain's runner may see it (`node.engine.ports.ChainPort`)."""
 
-    def sign_vote(self, vote) -> SignedVote:  # noqa: ANN001
-        signed = sign_vote(self.key, self.network_id, vote)
-        self.observer.on_vote_signed(self.name, signed)
-        return signed
+    def __init__(self, engine: Engine, chain_id: int) -> None:
+        self._engine = engine
+        self.chain_id = chain_id
+        self.node_name = engine.name
+        self.network_id = engine.network_id
+        self.params = engine.params
+        self.config = engine.config
+        self.address = engine.address
+        self.mempool = engine.mempools[chain_id]
+        self.signer = engine.signer
+        self.guard = SignGuard(engine.store.kv, chain_id)
+        self.own_votes = OwnVoteLog(engine.store.kv, chain_id)
+        self.builder = engine.builder
+        self.rng = engine.rng
+
+    def get_state(self) -> State:
+        return self._engine.store.state(self.chain_id)
+
+    def get_header(self, height: int) -> BlockHeader | None:
+        return self._engine.store.get_header(self.chain_id, height)
+
+    def get_commit(self, height: int) -> CommitCertificate | None:
+        return self._engine.store.get_commit(self.chain_id, height)
+
+    def get_validator_set(self, vs_hash: bytes) -> ValidatorSet | None:
+        return self._engine.validator_sets.get(vs_hash)
+
+    def get_current_validators(self) -> ValidatorSet:
+        return self._engine.validators()
+
+    def make_context(self, validators: ValidatorSet, prev: ValidatorSet | None) -> Context:
+        return self._engine.context(validators, prev)
+
+    def now_ms(self) -> int:
+        return self._engine.clock.now_ms()
+
+    def get_system_txs(self) -> list[Transaction]:
+        if self.chain_id != CHAIN_REWARD:
+            return []
+        e = self._engine
+        return make_slash_txs(e.evidence, self.get_state()) + e.earnings.make_reward_txs()
+
+    def has_system_work(self) -> bool:
+        if self.chain_id != CHAIN_REWARD:
+            return False
+        return bool(self._engine.evidence.pending()) or bool(self._engine.earnings)
+
+    async def publish(self, topic: str, msg: object) -> None:
+        await self._engine.publish(topic, msg)
+
+    async def request(self, peer: PeerId, protocol: str, msg: object, response: type, max_size: int) -> object:
+        e = self._engine
+        data = await e.network.request(peer, protocol_name(e.network_id, protocol), codec.encode(msg),
+                                       e.config.request_timeout_s)
+        return codec.decode(response, data, max_size=max_size)
+
+    def get_peers(self) -> list[PeerId]:
+        return self._engine.network.peers()
+
+    def penalize(self, peer: PeerId, reason: str) -> None:
+        self._engine.penalize(peer, reason)
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        self._engine.spawn(fn, *args)
+
+    async def write_block(self, block: Block, state: State, changes: dict[bytes, bytes | None],
+                          commit: CommitCertificate) -> None:
+        """One synced LevelDB batch: in a worker thread in the daemon, so that the event loop
+        keeps serving gossip meanwhile (blocking work off the event loop); inline in simulations."""
+        e = self._engine
+        if e.config.offload_writes:
+            await trio.to_thread.run_sync(e.store.commit_block, block, state, changes, commit,
+                                          limiter=e.write_limiter)
+        else:
+            e.store.commit_block(block, state, changes, commit)
+
+    def on_committed(self, block: Block, state: State, changes: dict[bytes, bytes | None], synced: bool,
+                     seconds: float) -> None:
+        self._engine.on_committed(self.chain_id, block, state, changes, synced, seconds)
+
+    def report_evidence(self, evidence: DuplicateVoteEvidence) -> None:
+        self._engine.add_evidence(evidence)
+
+    def report_round(self, height: int, round: int) -> None:
+        self._engine.feed.publish(RoundStarted(self.chain_id, height, round))
+
+    def report_peer_ahead(self, peer: PeerId, height: int) -> None:
+        self._engine.feed.publish(PeerAhead(self.chain_id, peer, height))

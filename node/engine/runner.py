@@ -1,26 +1,33 @@
-"""One chain's half of the engine: the only task that changes that chain's consensus state."""
+"""One chain's consensus: the only task that changes that chain's consensus state.
+
+A `ChainRunner` is fed by a bounded channel (gossip handlers and catch-up enqueue, it alone
+acts), drives the chain's Tendermint machine height after height, and carries out its actions:
+timeouts, proposals (built by the port's `BlockBuilder`), guarded signatures, commits. It asks
+the node for everything else through its `ChainPort`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import trio
 
-from chain import codec
 from chain.commit import InvalidCommit, verify_commit
-from chain.errors import BlyanError, DecodingError, InvalidBlock, MissingDependency
-from chain.kv import COL_NODE
-from chain.state import State
-from chain.errors import InvalidTransaction
-from chain.state import Overlay
-from chain.transition import Context, apply_block, apply_tx, build_block
-from chain.types import CHAIN_NAMES, CHAIN_REWARD, Block, Transaction, ValidatorSet
-from chain.votes import NIL, SignedVote, Vote
-from consensus.evidence import make_slash_txs
-from consensus.messages import Proposal, sign_proposal
+from chain.errors import (
+    BlyanError,
+    DecodingError,
+    InvalidBlock,
+    InvalidTransaction,
+    MissingDependency,
+    StoreError,
+)
+from chain.state import Overlay, State
+from chain.transition import Context, apply_block, apply_tx
+from chain.types import CHAIN_NAMES, Block, CommitCertificate, ValidatorSet
+from chain.votes import SignedVote, Vote
+from consensus.messages import InvalidProposal, Proposal, validate_signed_proposal
 from consensus.tendermint import (
     BroadcastProposal,
     BroadcastVote,
@@ -31,26 +38,20 @@ from consensus.tendermint import (
     Step,
     Tendermint,
 )
-from node.core.progress import RateMeter, format_progress
+from node.core.ports import ImportReport
+from node.engine.ports import ChainPort
 from node.engine.wire import (
-    PROTOCOL_BLOCKS,
     PROTOCOL_PROPOSAL,
     TOPIC_PROPOSALS,
     TOPIC_TXS,
     TOPIC_VOTES,
-    BlocksRequest,
-    BlocksResponse,
-    OwnVotes,
     ProposalMsg,
     ProposalRequest,
     ProposalResponse,
     TxMsg,
     VoteMsg,
 )
-from p2p.network import PeerId, RequestFailed, Verdict, protocol_name
-
-if TYPE_CHECKING:
-    from node.engine.engine import Engine
+from p2p.network import PeerId, RequestFailed, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -60,85 +61,98 @@ REGOSSIP_EVERY = 5
 """Pending transactions are gossiped again every this many rebroadcast ticks."""
 
 
-class ChainRunner:
-    """Consensus for one chain: heights, rounds, proposals, votes, commits and catch-up."""
+@dataclass(frozen=True, slots=True)
+class _Blocks:
+    """Catch-up's blocks for the runner to import, and where to send the report."""
 
-    def __init__(self, engine: Engine, chain_id: int) -> None:
-        self.engine = engine
-        self.chain_id = chain_id
-        self.name = CHAIN_NAMES[chain_id]
-        self._send, self._recv = trio.open_memory_channel(engine.config.event_queue)
+    peer: PeerId
+    blocks: tuple[Block, ...]
+    last_commit: CommitCertificate | None
+    target: int
+    reply: trio.MemorySendChannel
+
+
+class ChainRunner:
+    """Consensus for one chain: heights, rounds, proposals, votes, commits and synced imports."""
+
+    def __init__(self, port: ChainPort) -> None:
+        self.port = port
+        self.chain_id = port.chain_id
+        self.name = CHAIN_NAMES[port.chain_id]
+        self._send, self._recv = trio.open_memory_channel(port.config.event_queue)
         self._poked = False
-        self._syncing = False
         self._future: list[tuple] = []
         self._ticks = 0
-        self.sync_meter = RateMeter()
-        """Heights reached by catch-up over time: blocks/s for logs and `blyan status`."""
-        self._guard_key = COL_NODE + b"sign" + bytes([chain_id])
-        self._votes_key = COL_NODE + b"myvotes" + bytes([chain_id])
         self._new_height()
 
     # --- height lifecycle -------------------------------------------------------------------
 
     @property
     def state(self) -> State:
-        return self.engine.store.state(self.chain_id)
+        return self.port.get_state()
 
     def _new_height(self) -> None:
-        e = self.engine
+        port = self.port
         self.height = self.state.height + 1
-        head = e.store.get_header(self.chain_id, self.state.height)
-        self.validators = e.known_sets.get(head.next_validators_hash) if head else None
+        head = port.get_header(self.state.height)
+        self.validators = port.get_validator_set(head.next_validators_hash) if head else None
         if self.validators is None:  # a store from before the set was kept: the current one
-            logger.warning("%s/%s: next validator set of the head unknown", e.name, self.name)
-            self.validators = e.validators()
+            logger.warning("%s/%s: next validator set of the head unknown", port.node_name, self.name)
+            self.validators = port.get_current_validators()
         self.prev_validators = self._validators_of_block(self.height - 1)
-        self.machine = Tendermint(self.chain_id, self.height, self.validators, e.address, e.config.tendermint)
+        self.machine = Tendermint(self.chain_id, self.height, self.validators, port.address,
+                                  port.config.tendermint)
         self.started = False
         self.blocks: dict[bytes, Block] = {}
         self.checked: dict[bytes, tuple[State, dict] | None] = {}
         self.undecided: dict[bytes, Block] = {}
         self.proposal_msgs: dict[int, ProposalMsg] = {}
-        self.own_votes: list[SignedVote] = []
+        self.own_votes: list[SignedVote] = port.own_votes.load(self.height)
         self.last_round = -1
-        raw = e.store.kv.get(self._votes_key)
-        if raw is not None:
-            kept = codec.decode(OwnVotes, raw)
-            if kept.height == self.height:
-                self.own_votes = list(kept.votes)
-                self.machine.restore_own_votes(self.own_votes)
+        if self.own_votes:
+            self.machine.restore_own_votes(self.own_votes)
 
     def _validators_of_block(self, height: int) -> ValidatorSet | None:
         if height < 1:
             return None
-        header = self.engine.store.get_header(self.chain_id, height)
-        if header is None:
-            return None
-        return self.engine.known_sets.get(header.validators_hash)
+        header = self.port.get_header(height)
+        return None if header is None else self.port.get_validator_set(header.validators_hash)
 
     def current_context(self) -> Context:
-        return self.engine.context(self.validators, self.prev_validators)
+        return self.port.make_context(self.validators, self.prev_validators)
 
     def has_work(self) -> bool:
-        e = self.engine
-        if len(e.mempools[self.chain_id]) > 0:
-            return True
-        if self.chain_id == CHAIN_REWARD:
-            return bool(e.evidence.pending()) or bool(e.pending_earnings)
-        return False
+        """A transaction a block could take, or system work: else no height starts here."""
+        return self.port.mempool.has_ready(self.state) or self.port.has_system_work()
 
-    # --- inputs from the engine's handlers (synchronous, non-blocking) ---------------------
+    # --- inputs (synchronous, non-blocking: called from gossip handlers) --------------------
 
     def classify_height(self, height: int, peer: PeerId) -> Verdict:
         """ACCEPT for the height being decided and the next; others are ignored (and a height
-        beyond the next means we lag: catch up from that peer)."""
+        beyond the next means we lag: the peer is reported as ahead)."""
         if height < self.height:
             return Verdict.IGNORE
         if height > self.height:
-            self.want_sync(peer, height - 1)
+            self.port.report_peer_ahead(peer, height - 1)
         if height > self.height + 1:
             return Verdict.IGNORE
         return Verdict.ACCEPT
+
+    def receive_proposal(self, peer: PeerId, msg: ProposalMsg) -> Verdict:
+        """A proposal from a peer (gossip or a proposal request): checked, then queued."""
+        p = msg.signed.proposal
+        if p.chain_id != self.chain_id or msg.block.hash() != p.block_hash:
+            self.port.penalize(peer, "proposal does not name its block")
+            return Verdict.REJECT
+        verdict = self.classify_height(p.height, peer)
+        if verdict is not Verdict.ACCEPT:
+            return verdict
+        try:
+            validate_signed_proposal(msg.signed, self.port.network_id, self.validators)
+        except InvalidProposal as err:
+            self.port.penalize(peer, str(err))
+            return Verdict.REJECT
+        return self.enqueue(("proposal", peer, msg))
 
     def enqueue(self, event: tuple) -> Verdict:
         try:
@@ -152,19 +166,21 @@ class ChainRunner:
         if not self._poked and self.enqueue(("poke",)) is Verdict.ACCEPT:
             self._poked = True
 
-    def want_sync(self, peer: PeerId, target: int) -> None:
-        if target > self.state.height and not self._syncing:
-            self._syncing = True
-            if self.sync_meter.rate is None:
-                self.sync_meter.add(trio.current_time(), self.state.height)
-            self.engine.spawn(self._fetch_blocks, peer, target)
-
     def get_proposal_msg(self, height: int, round: int) -> ProposalMsg | None:
         return self.proposal_msgs.get(round) if height == self.height else None
 
+    async def import_blocks(self, peer: PeerId, blocks: tuple[Block, ...], last_commit: CommitCertificate | None,
+                            target: int) -> ImportReport:
+        """Hand catch-up's blocks to the runner task and wait for what it made of them. Once the
+        chain reaches `target` (the height the peer reported), consensus resumes."""
+        reply_send, reply_recv = trio.open_memory_channel(1)
+        await self._send.send(("blocks", _Blocks(peer, blocks, last_commit, target, reply_send)))
+        async with reply_recv:
+            return await reply_recv.receive()
+
     # --- the runner task --------------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rebroadcast_loop)
             task_status.started()
@@ -172,8 +188,11 @@ class ChainRunner:
             async for event in self._recv:
                 try:
                     await self._handle(event)
+                except StoreError:  # the disk failed: stop the node rather than go on without it
+                    logger.critical("%s/%s: store failure; stopping", self.port.node_name, self.name)
+                    raise
                 except BlyanError as err:  # bad input never stops the chain
-                    logger.warning("%s/%s: %s while handling %s", self.engine.name, self.name, err, event[0])
+                    logger.warning("%s/%s: %s while handling %s", self.port.node_name, self.name, err, event[0])
 
     async def _handle(self, event: tuple) -> None:
         kind = event[0]
@@ -192,7 +211,7 @@ class ChainRunner:
             if height == self.height:
                 await self._run_actions(self.machine.on_timeout(tkind, height, round_))
         elif kind == "blocks":
-            await self._on_blocks(event[1], event[2])
+            await self._on_blocks(event[1])
 
     async def _start(self) -> None:
         self.started = True
@@ -230,16 +249,7 @@ class ChainRunner:
         self.proposal_msgs.setdefault(p.round, msg)
         if not self.started:
             await self._start()
-        if self.engine.behaviour.equivocate and self.engine.key is not None:
-            await self._vote_for_anything(p.round, p.block_hash)
         await self._run_actions(self.machine.on_proposal(msg.signed, valid))
-
-    async def _vote_for_anything(self, round_: int, block_hash: bytes) -> None:
-        """Byzantine: prevote and precommit every block seen, whatever else was signed."""
-        e = self.engine
-        for step in (1, 2):
-            vote = Vote(self.chain_id, self.height, round_, step, block_hash, e.key.address)
-            await e.publish(TOPIC_VOTES, VoteMsg(e.sign_vote(vote)))
 
     async def _on_vote(self, peer: PeerId, signed: SignedVote) -> None:
         if self._defer(("vote", peer, signed)):
@@ -255,16 +265,16 @@ class ChainRunner:
             return self.checked[block_hash] is not None
         result = None
         try:
-            if block.header.time_ms > self.engine.clock.now_ms() + self.engine.config.max_future_drift_ms:
+            if block.header.time_ms > self.port.now_ms() + self.port.config.max_future_drift_ms:
                 raise MissingDependency("block time is ahead of our clock")
             result = apply_block(self.state, block, self.current_context())
         except InvalidBlock as err:
             if peer is not None:
-                self.engine.penalize(peer, f"invalid proposal: {err}")
+                self.port.penalize(peer, f"invalid proposal: {err}")
         except MissingDependency as err:
             # Not decidable yet (another chain or the validator set is behind here): judged
             # again when something commits (`_recheck`), not cached.
-            logger.info("%s/%s: cannot validate block yet: %s", self.engine.name, self.name, err)
+            logger.info("%s/%s: cannot validate block yet: %s", self.port.node_name, self.name, err)
             self.undecided[block_hash] = block
             return False
         self.undecided.pop(block_hash, None)
@@ -287,17 +297,17 @@ class ChainRunner:
             action = queue.pop(0)
             if self.machine.round != self.last_round:
                 self.last_round = self.machine.round
-                self.engine.observer.on_round(self.engine.name, self.chain_id, self.height, self.machine.round)
+                self.port.report_round(self.height, self.machine.round)
             if isinstance(action, ScheduleTimeout):
-                self.engine.spawn(self._timeout, action)
+                self.port.spawn(self._timeout, action)
             elif isinstance(action, RequestValue):
-                queue.extend(self._propose_value(action))
+                queue.extend(self._propose_value())
             elif isinstance(action, BroadcastProposal):
                 queue.extend(await self._broadcast_proposal(action.proposal))
             elif isinstance(action, BroadcastVote):
                 queue.extend(await self._broadcast_vote(action.vote))
             elif isinstance(action, ReportEvidence):
-                self.engine.add_evidence(action.evidence)
+                self.port.report_evidence(action.evidence)
             elif isinstance(action, Decide):
                 await self._commit(action)
                 return
@@ -306,130 +316,75 @@ class ChainRunner:
         await trio.sleep(action.delay_ms / 1000)
         await self._send.send(("timeout", action.kind, action.height, action.round))
 
-    def _propose_value(self, action: RequestValue) -> list:
-        e = self.engine
+    def _propose_value(self) -> list:
+        port = self.port
         state = self.state
-        candidates = self._system_txs() + e.mempools[self.chain_id].select(
-            state, e.params.max_block_txs, e.params.max_block_bytes // 2
+        candidates = port.get_system_txs() + port.mempool.select(
+            state, port.params.max_block_txs, port.params.max_block_bytes // 2
         )
-        last_commit = e.store.get_commit(self.chain_id, self.height - 1) if self.height > 1 else None
-        time_ms = max(e.clock.now_ms(), state.time_ms + 1)
-        newest = e.validators()
+        last_commit = port.get_commit(self.height - 1) if self.height > 1 else None
+        time_ms = max(port.now_ms(), state.time_ms + 1)
+        newest = port.get_current_validators()
         next_set = newest if newest.epoch >= self.validators.epoch else self.validators
-        block, rejected = build_block(state, candidates, self.current_context(), e.address, time_ms,
-                                      last_commit, next_set)
+        block, rejected = port.builder.build(state, candidates, self.current_context(), port.address, time_ms,
+                                             last_commit, next_set)
         for tx, err in rejected:
-            logger.debug("%s/%s: left out %s: %s", e.name, self.name, tx.hash().hex()[:12], err)
+            logger.debug("%s/%s: left out %s: %s", port.node_name, self.name, tx.hash().hex()[:12], err)
             if not isinstance(err, MissingDependency):
-                e.mempools[self.chain_id].remove(tx.hash())  # it will not become valid again
-        if e.behaviour.invalid_proposals:
-            bad_root = bytes(32) if block.header.state_root != bytes(32) else b"\x01" * 32
-            block = replace(block, header=replace(block.header, state_root=bad_root))
+                port.mempool.remove(tx.hash())  # it will not become valid again
         self.blocks[block.hash()] = block
-        self.checked.setdefault(block.hash(), None if e.behaviour.invalid_proposals else self._apply_own(block))
+        self.checked.setdefault(block.hash(), self._apply_own(block))
         return self.machine.on_value(block.hash())
 
     def _apply_own(self, block: Block) -> tuple[State, dict] | None:
         try:
             return apply_block(self.state, block, self.current_context())
         except (InvalidBlock, MissingDependency) as err:
-            logger.error("%s/%s: own block invalid: %s", self.engine.name, self.name, err)
+            logger.error("%s/%s: own block invalid: %s", self.port.node_name, self.name, err)
             return None
 
-    def _system_txs(self) -> list[Transaction]:
-        if self.chain_id != CHAIN_REWARD:
-            return []
-        from chain.payloads import Reward
-        from chain.types import ZERO_PUBKEY, ZERO_SIGNATURE, TxBody
-
-        txs = make_slash_txs(self.engine.evidence, self.state)
-        for (source, tx_hash), earning in sorted(self.engine.pending_earnings.items())[:256]:
-            payload = Reward(source, tx_hash, earning.recipient, earning.amount)
-            txs.append(Transaction(TxBody(CHAIN_REWARD, ZERO_PUBKEY, 0, payload), ZERO_SIGNATURE))
-        return txs
-
     async def _broadcast_proposal(self, proposal: Proposal) -> list:
-        e = self.engine
-        if not self._guard(proposal.height, proposal.round, 0, proposal.block_hash):
+        port = self.port
+        if not port.guard.allow(proposal.height, proposal.round, 0, proposal.block_hash):
             return []
-        signed = sign_proposal(e.key, e.network_id, proposal)
+        signed = port.signer.sign_proposal(proposal)
         msg = ProposalMsg(signed, self.blocks[proposal.block_hash])
         self.proposal_msgs[proposal.round] = msg
-        await e.publish(TOPIC_PROPOSALS, msg)
+        await port.publish(TOPIC_PROPOSALS, msg)
         return self.machine.on_proposal(signed, self.checked.get(proposal.block_hash) is not None)
 
     async def _broadcast_vote(self, vote: Vote) -> list:
-        e = self.engine
-        if not e.behaviour.equivocate and not self._guard(vote.height, vote.round, vote.step, vote.block_hash):
+        port = self.port
+        if not port.guard.allow(vote.height, vote.round, vote.step, vote.block_hash):
             return []
-        signed = e.sign_vote(vote)
+        signed = port.signer.sign_vote(vote)
         self.own_votes.append(signed)
-        if not e.behaviour.equivocate and len(self.own_votes) <= 256:
-            e.store.kv.put(self._votes_key, codec.encode(OwnVotes(self.height, tuple(self.own_votes))))
-        if not e.behaviour.withhold_votes:
-            await e.publish(TOPIC_VOTES, VoteMsg(signed))
-        if e.behaviour.equivocate:
-            other = NIL if vote.block_hash != NIL else e.rng.randbytes(32)
-            await e.publish(TOPIC_VOTES, VoteMsg(e.sign_vote(replace(vote, block_hash=other))))
+        port.own_votes.save(self.height, self.own_votes)
+        await port.publish(TOPIC_VOTES, VoteMsg(signed))
         return self.machine.on_vote(signed)
 
-    def _guard(self, height: int, round: int, step: int, block_hash: bytes) -> bool:
-        """Never sign two different things for one (height, round, step), across restarts."""
-        kv = self.engine.store.kv
-        key = self._guard_key + bytes([step])
-        raw = kv.get(key)
-        mine = (height, round)
-        if raw is not None:
-            last = (int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:12], "big"))
-            if mine < last or (mine == last and raw[12:] != block_hash):
-                logger.warning("%s/%s: refusing to sign a conflicting message at %s", self.engine.name, self.name, mine)
-                return False
-        kv.put(key, height.to_bytes(8, "big") + round.to_bytes(4, "big") + block_hash)
-        return True
-
     async def _commit(self, decide: Decide) -> None:
-        e = self.engine
         started = time.perf_counter()
         block = self.blocks[decide.block_hash]
         result = self.checked.get(decide.block_hash)
         if result is None:
             result = apply_block(self.state, block, self.current_context())
         new_state, changes = result
-        await self._write(block, new_state, changes, decide.commit)
-        e.observer.on_block_imported(e.name, self.chain_id, block.header.height, len(block.txs),
-                                     time.perf_counter() - started, False)
-        self._after_commit(block, new_state, changes)
-        logger.info("%s/%s: finalized height %d (%d txs, round %d)", e.name, self.name,
+        await self.port.write_block(block, new_state, changes, decide.commit)
+        self._after_commit(block, new_state, changes, False, time.perf_counter() - started)
+        logger.info("%s/%s: finalized height %d (%d txs, round %d)", self.port.node_name, self.name,
                     block.header.height, len(block.txs), decide.round)
 
-    async def _write(self, block: Block, new_state: State, changes: dict, commit) -> None:  # noqa: ANN001
-        """Store a block (one synced LevelDB batch): in a worker thread in the daemon, so that
-        the event loop keeps serving gossip meanwhile (STYLE 14); inline in simulations."""
-        e = self.engine
-        if e.config.offload_writes:
-            await trio.to_thread.run_sync(e.store.commit_block, block, new_state, changes, commit,
-                                          limiter=e.write_limiter)
-        else:
-            e.store.commit_block(block, new_state, changes, commit)
-
-    def _after_commit(self, block: Block, new_state: State, changes: dict) -> None:
-        e = self.engine
-        e.mempools[self.chain_id].remove_committed(list(block.txs), new_state)
-        if self.chain_id == CHAIN_REWARD:
-            from chain.payloads import Slash
-
-            e.evidence.mark_included([tx.body.payload.evidence for tx in block.txs if isinstance(tx.body.payload, Slash)])
-            e.evidence.prune(e.network_id, e.validators(), new_state)
-        e.observer.on_commit(e.name, self.chain_id, block, new_state)
-        e.snapshots.on_commit(self.chain_id, new_state)
+    def _after_commit(self, block: Block, new_state: State, changes: dict, synced: bool, seconds: float) -> None:
+        self.port.mempool.remove_committed(list(block.txs), new_state)
         self._new_height()
         self._prune_mempool(new_state)
-        e.on_committed(self.chain_id, changes)
+        self.port.on_committed(block, new_state, changes, synced, seconds)
 
     def _prune_mempool(self, state: State) -> None:
         """Drop what the new state made invalid (a vote on a decided dataset, an overdraft), so
         that stale transactions neither start heights nor fill blocks."""
-        pool = self.engine.mempools[self.chain_id]
+        pool = self.port.mempool
         if not len(pool):
             return
         view = Overlay(state)
@@ -442,77 +397,60 @@ class ChainRunner:
             except MissingDependency:
                 continue
 
-    # --- catch-up ---------------------------------------------------------------------------
+    # --- blocks from catch-up ---------------------------------------------------------------
 
-    async def _fetch_blocks(self, peer: PeerId, target: int) -> None:
-        e = self.engine
-        start = self.state.height + 1
-        req = BlocksRequest(self.chain_id, start, min(e.config.sync_batch, target - start + 1))
+    async def _on_blocks(self, job: _Blocks) -> None:
+        imported, needs_reward = 0, 0
         try:
-            data = await e.network.request(
-                peer, protocol_name(e.network_id, PROTOCOL_BLOCKS), codec.encode(req), e.config.request_timeout_s,
-            )
-            resp = codec.decode(BlocksResponse, data, max_size=64 * 1024 * 1024)
-        except (RequestFailed, DecodingError) as err:
-            logger.info("%s/%s: sync from %s failed: %s", e.name, self.name, peer, err)
-            self._syncing = False
-            return
-        await self._send.send(("blocks", peer, (resp, target)))
-
-    async def _on_blocks(self, peer: PeerId, payload: tuple) -> None:
-        resp, target = payload
-        self._syncing = False
-        imported = 0
-        for i, block in enumerate(resp.blocks):
-            if block.header.height != self.state.height + 1:
-                break
-            commit = resp.blocks[i + 1].last_commit if i + 1 < len(resp.blocks) else resp.last_commit
-            if not await self._import_synced(peer, block, commit):
-                break
-            imported += 1
-        if imported:
-            self.sync_meter.add(trio.current_time(), self.state.height)
-            logger.info("%s/%s: sync %s from %s", self.engine.name, self.name,
-                        format_progress(self.state.height, target, self.sync_meter.rate), peer)
-        if imported and self.state.height < target:
-            self.want_sync(peer, target)
-        elif imported:
+            for i, block in enumerate(job.blocks):
+                if block.header.height != self.state.height + 1:
+                    break
+                commit = job.blocks[i + 1].last_commit if i + 1 < len(job.blocks) else job.last_commit
+                ok, needs_reward = await self._import_synced(job.peer, block, commit)
+                if not ok:
+                    break
+                imported += 1
+        finally:  # whatever happened, catch-up hears what was imported (it waits for the report)
+            with job.reply:
+                try:
+                    job.reply.send_nowait(ImportReport(imported, self.state.height, needs_reward))
+                except trio.BrokenResourceError:
+                    pass  # catch-up was cancelled meanwhile
+        if imported and self.state.height >= job.target:
             self.poke()
 
-    async def _import_synced(self, peer: PeerId, block: Block, commit) -> bool:  # noqa: ANN001
-        e = self.engine
+    async def _import_synced(self, peer: PeerId, block: Block, commit: CommitCertificate | None) -> tuple[bool, int]:
+        """Check one block against its commit and the chain's rules, then store it. Returns
+        whether it was stored, and the reward height needed first when its set is unknown."""
+        port = self.port
         started = time.perf_counter()
-        head = e.store.get_header(self.chain_id, self.state.height)
-        validators = e.known_sets.get(head.next_validators_hash) if head else None
+        head = port.get_header(self.state.height)
+        validators = port.get_validator_set(head.next_validators_hash) if head else None
         if commit is None or validators is None:
-            if validators is None and self.chain_id != CHAIN_REWARD:
-                e.runners[CHAIN_REWARD].want_sync(peer, block.header.height)
-            return False
+            return False, block.header.height if validators is None else 0
         try:
-            verify_commit(self.chain_id, block.header.height, block.hash(), commit, validators, e.network_id)
-            ctx = e.context(validators, self._validators_of_block(block.header.height - 1))
+            verify_commit(self.chain_id, block.header.height, block.hash(), commit, validators, port.network_id)
+            ctx = port.make_context(validators, self._validators_of_block(block.header.height - 1))
             new_state, changes = apply_block(self.state, block, ctx)
         except (InvalidCommit, InvalidBlock) as err:
-            e.penalize(peer, f"bad synced block: {err}")
-            return False
+            port.penalize(peer, f"bad synced block: {err}")
+            return False, 0
         except MissingDependency:
-            return False
-        await self._write(block, new_state, changes, commit)
-        e.observer.on_block_imported(e.name, self.chain_id, block.header.height, len(block.txs),
-                                     time.perf_counter() - started, True)
-        self._after_commit(block, new_state, changes)
-        return True
+            return False, 0
+        await port.write_block(block, new_state, changes, commit)
+        self._after_commit(block, new_state, changes, True, time.perf_counter() - started)
+        return True, 0
 
     # --- keeping gossip alive ---------------------------------------------------------------
 
     async def _rebroadcast_loop(self) -> None:
-        e = self.engine
+        port = self.port
         while True:
-            await trio.sleep(e.config.rebroadcast_s * (1.0 + 0.2 * e.rng.random()))
+            await trio.sleep(port.config.rebroadcast_s * (1.0 + 0.2 * port.rng.random()))
             await self._rebroadcast()
 
     async def _rebroadcast(self) -> None:
-        e = self.engine
+        port = self.port
         if self.started and self.machine.step != Step.COMMIT:
             # Own votes of the last two rounds, and of every round a live proposal leans on
             # (its POL round, our lock): a node that joins late needs them to follow a
@@ -523,38 +461,36 @@ class ChainRunner:
             seen = self.machine.proposal_for_round(current)
             if seen is not None:
                 rounds.add(seen.pol_round)
-            if not e.behaviour.withhold_votes:
-                for signed in self.own_votes:
-                    v = signed.vote
-                    if v.height == self.height and (v.round >= current - 1 or v.round in rounds):
-                        await e.publish(TOPIC_VOTES, VoteMsg(signed))
+            for signed in self.own_votes:
+                v = signed.vote
+                if v.height == self.height and (v.round >= current - 1 or v.round in rounds):
+                    await port.publish(TOPIC_VOTES, VoteMsg(signed))
             for r in sorted(rounds):
                 if r in self.proposal_msgs:
-                    await e.publish(TOPIC_PROPOSALS, self.proposal_msgs[r])
+                    await port.publish(TOPIC_PROPOSALS, self.proposal_msgs[r])
             await self._fetch_wanted()
         self._ticks += 1
         if self._ticks % REGOSSIP_EVERY:
             return
-        pool = e.mempools[self.chain_id]
+        pool = port.mempool
         for tx_hash in pool.pending_hashes()[:REGOSSIP_TXS]:
             tx = pool.get(tx_hash)
             if tx is not None:
-                await e.publish(TOPIC_TXS, TxMsg(tx))
+                await port.publish(TOPIC_TXS, TxMsg(tx))
 
     async def _fetch_wanted(self) -> None:
-        e = self.engine
-        peers = e.network.peers()
+        """Proposals a quorum of votes names that we have not seen: ask a random peer."""
+        port = self.port
+        peers = port.get_peers()
         for round_, _ in self.machine.get_wanted_proposals()[:2]:
             if not peers:
                 return
-            peer = peers[e.rng.randrange(len(peers))]
+            peer = peers[port.rng.randrange(len(peers))]
             req = ProposalRequest(self.chain_id, self.height, round_)
             try:
-                data = await e.network.request(
-                    peer, protocol_name(e.network_id, PROTOCOL_PROPOSAL), codec.encode(req), e.config.request_timeout_s
-                )
-                resp = codec.decode(ProposalResponse, data, max_size=e.params.max_block_bytes + 8192)
+                resp = await port.request(peer, PROTOCOL_PROPOSAL, req, ProposalResponse,
+                                          port.params.max_block_bytes + 8192)
             except (RequestFailed, DecodingError):
                 continue
             if resp.found is not None:
-                await e._on_proposal_gossip(peer, codec.encode(resp.found))
+                self.receive_proposal(peer, resp.found)

@@ -28,7 +28,7 @@ from chain.crypto import PrivateKey
 from chain.errors import ConfigError, StoreError
 from chain.tensors import TOKENIZER_BLOCK
 from gpu.loader import BlobLoader
-from node.app.config import ExpertsConfig
+from node.experts.config import ExpertsConfig
 from node.experts.weights import (
     ExpertKey,
     LocalExperts,
@@ -138,17 +138,6 @@ def choose_served(serve: tuple[str, ...], view: ModelView, blobs: BlobStore | No
             raise ConfigError(f"experts.serve: {name!r} is not an expert of this model (layerI.expertJ)")
         keys.append((int(m[1]), int(m[2])))
     return sorted(set(keys))
-
-
-def is_libp2p_identity(peer_id: PeerId, public_key: bytes) -> bool:
-    """Whether `peer_id` is the libp2p peer id of the Ed25519 `public_key`."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-    from libp2p.peer.id import ID
-
-    try:
-        return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58() == peer_id
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)
@@ -367,35 +356,3 @@ class ExpertService:
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),
         }
-
-
-TILE_HASHES_DIR = "tile-hashes"
-"""Under the data dir: subtile hashes of blobs once verified, so a later corruption is located
-to its tiles (and only those are fetched again)."""
-
-
-async def run_expert_service(net: Network, key: PrivateKey, store, data_dir, config,  # noqa: ANN001
-                             *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
-    """The daemon's expert service: the chain's model, the data dir's blobs, libp2p identities."""
-    from pathlib import Path
-
-    from node.app.config import BLOBS_DIR
-    from node.app.daemon import WallClock
-    from node.experts.weights import StoreModelView
-
-    from gpu.devices import compute_tier, discover_devices
-    from gpu.loader import BlobLoader
-    from node.experts.weights import ChainRecords
-    from node.experts.tiles import TileService
-
-    devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls
-    tier = max(int(compute_tier(d)) for d in devices)
-    logger.info("devices: %s; serving tier %d", ", ".join(d.name for d in devices), tier)
-    view = StoreModelView(store)
-    blobs = BlobStore(Path(data_dir) / BLOBS_DIR)
-    loader = BlobLoader(hash_dir=Path(data_dir) / TILE_HASHES_DIR)
-    tiles = TileService(store.pact.network_id, blobs, loader, ChainRecords(view))
-    service = ExpertService(net, key, view, blobs, config.experts, network_id=store.pact.network_id,
-                            clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
-                            loader=loader, tiles=tiles)
-    await service.run(task_status=task_status)

@@ -32,7 +32,7 @@ from chain.state import BUCKET_ARITY, N_BUCKETS, State, bucket_of, compute_bucke
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
 from node.core.progress import RateMeter, format_progress
-from node.sync.snapshot_wire import (
+from node.sync.wire import (
     MAX_BUCKETS_PER_RESPONSE,
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
@@ -48,7 +48,7 @@ from node.sync.snapshot_wire import (
     TrustPathRequest,
     TrustPathResponse,
 )
-from node.engine.wire import PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
+from node.sync.wire import PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
 from p2p.network import PeerId, RequestFailed
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class SnapshotClient:
 
     async def check_handshake(self) -> None:
         """Refuse a peer of another network or genesis before asking it anything else."""
-        from node.engine.wire import PROTOCOL_HANDSHAKE, Handshake
+        from node.sync.wire import PROTOCOL_HANDSHAKE, Handshake
 
         data = await self._request(PROTOCOL_HANDSHAKE, b"", 4096)
         try:

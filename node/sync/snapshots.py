@@ -16,7 +16,7 @@ from chain import codec
 from chain.state import N_BUCKETS, State
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD, ValidatorSet
-from node.sync.snapshot_wire import (
+from node.sync.wire import (
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
     PROTOCOL_SNAPSHOTS,
@@ -37,15 +37,9 @@ from node.sync.snapshot_wire import (
     TrustPathResponse,
     TrustStep,
 )
-from node.engine.wire import (
-    MAX_BLOCKS_PER_RESPONSE,
-    PROTOCOL_BLOCKS,
-    PROTOCOL_HANDSHAKE,
-    BlocksRequest,
-    BlocksResponse,
-    ChainHead,
-    Handshake,
-)
+from node.sync.blocks import compute_blocks_response
+from node.sync.handshake import compute_handshake
+from node.sync.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE, BlocksRequest
 from p2p.network import PeerId
 
 logger = logging.getLogger(__name__)
@@ -123,7 +117,6 @@ class SnapshotServer:
                     PROTOCOL_BUCKET_HASHES: self.serve_bucket_hashes, PROTOCOL_BUCKETS: self.serve_buckets}
         return await handlers[protocol]("in-process", data)
 
-
     async def serve_snapshots(self, peer: PeerId, data: bytes) -> bytes:
         codec.decode(SnapshotsRequest, data, max_size=MAX_SNAPSHOT_REQUEST_BYTES)
         return codec.encode(self.make_offers())
@@ -160,31 +153,6 @@ class SnapshotServer:
         if state is None:
             return codec.encode(BucketsResponse(()))
         return codec.encode(compute_buckets_response(state, req.first, req.count))
-
-
-def compute_handshake(store: ChainStore) -> Handshake:
-    """What this node says first: network, genesis and finalized heights."""
-    return Handshake(store.pact.network_id, store.genesis_hash,
-                     tuple(ChainHead(c, store.height(c)) for c in CHAIN_IDS))
-
-
-def compute_blocks_response(store: ChainStore, req: BlocksRequest):  # noqa: ANN201 - BlocksResponse
-    """Consecutive stored blocks from `req.start` (about 4 MiB at most) and the last one's commit."""
-    if req.chain_id not in CHAIN_IDS:
-        return BlocksResponse((), None)
-    top = store.height(req.chain_id)
-    blocks = []
-    size = 0
-    for h in range(max(req.start, 1), min(req.start + min(req.count, MAX_BLOCKS_PER_RESPONSE), top + 1)):
-        block = store.get_block(req.chain_id, h)
-        if block is None:
-            break
-        size += len(codec.encode(block))
-        if blocks and size > 4 * 1024 * 1024:
-            break
-        blocks.append(block)
-    last_commit = store.get_commit(req.chain_id, blocks[-1].header.height) if blocks else None
-    return BlocksResponse(tuple(blocks), last_commit)
 
 
 def compute_buckets_response(state: State, first: int, count: int) -> BucketsResponse:

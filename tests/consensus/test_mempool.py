@@ -261,6 +261,19 @@ def test_select_nonce_order_stops_at_gap() -> None:
     assert hashes(mp.select(GENESIS, 100, 1 << 20)) == hashes([transfer(0, 0), transfer(0, 1)])
 
 
+def test_has_ready_only_when_a_committed_nonce_is_held() -> None:
+    mp = pool()
+    assert not mp.has_ready(GENESIS)
+    mp.add(transfer(0, 2), GENESIS, CTX)
+    mp.add(transfer(1, 1), GENESIS, CTX)
+    assert len(mp) == 2 and not mp.has_ready(GENESIS)  # gaps only: no block could take them
+    mp.add(transfer(1, 0), GENESIS, CTX)
+    assert mp.has_ready(GENESIS)
+    state = commit(GENESIS, [transfer(0, 0), transfer(0, 1)])
+    mp.remove(transfer(1, 0).hash())
+    assert mp.has_ready(state)  # sender 0's nonce 2 is next now
+
+
 def test_select_starts_at_state_nonce() -> None:
     mp = pool()
     for nonce in range(4):

@@ -38,8 +38,8 @@ class FakeClock:
 
 def test_block_import_time_is_a_histogram_per_chain_and_source() -> None:
     metrics = NodeMetrics()
-    metrics.on_block_imported("n", CHAIN_REWARD, 1, 200, 0.03, synced=True)
-    metrics.on_block_imported("n", CHAIN_REWARD, 2, 0, 0.002, synced=False)
+    metrics.on_block_imported(CHAIN_REWARD, 1, 200, 0.03, synced=True)
+    metrics.on_block_imported(CHAIN_REWARD, 2, 0, 0.002, synced=False)
     s = scrape(metrics)
     assert value(s, "blyan_block_import_seconds_count", chain="reward", synced="true") == 1
     assert value(s, "blyan_block_import_seconds_sum", chain="reward", synced="true") == 0.03
@@ -52,8 +52,8 @@ def test_block_import_time_is_a_histogram_per_chain_and_source() -> None:
 def test_rounds_and_round_changes() -> None:
     metrics = NodeMetrics()
     for round_ in (0, 1, 2):
-        metrics.on_round("n", CHAIN_DATASET, 5, round_)
-    metrics.on_round("n", CHAIN_DATASET, 6, 0)
+        metrics.on_round(CHAIN_DATASET, 5, round_)
+    metrics.on_round(CHAIN_DATASET, 6, 0)
     s = scrape(metrics)
     assert value(s, "blyan_consensus_rounds_total", chain="dataset") == 4
     assert value(s, "blyan_consensus_round_changes_total", chain="dataset") == 2
@@ -65,7 +65,7 @@ def test_sync_targets_and_rate_over_the_window() -> None:
     progress = {"reward": {"height": 3, "target": 50}}
     metrics = NodeMetrics(sync_progress=lambda: progress, clock=clock)
     for height in range(1, 21):
-        metrics.on_block_imported("n", CHAIN_REWARD, height, 0, 0.001, synced=True)
+        metrics.on_block_imported(CHAIN_REWARD, height, 0, 0.001, synced=True)
         clock.now += 0.25
     s = scrape(metrics)
     assert value(s, "blyan_sync_target_height", chain="reward") == 50

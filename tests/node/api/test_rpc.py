@@ -32,8 +32,11 @@ from chain.store import ChainStore
 from chain.types import CHAIN_REWARD
 from genesis.testkit import account_keys, make_pact, sign_tx, validator_keys
 from node.cli.remote import register
-from node.app.config import CONFIG_FILE, COOKIE_FILE, NodeConfig, RPCConfig, save_config
-from node.engine.engine import Engine, EngineConfig
+from node.api.config import COOKIE_FILE, RPCConfig
+from node.app.config import CONFIG_FILE, NODE_INFO_FILE, NodeConfig, save_config
+from node.cli.connect import find_rpc
+from node.engine.config import EngineConfig
+from node.engine.engine import Engine
 from node.api.server import RPCLimits, RPCServer
 from node.api.client import (
     INTERNAL_ERROR,
@@ -45,9 +48,7 @@ from node.api.client import (
     RPCAuthError,
     RPCClient,
     RPCError,
-    NODE_INFO_FILE,
     RPCUnavailable,
-    find_rpc,
 )
 from node.api.methods import METHODS
 from p2p.sim import SimNetworkHub

@@ -31,7 +31,8 @@ def wait_for(what: str, condition, deadline: float):  # noqa: ANN001, ANN201
 
 
 def client_of(data_dir: Path):  # noqa: ANN201
-    from node.api.client import RPCClient, find_rpc
+    from node.api.client import RPCClient
+    from node.cli.connect import find_rpc
 
     url, cookie = find_rpc(data_dir)
     return RPCClient(url, cookie)
@@ -191,7 +192,9 @@ def test_late_non_validator_fast_syncs_to_the_same_state(tmp_path: Path) -> None
     from dataclasses import replace as _replace
 
     from chain.blobs import BlobStore
-    from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, RPCConfig, SyncConfig, load_config, save_config
+    from node.api.config import RPCConfig
+    from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, load_config, save_config
+    from node.sync.config import SyncConfig
     from node.app.datadir import init_data_dir
     from node.app.devnet import DEVNET_PACT_FILE
 

@@ -17,7 +17,7 @@ from chain.errors import BlyanError
 from node.app.config import BLOBS_DIR, CONFIG_FILE, load_config
 from node.app.datadir import load_pact_file
 from node.app.devnet import DEVNET_PACT_FILE, prepare_devnet, start_nodes, stop_nodes
-from tests.node.test_devnet import client_of, free_ports, reachable, wait_for
+from tests.node.app.test_devnet import client_of, free_ports, reachable, wait_for
 
 pytestmark = pytest.mark.slow
 

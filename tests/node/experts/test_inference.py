@@ -21,7 +21,7 @@ from chain.records import ExpertState
 from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
 from gpu.model import MoEConfig, init_seeded
 from gpu.weights import encode_block, make_tensor_record
-from node.app.config import ExpertsConfig
+from node.experts.config import ExpertsConfig
 from node.experts.service import ExpertService
 from node.experts.weights import StaticModelView
 from node.experts.wire import ForwardItem, ForwardOutput, ForwardRequest, encode_rows

@@ -13,7 +13,8 @@ from chain import codec
 from chain.crypto import PrivateKey
 from chain.errors import ConfigError
 from chain.tensors import ModelSpec
-from node.app.config import ExpertsConfig, NodeConfig, load_config, save_config
+from node.app.config import NodeConfig, load_config, save_config
+from node.experts.config import ExpertsConfig
 from node.app.devnet import assign_experts
 from node.experts.wire import (
     AnnouncementBody,
@@ -97,8 +98,7 @@ def test_announcement_signature_and_order() -> None:
 
 
 def test_libp2p_binding_refuses_another_peers_key() -> None:
-    from node.app.daemon import compute_peer_id
-    from node.experts.service import is_libp2p_identity
+    from p2p.libp2p_identity import compute_peer_id, is_libp2p_identity
 
     key, other = PrivateKey.from_label("x"), PrivateKey.from_label("y")
     assert is_libp2p_identity(compute_peer_id(key.seed), key.public_key)

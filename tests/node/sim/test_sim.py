@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from node.sim.simulation import SimConfig, run_sim, sweep_config
+from node.sim.scenario import SimConfig, sweep_config
+from node.sim.simulation import run_sim
 
 FAST = SimConfig(seed=11, nodes=4, validators=4, byzantine=1, faults=("crash", "partition", "loss", "reorder"),
                  duration=40.0, liveness_bound=20.0)
@@ -66,14 +67,14 @@ def test_report_has_the_fields_the_cli_promises() -> None:
 def test_cli_exit_code_and_replay_line_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from node import simulation
     from node.cli.main import main
+    from node.sim import checks
 
-    def broken(self, stores, heights, violations):  # noqa: ANN001
-        violations.append(simulation.Violation("liveness", "injected for the test"))
+    def broken(stores, heights, submitted, datasets, liveness_bound, violations):  # noqa: ANN001
+        violations.append(checks.Violation("liveness", "injected for the test"))
         return False
 
-    monkeypatch.setattr(simulation.Simulation, "_check_liveness", broken)
+    monkeypatch.setattr(checks, "check_liveness", broken)
     result = CliRunner().invoke(main, ["sim", "--seed", "3", "--duration", "30"])
     assert result.exit_code == 1
     assert "liveness violated: injected for the test" in result.output

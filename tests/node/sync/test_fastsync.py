@@ -16,7 +16,7 @@ from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
 from genesis.history import TEST_KEYS, TEST_PAYER, ChainHistory, make_test_history, make_test_pact
 from node.sync.fastsync import FastSyncError, SnapshotClient
-from node.sync.snapshot_wire import (
+from node.sync.wire import (
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
     PROTOCOL_TRUST_PATH,
@@ -26,7 +26,7 @@ from node.sync.snapshot_wire import (
     TrustPathResponse,
 )
 from node.sync.snapshots import SnapshotServer
-from node.engine.wire import PROTOCOL_BLOCKS, BlocksResponse
+from node.sync.wire import PROTOCOL_BLOCKS, BlocksResponse
 
 KEYS = TEST_KEYS
 PAYER = TEST_PAYER

@@ -14,7 +14,7 @@ from chain.kv import MemoryKV
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
 from node.sync.fastsync import run_fast_sync
-from node.sync.snapshot_wire import (
+from node.sync.wire import (
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
     PROTOCOL_SNAPSHOTS,
@@ -23,7 +23,7 @@ from node.sync.snapshot_wire import (
     StateEntry,
 )
 from node.sync.snapshots import MAX_SNAPSHOT_REQUEST_BYTES, SnapshotServer
-from node.engine.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE
+from node.sync.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
 from p2p.network import protocol_name
 

@@ -1,18 +1,30 @@
-"""Fast-sync messages: snapshot offers, the validator-set trust path, and state buckets.
+"""Messages of the sync wing: peers' heights, the handshake, blocks by range, and fast sync.
 
-A state snapshot of a chain at a finalized height is the 4096 buckets of its `State`; the bucket
-hashes Merkle to the state root in the block header, and the header is certified by the commit of
->2/3 of the stake of the set that decided it. A syncing node trusts that set by walking the reward
-chain's epoch boundaries from its own head (the trust path): each boundary header names the next
-set and is signed by the set already trusted.
+Catch-up: a node learns that it lags from a peer's `StatusMsg` (gossiped now and then), from the
+`Handshake` two peers exchange first, or from consensus messages of a higher height, and asks
+that peer for `BlocksRequest` ranges; each block is checked against its commit certificate.
+
+Fast sync: a state snapshot of a chain at a finalized height is the 4096 buckets of its `State`;
+the bucket hashes Merkle to the state root in the block header, and the header is certified by
+the commit of >2/3 of the stake of the set that decided it. A syncing node trusts that set by
+walking the reward chain's epoch boundaries from its own head (the trust path): each boundary
+header names the next set and is signed by the set already trusted.
 """
 
 from __future__ import annotations
 
-from chain.codec import U8, U16, U64, Bytes, Hash32, Seq, wire
+from chain.codec import U8, U16, U64, Bytes, Hash32, Seq, Str, wire
 from chain.state import N_BUCKETS
-from chain.types import BlockHeader, CommitCertificate, ValidatorSet
+from chain.types import Block, BlockHeader, CommitCertificate, ValidatorSet
 
+# Topic and protocol names (namespaced by network id with p2p.network.topic_name).
+TOPIC_STATUS = "status"
+"""Gossip: StatusMsg."""
+PROTOCOL_HANDSHAKE = "handshake"
+"""Request: empty; response: Handshake."""
+PROTOCOL_BLOCKS = "blocks"
+"""Request: BlocksRequest; response: BlocksResponse."""
+MAX_BLOCKS_PER_RESPONSE = 64
 PROTOCOL_SNAPSHOTS = "snapshots"
 """Request: SnapshotsRequest; response: SnapshotsResponse."""
 PROTOCOL_TRUST_PATH = "trust-path"
@@ -30,6 +42,60 @@ MAX_BUCKET_RESPONSE_BYTES = 4 * 1024 * 1024
 MAX_ENTRIES_PER_BUCKET = 65_536
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 4 * 1024 * 1024
+
+
+# --- catch-up -----------------------------------------------------------------------------
+
+
+@wire
+class ChainHead:
+    chain_id: U8
+    """Chain."""
+    height: U64
+    """Finalized height."""
+
+
+@wire
+class StatusMsg:
+    """A node's finalized heights, gossiped now and then so that laggards learn they lag."""
+
+    heads: Seq(ChainHead, 8)
+    """One per chain."""
+
+
+@wire
+class Handshake:
+    """What two peers exchange first: a peer of another network or genesis is refused."""
+
+    network_id: Str(32)
+    """Network id."""
+    genesis_hash: Hash32
+    """Hash of the Genesis Pact."""
+    heads: Seq(ChainHead, 8)
+    """Finalized heights."""
+
+
+@wire
+class BlocksRequest:
+    chain_id: U8
+    """Chain."""
+    start: U64
+    """First height wanted."""
+    count: U16
+    """How many, at most MAX_BLOCKS_PER_RESPONSE."""
+
+
+@wire
+class BlocksResponse:
+    """Consecutive finalized blocks and the commit certificate of the last one."""
+
+    blocks: Seq(Block, MAX_BLOCKS_PER_RESPONSE)
+    """Blocks from the requested start height."""
+    last_commit: CommitCertificate | None
+    """Commit of the last block (the others' commits ride in their successors)."""
+
+
+# --- fast sync ------------------------------------------------------------------------------
 
 
 @wire

@@ -1,0 +1,49 @@
+"""What the JSON-RPC methods are given: the node and the services it runs, by interface.
+
+The API never imports the engine or the services: the daemon hands in objects that satisfy
+these interfaces (the engine is a `NodeHandle`), and a method whose service is absent answers
+-32010 (service unavailable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from node.core.ports import NodeHandle
+
+
+class SyncStatus(Protocol):
+    """The sync service, as the API sees it."""
+
+    @property
+    def syncing(self) -> bool:
+        """Whether a peer reported a finalized height above ours."""
+
+    def sync_progress(self) -> dict[str, dict[str, int | float | None]]:
+        """Per chain name: height, target, blocks/s and seconds left."""
+
+
+class ExpertsAPI(Protocol):
+    """The expert service, as the API sees it."""
+
+    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+        """Text in, text out, with the trace `blyan_generate` returns."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this node serves and the registry of serving peers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The node and its services (None: not running on this node)."""
+
+    node: NodeHandle | None = None
+    """The engine."""
+    experts: ExpertsAPI | None = None
+    """The expert service (inference)."""
+    sync: SyncStatus | None = None
+    """The sync service (catch-up progress)."""
+
+    def get(self, name: str) -> object | None:
+        return {"node": self.node, "experts": self.experts, "sync": self.sync}.get(name)

@@ -1,0 +1,79 @@
+"""What a service may ask of the node: the interface services act through.
+
+Services (sync, the JSON-RPC API, experts, the simulator's operators and checkers; PoL and data
+quality later) never reach into the engine. They subscribe to its `Feed` and act through a
+`NodeHandle`: read the chains, submit a transaction, hand over blocks fetched from peers. The
+engine implements it; a test can implement it with a fake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from chain.store import ChainStore
+from chain.types import Block, CommitCertificate, Transaction, ValidatorSet
+from consensus.mempool import AddResult
+from node.core.feed import Feed
+from p2p.network import Network, PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What became of blocks handed to the node by catch-up."""
+
+    imported: int
+    """Blocks checked against their commits and stored, in order from the first."""
+    height: int
+    """The chain's height afterwards."""
+    needs_reward_height: int = 0
+    """Non-zero when a block could not be checked because the validator set that decides it is
+    not known yet: the reward chain must first reach this height."""
+
+
+class NodeHandle(Protocol):
+    """The node's engine, as services see it."""
+
+    @property
+    def store(self) -> ChainStore:
+        """The chains (read them; only the engine writes)."""
+
+    @property
+    def network(self) -> Network:
+        """The node's network (services register their own topics and protocols on it)."""
+
+    @property
+    def network_id(self) -> str:
+        """Network id of the genesis."""
+
+    @property
+    def address(self) -> bytes | None:
+        """This node's account address (None: no key)."""
+
+    @property
+    def feed(self) -> Feed:
+        """Finalized blocks and gossip events."""
+
+    def validators(self) -> ValidatorSet:
+        """The validator set in force now."""
+
+    def get_validator_set(self, vs_hash: bytes) -> ValidatorSet | None:
+        """Any validator set this node has known, by hash (sets before epoch changes too)."""
+
+    def submit_tx(self, tx: Transaction) -> AddResult:
+        """Admit a transaction to its chain's mempool and gossip it."""
+
+    def is_pending(self, chain_id: int, tx_hash: bytes) -> bool:
+        """Whether a transaction waits in a mempool."""
+
+    def count_pending(self, chain_id: int, sender: bytes) -> int:
+        """Transactions of `sender` waiting in a mempool."""
+
+    def penalize(self, peer: PeerId, reason: str, weight: float = 1.0) -> None:
+        """Penalise a peer for what it sent (reported on the feed)."""
+
+    async def import_blocks(self, chain_id: int, peer: PeerId, blocks: tuple[Block, ...],
+                            last_commit: CommitCertificate | None, target: int) -> ImportReport:
+        """Check consecutive finalized blocks from a peer (each against its commit) and store
+        them; a peer whose blocks are invalid is penalised. Consensus on the chain resumes once
+        it reaches `target`, the height the peer reported."""

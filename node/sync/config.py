@@ -1,0 +1,35 @@
+"""Settings of the sync wing: the operator's (`[sync]` in config.toml) and the service's timing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """`[sync]` in config.toml."""
+
+    fast: bool = True
+    """Start from a certified state snapshot when far behind (else replay every block)."""
+    fast_min_gap: int = 256
+    """Fast sync only when a peer is at least this many blocks ahead on the reward chain."""
+    peer_wait_s: float = 10.0
+    """At start, how long to wait for a first peer before deciding how to sync."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTiming:
+    """How the sync service talks to peers while the node runs."""
+
+    status_interval_s: float = 2.0
+    """How often this node gossips its heights."""
+    request_timeout_s: float = 2.0
+    """Deadline of a handshake or blocks request."""
+    batch: int = 32
+    """Blocks asked for per request."""
+    snapshot_every: int = 64
+    """Keep the state at every multiple of this height for fast-syncing peers."""
+
+    @classmethod
+    def for_tests(cls) -> SyncTiming:
+        return cls(status_interval_s=1.0, request_timeout_s=1.0)
