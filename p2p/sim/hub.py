@@ -1,7 +1,8 @@
 """The hub of the simulated network: the wire between the nodes' `SimNetwork`s. It owns every
 delivery task and each node's delivery heap, samples each copy's faults on its link, decides who
 can reach whom (partitions, bridges, crashes, bans), and records every event for the digest.
-Requests take their own path, in `p2p.sim.requests`."""
+Requests take their own path, in `p2p.sim.requests`, which shares the hub's internals (the wire,
+the connectivity checks, the event record)."""
 
 from __future__ import annotations
 
