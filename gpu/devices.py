@@ -140,7 +140,7 @@ def compute_memory_budget(device: DeviceInfo, tier: Tier | None = None) -> int:
 def discover_gpus(nvml: ModuleType | None = None) -> list[DeviceInfo]:
     """The NVIDIA GPUs NVML sees; [] when NVML or the driver is absent (logged at info)."""
     if nvml is None:
-        try:
+        try:  # imported here: nvidia-ml-py is optional, and only discovery needs it
             import pynvml as nvml
         except ImportError:
             logger.info("nvidia-ml-py is not installed: no GPU discovery, serving on the CPU")

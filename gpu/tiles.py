@@ -195,7 +195,7 @@ def verify_tile(
     if len(proof.subtiles) != len(hashes):
         got = len(proof.subtiles)
         raise CorruptTile(f"{got} subtile proofs, expected {len(hashes)}", tile_index)
-    for offset, (leaf, sub) in enumerate(zip(hashes, proof.subtiles)):
+    for offset, (leaf, sub) in enumerate(zip(hashes, proof.subtiles, strict=True)):
         if sub.arity != TILE_MERKLE_ARITY or sub.index != first + offset or sub.count != count:
             raise CorruptTile(f"subtile proof {offset} has the wrong position", tile_index)
         if not is_valid_proof(leaf, sub, merkle_root):

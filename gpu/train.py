@@ -12,6 +12,7 @@ smoothing, scored on the same validation targets.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -183,8 +184,6 @@ def compute_baseline_loss(train: Tensor, val: Tensor, cfg: TrainConfig, vocab_si
 
 def measure_step_seconds(model: MoEModel, cfg: TrainConfig, steps: int = 4) -> float:
     """Seconds per training step on random tokens (for sizing a run; `model` is left as it was)."""
-    import copy
-
     probe = copy.deepcopy(model)
     stream = torch.randint(0, model.cfg.vocab_size, (cfg.batch_size * cfg.seq_len * 4,))  # [n]
     train_model(probe, stream, replace(cfg, steps=1, warmup_steps=0))

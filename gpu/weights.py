@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _load_safetensors
 
-from chain.errors import DecodingError
 from chain.crypto import sha256
+from chain.errors import DecodingError
 from chain.tensors import (
     DEFAULT_SUBTILE_SIZE,
     DEFAULT_TILE_SIZE,

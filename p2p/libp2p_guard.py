@@ -170,7 +170,9 @@ class GuardedPubsub(Pubsub):
 class PeerNotifee(INotifee):
     """Swarm connection events as two plain callbacks (run in the swarm's task: keep quick)."""
 
-    def __init__(self, on_connected: Callable[[str], None], on_disconnected: Callable[[str], None]):
+    def __init__(
+        self, on_connected: Callable[[str], None], on_disconnected: Callable[[str], None]
+    ) -> None:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -310,7 +310,7 @@ class Libp2pNetwork:
         except Exception as err:
             logger.error("subscribing to %s failed: %r", topic, err)
 
-    def _make_validator(self, topic: str):  # type: ignore[no-untyped-def]
+    def _make_validator(self, topic: str) -> Callable[[ID, rpc_pb2.Message], Awaitable[bool]]:
         async def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             return await self._deliver(topic, str(forwarder), msg.data)
 

@@ -37,7 +37,9 @@ class PeerConnections:
     """The host's connections as the network sees them: `view` is the set of peers with a
     live connection; each change is reported to the callbacks, in order."""
 
-    def __init__(self, host: IHost, config: Libp2pConfig, is_banned: Callable[[PeerId], bool]):
+    def __init__(
+        self, host: IHost, config: Libp2pConfig, is_banned: Callable[[PeerId], bool]
+    ) -> None:
         self._host = host
         self._swarm = host.get_network()
         self._config = config

@@ -178,13 +178,13 @@ def test_lru_model(budget: int, ops: list[tuple[int, int]]) -> None:
     for key, size in ops:
         sizes = dict(model)
         if key in sizes:
-            cache.get(key, lambda: value(size))
+            cache.get(key, lambda size=size: value(size))
             model = [kv for kv in model if kv[0] != key] + [(key, sizes[key])]
         elif size > budget:
             with pytest.raises(EntryTooLarge):
-                cache.get(key, lambda: value(size))
+                cache.get(key, lambda size=size: value(size))
         else:
-            cache.get(key, lambda: value(size))
+            cache.get(key, lambda size=size: value(size))
             model.append((key, size))
             while sum(s for _, s in model) > budget:
                 model.pop(0)

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpu.devices import (
-    GiB,
     DeviceInfo,
     ExpertDemand,
+    GiB,
     Tier,
     compute_memory_budget,
     compute_pcie_bandwidth,
@@ -27,7 +27,6 @@ from gpu.devices import (
     discover_gpus,
     get_cpu_device,
 )
-
 
 # --- a fake NVML ---------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from chain.errors import CorruptBlob, DecodingError
 from chain.tensors import KIND_EXPERT, TensorRecord
 from gpu.loader import BlobLoader, FileStamp, decode_header, repair_tile, repair_tiles
+from gpu.model import MoEConfig, init_seeded
 from gpu.tiles import CorruptTile, compute_tile_count, compute_tile_proofs, get_tile
 from gpu.weights import encode_block, make_tensor_record
-from gpu.model import MoEConfig, init_seeded
 
 TILE, SUBTILE = 2048, 256
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU path")

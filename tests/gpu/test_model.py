@@ -147,7 +147,7 @@ def test_block_round_trip_reproduces_outputs() -> None:
         target.load_block_state_dict(name, decode_block(blob))
     assert _blobs(source) == _blobs(target)
     with torch.no_grad():
-        for a, b in zip(source(idx, idx), target(idx, idx)):
+        for a, b in zip(source(idx, idx), target(idx, idx), strict=True):
             assert torch.equal(a, b)
 
 

@@ -1,4 +1,5 @@
-"""The simulated network: gossip, faults, partitions, crashes, requests, scores, determinism.
+"""The simulated network (p2p/sim/): gossip, faults, partitions, crashes, verdicts and scores,
+determinism. Requests: test_sim_requests.py.
 
 Every async test runs under `autojump_clock` (MockClock, autojump_threshold=0): the sleeps below
 cost no wall time. Tests wait on conditions (`hub.wait_idle()`), never on wall-clock sleeps.
@@ -12,17 +13,13 @@ import pytest
 import trio
 import trio.testing
 
-from chain.errors import BlyanError, ConfigError
+from chain.errors import ConfigError
 from p2p.network import (
     MAX_GOSSIP_BYTES,
     MessageTooLarge,
     Network,
-    PeerScores,
     PeerUnreachable,
-    RemoteError,
     RequestFailed,
-    RequestTimeout,
-    ResponseTooLarge,
     ScoreConfig,
     Verdict,
     protocol_name,
@@ -52,19 +49,7 @@ async def echo(requester: str, data: bytes) -> bytes:
     return b"echo:" + data
 
 
-# --- names, configs, scores ---------------------------------------------------------------
-
-
-def test_topic_name_namespaces_by_network() -> None:
-    assert topic_name("devnet", "votes") == "/blyan/devnet/votes/1"
-    assert topic_name("main", "blocks_parameter", 2) == "/blyan/main/blocks_parameter/2"
-    assert protocol_name("devnet", "blocks_by_range") == "/blyan/devnet/req/blocks_by_range/1"
-
-
-@pytest.mark.parametrize("network_id, name", [("", "votes"), ("dev/net", "votes"), ("dev", "a b")])
-def test_invalid_topic_name(network_id: str, name: str) -> None:
-    with pytest.raises(ValueError):
-        topic_name(network_id, name)
+# --- faults ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -74,27 +59,6 @@ def test_invalid_topic_name(network_id: str, name: str) -> None:
 def test_invalid_fault_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         FaultConfig(**kwargs)
-
-
-def test_errors_share_the_root() -> None:
-    for cls in (RequestTimeout, PeerUnreachable, ResponseTooLarge, RemoteError):
-        assert issubclass(cls, RequestFailed) and issubclass(cls, BlyanError)
-    assert issubclass(MessageTooLarge, BlyanError) and issubclass(SimError, BlyanError)
-
-
-def test_peer_scores_decay_and_ban() -> None:
-    scores = PeerScores(ScoreConfig(half_life_s=10.0, ban_threshold=-4.0))
-    assert scores.score("p", 0.0) == 0.0
-    assert not scores.penalize("p", 2.0, now=0.0)
-    assert scores.score("p", 10.0) == pytest.approx(-1.0)
-    assert scores.score("p", 20.0) == pytest.approx(-0.5)
-    assert scores.penalize("p", 7.5, now=20.0)  # -8: banned until it decays back to -4
-    assert scores.is_banned("p", 29.9)
-    assert scores.get_banned_until("p") == pytest.approx(30.0)
-    assert not scores.is_banned("p", 30.0)
-    assert not scores.is_banned("q", 0.0)
-    with pytest.raises(ValueError):
-        scores.penalize("p", -1.0, now=0.0)
 
 
 # --- gossip -------------------------------------------------------------------------------
@@ -279,111 +243,6 @@ async def test_clock_skew(autojump_clock: trio.testing.MockClock) -> None:
         hub.set_clock_skew("b", -250)
         await trio.sleep(2.0)
         assert a.now_ms() == 2000 and b.now_ms() == 1750
-
-
-# --- requests -----------------------------------------------------------------------------
-
-
-async def test_request_response_takes_a_round_trip(autojump_clock: trio.testing.MockClock) -> None:
-    async with SimNetworkHub(seed=11, faults=FaultConfig.fixed(50.0)) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        b.set_request_handler(PING, echo, max_request_bytes=64)
-        start = trio.current_time()
-        assert await a.request("b", PING, b"hi", timeout=1.0) == b"echo:hi"
-        assert trio.current_time() - start == pytest.approx(0.100)
-        assert hub.stats.requests == 1 and hub.stats.responses == 1
-
-
-async def test_request_asymmetric_link_latency(autojump_clock: trio.testing.MockClock) -> None:
-    async with SimNetworkHub(seed=12, faults=FaultConfig.fixed(10.0)) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        hub.set_link("b", "a", FaultConfig.fixed(200.0))
-        b.set_request_handler(PING, echo, max_request_bytes=64)
-        start = trio.current_time()
-        await a.request("b", PING, b"", timeout=1.0)
-        assert trio.current_time() - start == pytest.approx(0.210)
-
-
-async def test_request_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    async def slow(requester: str, data: bytes) -> bytes:
-        await trio.sleep(10.0)
-        return b"late"
-
-    async with SimNetworkHub(seed=13, faults=FaultConfig.fixed(10.0)) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        b.set_request_handler(PING, slow, max_request_bytes=64)
-        start = trio.current_time()
-        with pytest.raises(RequestTimeout):
-            await a.request("b", PING, b"", timeout=1.0)
-        assert trio.current_time() - start == pytest.approx(1.0)
-        await hub.wait_idle()  # the receiver gives up at the same deadline
-        assert trio.current_time() - start < 1.1
-
-
-async def test_request_across_a_partition_times_out(autojump_clock: trio.testing.MockClock) -> None:
-    async with SimNetworkHub(seed=14) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        b.set_request_handler(PING, echo, max_request_bytes=64)
-        hub.partition([{"a"}, {"b"}])
-        start = trio.current_time()
-        with pytest.raises(RequestTimeout):
-            await a.request("b", PING, b"", timeout=2.0)
-        assert trio.current_time() - start == pytest.approx(2.0)
-        hub.heal()
-        assert await a.request("b", PING, b"x", timeout=2.0) == b"echo:x"
-
-
-async def test_request_failures_are_typed(autojump_clock: trio.testing.MockClock) -> None:
-    async def broken(requester: str, data: bytes) -> bytes:
-        raise RuntimeError("bug in the handler")
-
-    async def refusing(requester: str, data: bytes) -> bytes:
-        raise BlyanError("no such block")
-
-    async with SimNetworkHub(seed=15) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        b.set_request_handler(PING, echo, max_request_bytes=4)
-        b.set_request_handler("/broken", broken, max_request_bytes=64)
-        b.set_request_handler("/refusing", refusing, max_request_bytes=64)
-        with pytest.raises(RemoteError, match="unsupported protocol"):
-            await a.request("b", "/nope", b"", timeout=1.0)
-        with pytest.raises(RemoteError, match="internal error"):
-            await a.request("b", "/broken", b"", timeout=1.0)
-        with pytest.raises(RemoteError, match="no such block"):
-            await a.request("b", "/refusing", b"", timeout=1.0)
-        assert b.score("a") == 0.0  # failing handlers penalise nobody
-        with pytest.raises(ResponseTooLarge):
-            await a.request("b", PING, b"abcd", timeout=1.0, max_response_bytes=4)
-        with pytest.raises(RemoteError, match="exceeds the cap"):
-            await a.request("b", PING, b"abcde", timeout=1.0)
-        assert b.score("a") < 0  # an oversized request is the requester's fault
-        with pytest.raises(PeerUnreachable):
-            await a.request("nobody", PING, b"", timeout=1.0)
-        with pytest.raises(ValueError):
-            await a.request("b", PING, b"", timeout=math.inf)
-        assert await a.request("b", PING, b"ok", timeout=1.0) == b"echo:ok"  # hub still fine
-
-
-async def test_inbound_requests_are_bounded(autojump_clock: trio.testing.MockClock) -> None:
-    async def slow(requester: str, data: bytes) -> bytes:
-        await trio.sleep(0.5)
-        return b"done"
-
-    results: list[bytes | str] = []
-    async with SimNetworkHub(seed=16, max_inbound_requests=2) as hub:
-        a, b = hub.add_node("a"), hub.add_node("b")
-        b.set_request_handler(PING, slow, max_request_bytes=64)
-
-        async def one() -> None:
-            try:
-                results.append(await a.request("b", PING, b"", timeout=5.0))
-            except RemoteError as err:
-                results.append(err.reason)
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(one)
-    assert sorted(results, key=str) == [b"done", b"done", "overloaded", "overloaded"]
 
 
 # --- verdicts and scores ------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""What travels on the simulated wire: a copy in flight, a request waiting for its response, and
+the state of one directed link. Internal to `p2p.sim`."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import trio
+
+from p2p.network import PeerId
+
+
+class Pending:
+    """A request waiting for its response."""
+
+    __slots__ = ("done", "response", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response = b""
+        self.error: str | None = None
+
+    def resolve(self, response: bytes, error: str | None) -> None:
+        if not self.done.is_set():
+            self.response, self.error = response, error
+            self.done.set()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One item on a node's delivery heap."""
+
+    kind: str  # "gossip" | "request" | "event"
+    src: PeerId
+    src_incarnation: int
+    name: str = ""
+    data: bytes = b""
+    pending: Pending | None = None
+    deadline: float = math.inf
+    connected: bool = False
+
+
+HeapEntry = tuple[float, PeerId, int, Delivery]
+"""(due time, sender, per-link sequence, item): the order in which a node's deliveries pop."""
+
+
+@dataclass(slots=True)
+class Link:
+    """A directed link: its own RNG (derived from the seed), its sequence and in-flight count."""
+
+    rng: random.Random
+    seq: int = 0
+    in_flight: int = 0
