@@ -14,8 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from chain.context import Context, TxEnv
 from chain.errors import InvalidTransaction
 from chain.params import TIER_GOLD, TIER_NAMES, TIER_REJECT
 from chain.payloads import AuditReport, AuditVerdict, QualityVote, SubmitDataset
@@ -34,9 +34,6 @@ from chain.records import (
     reputation_key,
 )
 from chain.state import Overlay
-
-if TYPE_CHECKING:
-    from chain.transition import Context, TxEnv
 
 FORMATS = ("text", "code", "jsonl", "markdown")
 REQUIRED_CHECKS = ("format", "size", "pii", "toxicity", "near-duplicate")

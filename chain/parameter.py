@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from chain import codec, commit, crypto
+from chain.context import Context, TxEnv
 from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
 from chain.state import Overlay
 from chain.tensors import MAX_SUBTILES_PER_TILE, TensorRecord
-
-if TYPE_CHECKING:
-    from chain.transition import Context, TxEnv
-    from chain.types import ValidatorSet
+from chain.types import ValidatorSet
 
 COMPRESSIONS = ("none", "int8", "topk", "lowrank")
 MAX_DELTAS_BEFORE_SNAPSHOT = 4096

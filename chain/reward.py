@@ -7,11 +7,12 @@ balances + stakes + unbonding = genesis + minted - burned at the end of every bl
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from chain import commit
 from chain.codec import decode
+from chain.context import Context, TxEnv
 from chain.errors import InvalidTransaction, MissingDependency
+from chain.params import ChainParams
 from chain.payloads import Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
     EMPTY_ACCOUNT,
@@ -33,10 +34,6 @@ from chain.records import (
 )
 from chain.state import Overlay, State
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, MAX_VALIDATORS, ValidatorSet, make_validator_set
-
-if TYPE_CHECKING:
-    from chain.params import ChainParams
-    from chain.transition import Context, TxEnv
 
 U64_MAX = 2**64 - 1
 

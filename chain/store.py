@@ -31,7 +31,8 @@ from chain.kv import (
 )
 from chain.pact import GenesisPact, build_genesis, compute_genesis_hash
 from chain.state import State
-from chain.transition import Context, apply_block
+from chain.context import Context
+from chain.transition import apply_block
 from chain.types import CHAIN_IDS, CHAIN_NAMES, Block, BlockHeader, CommitCertificate
 
 logger = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ Each rule is one check, in the order a reader would check it. A chain's own rule
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from chain import codec, crypto, merkle
+from chain import codec, crypto, dataset, merkle, parameter, reward
 from chain.commit import InvalidCommit, verify_commit
+from chain.context import Context, TxEnv
 from chain.errors import (
     DecodingError,
     InvalidBlock,
@@ -19,9 +19,8 @@ from chain.errors import (
     InvalidTransaction,
     MissingDependency,
 )
-from chain.params import ChainParams
 from chain.payloads import PAYLOADS_BY_CHAIN, SYSTEM_PAYLOADS
-from chain.records import Earning
+from chain.records import KEY_VALIDATORS
 from chain.state import Overlay, State
 from chain.types import (
     CHAIN_DATASET,
@@ -37,47 +36,6 @@ from chain.types import (
     Transaction,
     ValidatorSet,
 )
-
-EarningsView = Callable[[int, bytes], Earning | None]
-"""(source chain, transaction hash) -> the earning that chain recorded, if this node knows it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """Everything a transition reads besides the state and the block. Pure data."""
-
-    network_id: str
-    """Network the block belongs to (signature domain)."""
-    params: ChainParams
-    """Protocol constants from genesis."""
-    validators: ValidatorSet
-    """The set that decides this block."""
-    prev_validators: ValidatorSet | None = None
-    """The set that decided the previous block (defaults to `validators`)."""
-    earnings: EarningsView | None = None
-    """Earnings recorded by the parameter and dataset chains (reward chain only)."""
-    check_last_commit: bool = True
-    """Verify the previous block's commit certificate (off only for replays of own store)."""
-    next_validators: Callable[[bytes], ValidatorSet | None] | None = None
-    """Parameter and dataset chains: the validator set a header may name as the next one, by
-    hash (a set the reward chain made, not older than `validators`); None: no change allowed."""
-
-
-@dataclass(frozen=True, slots=True)
-class TxEnv:
-    """What a payload handler needs to know about its transaction."""
-
-    tx: Transaction
-    """The transaction."""
-    tx_hash: bytes
-    """Its hash."""
-    sender: bytes
-    """Sender address (zero for system transactions)."""
-    height: int
-    """Height of the block being applied."""
-    ctx: Context
-    """Block context."""
-
 
 def nonce_key(address: bytes) -> bytes:
     return b"n" + address
@@ -228,8 +186,6 @@ def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, f
 
 
 def compute_reward_next_validators(state: State | Overlay) -> ValidatorSet:
-    from chain.records import KEY_VALIDATORS
-
     return codec.decode(ValidatorSet, state.get(KEY_VALIDATORS))
 
 
@@ -298,16 +254,4 @@ def build_block(
     return Block(header, tuple(kept), last_commit), rejected
 
 
-def _rules():
-    from chain import dataset, parameter, reward
-
-    return {CHAIN_PARAMETER: parameter, CHAIN_DATASET: dataset, CHAIN_REWARD: reward}
-
-
-class _LazyRules(dict):
-    def __missing__(self, key: int):
-        self.update(_rules())
-        return dict.__getitem__(self, key)
-
-
-_RULES = _LazyRules()
+_RULES = {CHAIN_PARAMETER: parameter, CHAIN_DATASET: dataset, CHAIN_REWARD: reward}

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from chain import codec
 from chain.errors import InvalidTransaction
 from chain.state import Overlay, State
-from chain.transition import Context, get_nonce, is_system_tx, validate_tx_envelope
+from chain.context import Context
+from chain.transition import get_nonce, is_system_tx, validate_tx_envelope
 from chain.types import Transaction
 
 logger = logging.getLogger(__name__)

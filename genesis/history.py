@@ -14,7 +14,8 @@ from chain.payloads import Transfer
 from chain.state import State
 from chain.store import ChainStore
 from chain.commit import verify_commit
-from chain.transition import Context, apply_block, build_block, compute_reward_next_validators
+from chain.context import Context
+from chain.transition import apply_block, build_block, compute_reward_next_validators
 from chain.types import CHAIN_IDS, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
 from genesis.testkit import account_keys, certify, sign_tx, validator_keys
 

@@ -13,7 +13,8 @@ from chain.pact import PACT_VERSION, GenesisAccount, GenesisPact, GenesisValidat
 from chain.params import ChainParams
 from chain.state import State
 from chain.tensors import ModelSpec, TensorRecord
-from chain.transition import Context, apply_block, build_block
+from chain.context import Context
+from chain.transition import apply_block, build_block
 from chain.types import (
     CHAIN_IDS,
     STEP_PRECOMMIT,

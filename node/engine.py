@@ -25,7 +25,7 @@ from chain.errors import BlyanError, DecodingError
 from chain.kv import COL_NODE
 from chain.records import KEY_VALIDATORS, Earning, earning_key
 from chain.store import ChainStore
-from chain.transition import Context
+from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, ValidatorSet
 from chain.votes import SignedVote
 from consensus.evidence import EvidencePool

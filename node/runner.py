@@ -16,7 +16,8 @@ from chain.kv import COL_NODE
 from chain.state import State
 from chain.errors import InvalidTransaction
 from chain.state import Overlay
-from chain.transition import Context, apply_block, apply_tx, build_block
+from chain.context import Context
+from chain.transition import apply_block, apply_tx, build_block
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Block, Transaction, ValidatorSet
 from chain.votes import NIL, SignedVote, Vote
 from consensus.evidence import make_slash_txs

@@ -503,7 +503,7 @@ class Simulation:
         from chain.commit import InvalidCommit, verify_commit
         from chain.errors import InvalidBlock, MissingDependency
         from chain.records import KEY_VALIDATORS
-        from chain.transition import Context
+        from chain.context import Context
         from chain.types import ValidatorSet
 
         ref = max(stores.values(), key=lambda s: sum(s.height(c) for c in CHAIN_IDS))

@@ -25,7 +25,8 @@ from chain.records import (
 )
 from chain.reward import get_account, get_supply, get_validator_set, validate_supply
 from chain.state import Overlay
-from chain.transition import Context, apply_tx, get_nonce
+from chain.context import Context
+from chain.transition import apply_tx, get_nonce
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_PARAMETER,

@@ -12,7 +12,8 @@ from chain.errors import InvalidBlock, InvalidTransaction, MissingDependency
 from chain.payloads import Reward, Stake, Transfer
 from chain.records import Earning
 from chain.state import Overlay, State
-from chain.transition import Context, apply_block, apply_tx, build_block, compute_tx_root, get_nonce
+from chain.context import Context
+from chain.transition import apply_block, apply_tx, build_block, compute_tx_root, get_nonce
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_NAMES,
