@@ -33,7 +33,9 @@ from chain.records import (
     quota_key,
     reputation_key,
 )
+from chain.rules import ChainRules
 from chain.state import Overlay
+from chain.types import CHAIN_DATASET
 
 FORMATS = ("text", "code", "jsonl", "markdown")
 REQUIRED_CHECKS = ("format", "size", "pii", "toxicity", "near-duplicate")
@@ -77,18 +79,6 @@ def is_cid_v1(cid: str) -> bool:
 
 def epoch_of(height: int, ctx: Context) -> int:
     return height // ctx.params.epoch_length
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, SubmitDataset):
-        apply_submit(view, env, payload)
-    elif isinstance(payload, AuditVerdict):
-        apply_audit(view, env, payload)
-    elif isinstance(payload, QualityVote):
-        apply_quality_vote(view, env, payload)
-    else:
-        raise InvalidTransaction(f"{type(payload).__name__} on the dataset chain")
 
 
 def validate_audit_report(report: AuditReport, p: SubmitDataset, ctx: Context) -> None:
@@ -214,3 +204,9 @@ def _get_u64(view: Overlay, key: bytes) -> int:
     raw = view.get(key)
     return 0 if raw is None else int.from_bytes(raw, "big")
 
+
+RULES = ChainRules(
+    chain_id=CHAIN_DATASET,
+    apply={SubmitDataset: apply_submit, AuditVerdict: apply_audit, QualityVote: apply_quality_vote},
+    end_block=end_block,
+)

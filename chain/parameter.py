@@ -14,9 +14,10 @@ from chain.context import Context, TxEnv
 from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
+from chain.rules import ChainRules
 from chain.state import Overlay
 from chain.tensors import MAX_SUBTILES_PER_TILE, TensorRecord
-from chain.types import ValidatorSet
+from chain.types import CHAIN_PARAMETER, ValidatorSet
 
 COMPRESSIONS = ("none", "int8", "topk", "lowrank")
 MAX_DELTAS_BEFORE_SNAPSHOT = 4096
@@ -46,16 +47,6 @@ def validate_tensor_record(rec: TensorRecord) -> None:
         raise InvalidTransaction("empty tensor block")
     if not rec.tensors:
         raise InvalidTransaction("a tensor block holds at least one tensor")
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, SubmitDelta):
-        apply_delta(view, env, payload)
-    elif isinstance(payload, CommitSnapshot):
-        apply_snapshot(view, env, payload)
-    else:
-        raise InvalidTransaction(f"{type(payload).__name__} on the parameter chain")
 
 
 def validate_pol_certificate(
@@ -153,3 +144,9 @@ def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
 def end_block(view: Overlay, height: int, ctx: Context) -> None:
     """Nothing happens at the end of a parameter block."""
 
+
+RULES = ChainRules(
+    chain_id=CHAIN_PARAMETER,
+    apply={SubmitDelta: apply_delta, CommitSnapshot: apply_snapshot},
+    end_block=end_block,
+)

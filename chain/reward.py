@@ -32,8 +32,9 @@ from chain.records import (
     tombstone_key,
     unbonding_key,
 )
+from chain.rules import ChainRules
 from chain.state import Overlay, State
-from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, MAX_VALIDATORS, ValidatorSet, make_validator_set
+from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, CHAIN_REWARD, MAX_VALIDATORS, ValidatorSet, make_validator_set
 
 U64_MAX = 2**64 - 1
 
@@ -85,22 +86,6 @@ def _update_stakers(view: Overlay, address: bytes, has_stake: bool) -> None:
     if len(current) > MAX_STAKERS:
         raise InvalidTransaction(f"more than {MAX_STAKERS} staking accounts")
     view.put_record(KEY_STAKERS, Stakers(tuple(sorted(current))))
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, Transfer):
-        apply_transfer(view, env, payload)
-    elif isinstance(payload, Stake):
-        apply_stake(view, env, payload)
-    elif isinstance(payload, Unstake):
-        apply_unstake(view, env, payload)
-    elif isinstance(payload, Reward):
-        apply_reward(view, env, payload)
-    elif isinstance(payload, Slash):
-        apply_slash(view, env, payload)
-    else:  # validate_tx_envelope admits only reward payloads
-        raise InvalidTransaction(f"{type(payload).__name__} on the reward chain")
 
 
 def apply_transfer(view: Overlay, env: TxEnv, p: Transfer) -> None:
@@ -259,3 +244,17 @@ def _replace(acct: Account, **changes: object) -> Account:
     # and replace() inspects the fields on every call (about 5x slower).
     return Account(changes.get("balance", acct.balance), changes.get("stake", acct.stake),
                    changes.get("unbonding", acct.unbonding), changes.get("public_key", acct.public_key))
+
+
+RULES = ChainRules(
+    chain_id=CHAIN_REWARD,
+    apply={
+        Transfer: apply_transfer,
+        Stake: apply_stake,
+        Unstake: apply_unstake,
+        Reward: apply_reward,
+        Slash: apply_slash,
+    },
+    end_block=end_block,
+    system=frozenset({Reward, Slash}),
+)

@@ -19,13 +19,11 @@ from chain.errors import (
     InvalidTransaction,
     MissingDependency,
 )
-from chain.payloads import PAYLOADS_BY_CHAIN, SYSTEM_PAYLOADS
 from chain.records import KEY_VALIDATORS
+from chain.rules import ChainRules
 from chain.state import Overlay, State
 from chain.types import (
-    CHAIN_DATASET,
     CHAIN_NAMES,
-    CHAIN_PARAMETER,
     CHAIN_REWARD,
     ZERO_HASH,
     ZERO_PUBKEY,
@@ -37,6 +35,17 @@ from chain.types import (
     ValidatorSet,
 )
 
+RULES_BY_CHAIN: dict[int, ChainRules] = {
+    rules.chain_id: rules for rules in (parameter.RULES, dataset.RULES, reward.RULES)
+}
+"""Each chain's table of payloads and rules, by CHAIN_* id."""
+PAYLOADS_BY_CHAIN: dict[int, tuple[type, ...]] = {
+    chain_id: rules.payloads for chain_id, rules in RULES_BY_CHAIN.items()
+}
+SYSTEM_PAYLOADS: frozenset[type] = frozenset().union(*(rules.system for rules in RULES_BY_CHAIN.values()))
+"""Payloads carried unsigned: their validity comes from what they prove, not who sent them."""
+
+
 def nonce_key(address: bytes) -> bytes:
     return b"n" + address
 
@@ -47,7 +56,7 @@ def get_nonce(view: Overlay | State, address: bytes) -> int:
 
 
 def is_system_tx(tx: Transaction) -> bool:
-    return isinstance(tx.body.payload, SYSTEM_PAYLOADS)
+    return type(tx.body.payload) in SYSTEM_PAYLOADS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +78,7 @@ def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context, enc: Enco
     body = tx.body
     if body.chain_id != chain_id:
         raise InvalidTransaction(f"for chain {body.chain_id}, not {CHAIN_NAMES[chain_id]}")
-    if not isinstance(body.payload, PAYLOADS_BY_CHAIN[chain_id]):
+    if not RULES_BY_CHAIN[chain_id].is_payload(body.payload):
         raise InvalidTransaction(f"{type(body.payload).__name__} is not a {CHAIN_NAMES[chain_id]} payload")
     enc = enc or EncodedTx.of(tx)
     if len(enc.tx_bytes) > ctx.params.max_tx_bytes:
@@ -101,8 +110,9 @@ def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Co
             raise InvalidTransaction(f"nonce {tx.body.nonce}, expected {expected}", tx_hash)
         scratch.put(nonce_key(sender), (expected + 1).to_bytes(8, "big"))
     env = TxEnv(tx, tx_hash, sender, height, ctx)
+    payload = tx.body.payload
     try:
-        _RULES[chain_id].apply_payload(scratch, env)
+        RULES_BY_CHAIN[chain_id].apply[type(payload)](scratch, env, payload)
     except InvalidTransaction as err:
         if not err.tx_hash:
             raise InvalidTransaction(err.reason, tx_hash) from err
@@ -160,7 +170,7 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
         except (InvalidTransaction, DecodingError) as err:
             raise fail(f"transaction {index}: {err}") from err
     try:
-        _RULES[h.chain_id].end_block(view, h.height, ctx)
+        RULES_BY_CHAIN[h.chain_id].end_block(view, h.height, ctx)
     except InvalidTransaction as err:
         raise fail(f"end of block: {err}") from err
 
@@ -239,7 +249,7 @@ def build_block(
             continue
         kept.append(tx)
         size += tx_size
-    _RULES[state.chain_id].end_block(view, height, ctx)
+    RULES_BY_CHAIN[state.chain_id].end_block(view, height, ctx)
     root = state.with_changes(view.changes, height, ZERO_HASH, time_ms).root
     if state.chain_id == CHAIN_REWARD:
         next_set = compute_reward_next_validators(view)
@@ -252,6 +262,3 @@ def build_block(
         last_commit_hash=ZERO_HASH if last_commit is None else codec.hash_of(last_commit),
     )
     return Block(header, tuple(kept), last_commit), rejected
-
-
-_RULES = {CHAIN_PARAMETER: parameter, CHAIN_DATASET: dataset, CHAIN_REWARD: reward}
