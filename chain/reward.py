@@ -27,6 +27,7 @@ from chain.records import (
     UnbondingEntry,
     UnbondingQueue,
     account_key,
+    is_account_key,
     paid_key,
     slashed_key,
     tombstone_key,
@@ -221,7 +222,7 @@ def validate_supply(state: State) -> None:
     """Full audit: sum every account and compare with the supply record (raises on mismatch)."""
     balances = stakes = unbonding = 0
     for key, value in state.items():
-        if key[:1] == b"a" and len(key) == 21:
+        if is_account_key(key):
             acct = decode(Account, value)
             balances += acct.balance
             stakes += acct.stake

@@ -23,7 +23,15 @@ from chain.commit import sign_vote, validate_evidence, validate_signed_vote
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
 from chain.kv import COL_NODE
-from chain.records import KEY_VALIDATORS, Earning, earning_key
+from chain.records import (
+    KEY_VALIDATORS,
+    Earning,
+    earning_key,
+    is_earning_key,
+    is_paid_key,
+    parse_earning_key,
+    parse_paid_key,
+)
 from chain.store import ChainStore
 from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, ValidatorSet
@@ -268,20 +276,20 @@ class Engine:
         reward = self.store.state(CHAIN_REWARD)
         for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET):
             for key, value in self.store.state(chain_id).items():
-                if key[:1] == b"E" and len(key) == 33 and reward.get(paid_key(chain_id, key[1:])) is None:
-                    self.pending_earnings[(chain_id, key[1:])] = decode(Earning, value)
+                if is_earning_key(key) and reward.get(paid_key(chain_id, parse_earning_key(key))) is None:
+                    self.pending_earnings[(chain_id, parse_earning_key(key))] = decode(Earning, value)
 
     def on_committed(self, chain_id: int, changes: dict[bytes, bytes | None]) -> None:
         """Bookkeeping shared across chains after a block of `chain_id` is stored."""
         if chain_id == CHAIN_REWARD:
             self._remember_validators()
             for key in changes:
-                if key[:1] == b"p" and len(key) == 34:
-                    self.pending_earnings.pop((key[1], key[2:]), None)
+                if is_paid_key(key):
+                    self.pending_earnings.pop(parse_paid_key(key), None)
         else:
             for key, value in changes.items():
-                if key[:1] == b"E" and len(key) == 33 and value is not None:
-                    self.pending_earnings[(chain_id, key[1:])] = decode(Earning, value)
+                if is_earning_key(key) and value is not None:
+                    self.pending_earnings[(chain_id, parse_earning_key(key))] = decode(Earning, value)
         for runner in self.runners.values():
             runner.poke()
 
