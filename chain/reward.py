@@ -55,6 +55,8 @@ def get_supply(view: Overlay | State) -> Supply:
 
 
 def get_validator_set(view: Overlay | State) -> ValidatorSet:
+    """The validator set in a reward state (KEY_VALIDATORS): the one in force from this block on.
+    The only reader of that record."""
     raw = view.get(KEY_VALIDATORS)
     if raw is None:
         raise InvalidTransaction("reward state has no validator set")

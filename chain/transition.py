@@ -19,7 +19,6 @@ from chain.errors import (
     InvalidTransaction,
     MissingDependency,
 )
-from chain.records import KEY_VALIDATORS
 from chain.rules import ChainRules
 from chain.state import Overlay, State
 from chain.types import (
@@ -183,7 +182,7 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
 
 def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, fail) -> None:  # noqa: ANN001
     if new_state.chain_id == CHAIN_REWARD:
-        if next_hash != compute_reward_next_validators(new_state).hash():
+        if next_hash != reward.get_validator_set(new_state).hash():
             raise fail("next validators hash is not the set in the reward state")
         return
     if next_hash == ctx.validators.hash():
@@ -193,10 +192,6 @@ def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, f
         raise MissingDependency("next validator set not known here (reward chain behind?)")
     if candidate.epoch < ctx.validators.epoch:
         raise fail("next validator set is older than the current one")
-
-
-def compute_reward_next_validators(state: State | Overlay) -> ValidatorSet:
-    return codec.decode(ValidatorSet, state.get(KEY_VALIDATORS))
 
 
 def validate_last_commit(block: Block, state: State, ctx: Context, fail) -> None:  # noqa: ANN001
@@ -252,7 +247,7 @@ def build_block(
     RULES_BY_CHAIN[state.chain_id].end_block(view, height, ctx)
     root = state.with_changes(view.changes, height, ZERO_HASH, time_ms).root
     if state.chain_id == CHAIN_REWARD:
-        next_set = compute_reward_next_validators(view)
+        next_set = reward.get_validator_set(view)
     else:
         next_set = next_validators or ctx.validators
     header = BlockHeader(

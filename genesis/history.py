@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from chain import crypto
 from chain.payloads import Transfer
+from chain.reward import get_validator_set
 from chain.state import State
 from chain.store import ChainStore
 from chain.commit import verify_commit
 from chain.context import Context
-from chain.transition import apply_block, build_block, compute_reward_next_validators
+from chain.transition import apply_block, build_block
 from chain.types import CHAIN_IDS, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
 from genesis.testkit import account_keys, certify, sign_tx, validator_keys
 
@@ -31,7 +32,7 @@ class ChainHistory:
     commits: dict[int, CommitCertificate | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        current = compute_reward_next_validators(self.store.state(CHAIN_REWARD))
+        current = get_validator_set(self.store.state(CHAIN_REWARD))
         self.sets[current.hash()] = current
         for chain_id in CHAIN_IDS:
             self.commits.setdefault(chain_id, self.store.get_commit(chain_id, self.store.height(chain_id)))
@@ -75,7 +76,7 @@ class ChainHistory:
         self.store.commit_block(block, new_state, changes, commit)
         self.commits[chain_id] = commit
         if chain_id == CHAIN_REWARD:
-            nxt = compute_reward_next_validators(new_state)
+            nxt = get_validator_set(new_state)
             self.sets.setdefault(nxt.hash(), nxt)
         return new_state
 

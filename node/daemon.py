@@ -87,18 +87,17 @@ async def run_node(data_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> N
 
 async def _fast_sync(store, net, sync) -> None:  # noqa: ANN001
     """Before the engine starts: install certified snapshots if a peer is far ahead."""
-    from chain.transition import compute_reward_next_validators
+    from chain.reward import get_validator_set
     from chain.types import CHAIN_REWARD
-    from node.engine import load_validator_sets, save_validator_set
     from node.fastsync import run_fast_sync
 
-    sets = load_validator_sets(store)
-    current = compute_reward_next_validators(store.state(CHAIN_REWARD))
+    sets = store.load_validator_sets()
+    current = get_validator_set(store.state(CHAIN_REWARD))
     sets.setdefault(current.hash(), current)
     known = set(sets)
     await run_fast_sync(store, net, sets, min_gap=sync.fast_min_gap, peer_wait_s=sync.peer_wait_s)
     for vs_hash in set(sets) - known:
-        save_validator_set(store, sets[vs_hash])
+        store.save_validator_set(sets[vs_hash])
 
 
 async def _start_rpc(nursery: trio.Nursery, engine: Engine, data_dir: Path, config, metrics_text,  # noqa: ANN001

@@ -22,9 +22,7 @@ from chain.codec import decode
 from chain.commit import sign_vote, validate_evidence, validate_signed_vote
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
-from chain.kv import COL_NODE
 from chain.records import (
-    KEY_VALIDATORS,
     Earning,
     earning_key,
     is_earning_key,
@@ -32,6 +30,7 @@ from chain.records import (
     parse_earning_key,
     parse_paid_key,
 )
+from chain.reward import get_validator_set
 from chain.store import ChainStore
 from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, ValidatorSet
@@ -66,7 +65,6 @@ from p2p.network import Clock, Network, PeerId, Verdict, protocol_name, topic_na
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
-_VSET_PREFIX = COL_NODE + b"vset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,19 +128,6 @@ class Behaviour:
 
     def names(self) -> list[str]:
         return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
-
-
-def load_validator_sets(store: ChainStore) -> dict[bytes, ValidatorSet]:
-    """Every validator set this node has known (by hash), from disk."""
-    sets = {}
-    for _, raw in store.kv.iterate(_VSET_PREFIX):
-        vs = decode(ValidatorSet, raw)
-        sets[vs.hash()] = vs
-    return sets
-
-
-def save_validator_set(store: ChainStore, vs: ValidatorSet) -> None:
-    store.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -221,18 +206,17 @@ class Engine:
 
     def validators(self) -> ValidatorSet:
         """The validator set in force now: the reward chain's current one."""
-        raw = self.store.state(CHAIN_REWARD).get(KEY_VALIDATORS)
-        return decode(ValidatorSet, raw)
+        return get_validator_set(self.store.state(CHAIN_REWARD))
 
     def _remember_validators(self) -> None:
         """Keep every validator set ever in force, on disk too: a restarted node must still
         check commits made by the set before an epoch change."""
         if not self.known_sets:
-            self.known_sets.update(load_validator_sets(self.store))
+            self.known_sets.update(self.store.load_validator_sets())
         vs = self.validators()
         if vs.hash() not in self.known_sets:
             self.known_sets[vs.hash()] = vs
-            save_validator_set(self.store, vs)
+            self.store.save_validator_set(vs)
 
     @property
     def syncing(self) -> bool:

@@ -502,8 +502,8 @@ class Simulation:
         """Replay the longest honest chains from genesis through the chain rules and commits."""
         from chain.commit import InvalidCommit, verify_commit
         from chain.errors import InvalidBlock, MissingDependency
-        from chain.records import KEY_VALIDATORS
         from chain.context import Context
+        from chain.reward import get_validator_set
         from chain.types import ValidatorSet
 
         ref = max(stores.values(), key=lambda s: sum(s.height(c) for c in CHAIN_IDS))
@@ -511,7 +511,7 @@ class Simulation:
         known: dict[bytes, ValidatorSet] = {}
 
         def remember() -> None:
-            vs = codec.decode(ValidatorSet, replay.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+            vs = get_validator_set(replay.state(CHAIN_REWARD))
             known[vs.hash()] = vs
 
         def earning(chain_id: int, tx_hash: bytes):  # noqa: ANN202
