@@ -81,7 +81,7 @@ def validate_pol_certificate(
 
 def is_accepting_vote(base_loss: int, new_loss: int, replay_ok: bool, ctx: Context) -> bool:
     """Replay within tolerance and the loss improved by at least the genesis minimum."""
-    needed = base_loss * ctx.params.pol_min_improvement_ppm // 1_000_000
+    needed = base_loss * ctx.params.pol.min_improvement_ppm // 1_000_000
     return replay_ok and new_loss < base_loss and base_loss - new_loss >= needed
 
 
@@ -110,7 +110,7 @@ def apply_delta(view: Overlay, env: TxEnv, p: SubmitDelta) -> None:
         ),
     )
     view.put_record(delta_key(claim_hash), AcceptedDelta(claim, env.height, base_loss, new_loss))
-    view.put_record(earning_key(env.tx_hash), Earning(claim.contributor, env.ctx.params.delta_reward, "delta"))
+    view.put_record(earning_key(env.tx_hash), Earning(claim.contributor, env.ctx.params.rewards.delta_reward, "delta"))
 
 
 def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:

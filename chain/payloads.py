@@ -104,7 +104,7 @@ class AuditReport:
     size: U64
     """Bytes audited."""
     auditor: Str(32)
-    """Audit program and version; must equal the genesis `audit_version`."""
+    """Audit program and version; must equal the genesis `params.dataset.audit_version`."""
     checks: Seq(AuditCheck, MAX_AUDIT_CHECKS)
     """Each check's verdict."""
 

@@ -129,7 +129,7 @@ def apply_unstake(view: Overlay, env: TxEnv, p: Unstake) -> None:
     _put_account(view, env.sender, acct)
     _move(view, stakes=-p.amount, unbonding=p.amount)
     _update_stakers(view, env.sender, acct.stake > 0)
-    release = env.height + env.ctx.params.unbonding_period
+    release = env.height + env.ctx.params.staking.unbonding_period
     queue = view.get_record(unbonding_key(release), UnbondingQueue) or UnbondingQueue(())
     if len(queue.entries) >= MAX_UNBONDING_PER_HEIGHT:
         raise InvalidTransaction("unbonding queue for that height is full")
@@ -170,7 +170,7 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
     view.put(tombstone_key(offender), env.height.to_bytes(8, "big"))
     acct = get_account(view, offender)
     # Bonded power includes what the offender started unbonding: it escapes nothing.
-    amount = (acct.stake + acct.unbonding) * env.ctx.params.slash_ppm // 1_000_000
+    amount = (acct.stake + acct.unbonding) * env.ctx.params.staking.slash_ppm // 1_000_000
     from_stake = min(amount, acct.stake)
     from_unbonding = amount - from_stake
     acct = _replace(acct, stake=acct.stake - from_stake, unbonding=acct.unbonding - from_unbonding)
@@ -182,7 +182,7 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
 
 def end_block(view: Overlay, height: int, ctx: Context) -> None:
     release_unbonding(view, height)
-    if height % ctx.params.epoch_length == 0:
+    if height % ctx.params.staking.epoch_length == 0:
         view.put_record(KEY_VALIDATORS, compute_next_validator_set(view, height, ctx.params))
     supply = get_supply(view)
     if not supply.is_balanced():
@@ -210,14 +210,14 @@ def compute_next_validator_set(view: Overlay | State, height: int, params: Chain
     for address in stakers:
         acct = get_account(view, address)
         tombstoned = view.get(tombstone_key(address)) is not None
-        if acct.stake >= params.min_validator_stake and acct.public_key != bytes(32) and not tombstoned:
+        if acct.stake >= params.staking.min_validator_stake and acct.public_key != bytes(32) and not tombstoned:
             members.append((acct.stake, address, acct.public_key))
     members.sort(key=lambda m: (-m[0], m[1]))
     chosen = members[:MAX_VALIDATORS]
     if not chosen:  # an empty set would halt every chain: keep the current one
         current = get_validator_set(view)
-        return replace(current, epoch=height // params.epoch_length)
-    return make_validator_set(height // params.epoch_length, [(pk, stake) for stake, _, pk in chosen])
+        return replace(current, epoch=height // params.staking.epoch_length)
+    return make_validator_set(height // params.staking.epoch_length, [(pk, stake) for stake, _, pk in chosen])
 
 
 def validate_supply(state: State) -> None:

@@ -80,7 +80,7 @@ def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context, enc: Enco
     if not RULES_BY_CHAIN[chain_id].is_payload(body.payload):
         raise InvalidTransaction(f"{type(body.payload).__name__} is not a {CHAIN_NAMES[chain_id]} payload")
     enc = enc or EncodedTx.of(tx)
-    if len(enc.tx_bytes) > ctx.params.max_tx_bytes:
+    if len(enc.tx_bytes) > ctx.params.consensus.max_tx_bytes:
         raise InvalidTransaction("transaction too large")
     if is_system_tx(tx):
         if (body.sender, body.nonce, tx.signature) != (ZERO_PUBKEY, 0, ZERO_SIGNATURE):
@@ -150,10 +150,10 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
         raise fail("validators hash is not the deciding set's")
     if ctx.validators.get(h.proposer) is None:
         raise fail("proposer is not a validator")
-    if len(block.txs) > ctx.params.max_block_txs:
-        raise fail(f"{len(block.txs)} transactions exceed {ctx.params.max_block_txs}")
+    if len(block.txs) > ctx.params.consensus.max_block_txs:
+        raise fail(f"{len(block.txs)} transactions exceed {ctx.params.consensus.max_block_txs}")
     encoded = [EncodedTx.of(tx) for tx in block.txs]
-    if compute_block_size(block, encoded) > ctx.params.max_block_bytes:
+    if compute_block_size(block, encoded) > ctx.params.consensus.max_block_bytes:
         raise fail("block too large")
     validate_last_commit(block, state, ctx, fail)
     hashes = [enc.tx_hash for enc in encoded]
@@ -235,7 +235,7 @@ def build_block(
     size = len(codec.encode(Block(probe, (), last_commit))) + 8
     for tx in candidates:
         tx_size = len(codec.encode(tx))
-        if len(kept) >= ctx.params.max_block_txs or size + tx_size > ctx.params.max_block_bytes:
+        if len(kept) >= ctx.params.consensus.max_block_txs or size + tx_size > ctx.params.consensus.max_block_bytes:
             break
         try:
             apply_tx(view, tx, state.chain_id, height, ctx)

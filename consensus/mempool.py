@@ -158,8 +158,8 @@ class Mempool:
         tx_hash = codec.sha256(encoded)
         if tx_hash in self._entries:
             return AddResult(Outcome.DUPLICATE, "already pending")
-        if size > ctx.params.max_tx_bytes:
-            return AddResult(Outcome.INVALID, f"{size} bytes exceed {ctx.params.max_tx_bytes}")
+        if size > ctx.params.consensus.max_tx_bytes:
+            return AddResult(Outcome.INVALID, f"{size} bytes exceed {ctx.params.consensus.max_tx_bytes}")
         if is_system_tx(tx):
             return AddResult(Outcome.INVALID, "system transactions are made by the proposer")
         try:

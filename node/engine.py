@@ -101,8 +101,8 @@ class EngineConfig:
     @classmethod
     def from_params(cls, params, **overrides: object) -> EngineConfig:  # noqa: ANN001
         tm = TendermintConfig(
-            timeout_propose_ms=params.timeout_propose_ms, timeout_prevote_ms=params.timeout_vote_ms,
-            timeout_precommit_ms=params.timeout_vote_ms, timeout_delta_ms=params.timeout_delta_ms,
+            timeout_propose_ms=params.consensus.timeout_propose_ms, timeout_prevote_ms=params.consensus.timeout_vote_ms,
+            timeout_precommit_ms=params.consensus.timeout_vote_ms, timeout_delta_ms=params.consensus.timeout_delta_ms,
         )
         return cls(tendermint=tm, **overrides)
 
@@ -384,7 +384,7 @@ class Engine:
 
     async def _on_tx_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
-            msg = decode(TxMsg, data, max_size=self.params.max_tx_bytes + 64)
+            msg = decode(TxMsg, data, max_size=self.params.consensus.max_tx_bytes + 64)
         except DecodingError:
             self.penalize(peer, "undecodable transaction")
             return Verdict.REJECT
@@ -404,7 +404,7 @@ class Engine:
 
     async def _on_proposal_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
-            msg = decode(ProposalMsg, data, max_size=self.params.max_block_bytes + 4096)
+            msg = decode(ProposalMsg, data, max_size=self.params.consensus.max_block_bytes + 4096)
         except DecodingError:
             self.penalize(peer, "undecodable proposal")
             return Verdict.REJECT

@@ -181,7 +181,7 @@ def block_to_json(block: Block) -> dict[str, Any]:
 
 
 def send_transaction(engine: Any, args: dict[str, Any]) -> dict[str, Any]:
-    max_bytes = engine.store.pact.params.max_tx_bytes
+    max_bytes = engine.store.pact.params.consensus.max_tx_bytes
     raw = parse_hex("tx", args["tx"], max_len=max_bytes + 1)
     try:
         tx = codec.decode(Transaction, raw, max_size=max_bytes)

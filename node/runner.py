@@ -311,7 +311,7 @@ class ChainRunner:
         e = self.engine
         state = self.state
         candidates = self._system_txs() + e.mempools[self.chain_id].select(
-            state, e.params.max_block_txs, e.params.max_block_bytes // 2
+            state, e.params.consensus.max_block_txs, e.params.consensus.max_block_bytes // 2
         )
         last_commit = e.store.get_commit(self.chain_id, self.height - 1) if self.height > 1 else None
         time_ms = max(e.clock.now_ms(), state.time_ms + 1)
@@ -554,7 +554,7 @@ class ChainRunner:
                 data = await e.network.request(
                     peer, protocol_name(e.network_id, PROTOCOL_PROPOSAL), codec.encode(req), e.config.request_timeout_s
                 )
-                resp = codec.decode(ProposalResponse, data, max_size=e.params.max_block_bytes + 8192)
+                resp = codec.decode(ProposalResponse, data, max_size=e.params.consensus.max_block_bytes + 8192)
             except (RequestFailed, DecodingError):
                 continue
             if resp.found is not None:

@@ -150,8 +150,11 @@ def make_sim_pact(cfg: SimConfig) -> tuple[GenesisPact, list[crypto.PrivateKey],
     ckeys = [crypto.PrivateKey.from_label(f"sim-client-{i}") for i in range(CLIENTS)]
     from dataclasses import replace
 
-    params = replace(devnet_params(), epoch_length=cfg.epoch_length,
-                     unbonding_period=max(cfg.epoch_length, devnet_params().unbonding_period))
+    devnet = devnet_params()
+    params = replace(devnet, staking=replace(
+        devnet.staking, epoch_length=cfg.epoch_length,
+        unbonding_period=max(cfg.epoch_length, devnet.staking.unbonding_period),
+    ))
     pact = GenesisPact(
         version=PACT_VERSION, network_id=SIM_NETWORK, genesis_time_ms=0, params=params,
         validators=tuple(GenesisValidator(k.public_key, 1_000_000, f"v{i}") for i, k in enumerate(vkeys[: cfg.validators])),
@@ -324,9 +327,9 @@ class Simulation:
 
         cid = crypto.cid_raw(rng.randbytes(64))
         size = rng.randrange(1_000, 1_000_000)
-        report = AuditReport(cid, size, self.pact.params.audit_version,
+        report = AuditReport(cid, size, self.pact.params.dataset.audit_version,
                              tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
-        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.pow_difficulty_bits)
+        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.dataset.pow_difficulty_bits)
         tx = self._sign(client, SubmitDataset(cid, size, "text", "CC-BY-4.0", nonce, report), CHAIN_DATASET)
         self._track(client, tx)
         self.datasets.append(tx.hash())
@@ -385,7 +388,7 @@ class Simulation:
             owed = []
             for submission, rec in records:
                 if rec.status == STATUS_PENDING and who not in rec.audit_voters:
-                    rerun = AuditReport(rec.cid, rec.size, self.pact.params.audit_version,
+                    rerun = AuditReport(rec.cid, rec.size, self.pact.params.dataset.audit_version,
                                         tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
                     owed.append(AuditVerdict(submission, True, codec.hash_of(rerun)))
                 elif rec.status in (STATUS_AUDITED, STATUS_VOTED) and who not in rec.tier_voters:

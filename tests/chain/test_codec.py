@@ -328,7 +328,8 @@ def test_wire_classes_cover_the_roots() -> None:
     expected = {
         "Block", "BlockHeader", "Transaction", "TxBody", "CommitCertificate", "CommitSig",
         "Vote", "SignedVote", "Validator", "ValidatorSet", "MerkleProof", "TensorInfo",
-        "TensorRecord", "ModelSpec", "ChainParams", "TrustLevel", "DuplicateVoteEvidence",
+        "TensorRecord", "ModelSpec", "ChainParams", "ConsensusParams", "StakingParams", "DatasetParams",
+        "PolParams", "RewardParams", "TrustLevel", "DuplicateVoteEvidence",
         "SnapshotClaim",
     } | {c.__name__ for c in typing.get_args(payloads.Payload)}
     if _pact is not None:

@@ -77,14 +77,14 @@ def run_chain(ops_per_block: list[list[tuple]]) -> LocalChains:
         event(f"accepted {min(len(accepted), 3)}+ of {min(len(candidates), 3)}+ transactions in a block")
         validate_supply(chains.states[CHAIN_REWARD])  # (c) at every height
     final = chains.states[CHAIN_REWARD]
-    event(f"reached an epoch boundary: {final.height >= PACT.params.epoch_length}")
+    event(f"reached an epoch boundary: {final.height >= PACT.params.staking.epoch_length}")
     event(f"an unstake came due: {_released(chains)}")
     return chains
 
 
 def _released(chains: LocalChains) -> bool:
     """Whether some unstake of these blocks was due at or before the head."""
-    period = PACT.params.unbonding_period
+    period = PACT.params.staking.unbonding_period
     head = chains.states[CHAIN_REWARD].height
     return any(
         isinstance(tx.body.payload, Unstake) and block.header.height + period <= head

@@ -195,7 +195,7 @@ def test_invalid_stake_above_balance(chains: LocalChains) -> None:
 def test_unstake_starts_unbonding(chains: LocalChains) -> None:
     v = VKEYS[0]
     block = advance(chains, [tx_of(chains, v, Unstake(4_000))])
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     acct = account(chains, v)
     assert (acct.balance, acct.stake, acct.unbonding) == (0, STAKE - 4_000, 4_000)
     queue = codec.decode(UnbondingQueue, chains.states[CHAIN_REWARD].get(unbonding_key(release)))
@@ -209,7 +209,7 @@ def test_unbonding_release_at_height_plus_period(chains: LocalChains) -> None:
     v = VKEYS[1]
     advance_to(chains, 2)
     block = advance(chains, [tx_of(chains, v, Unstake(2_500))])
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     advance_to(chains, release - 1)
     assert account(chains, v).unbonding == 2_500
     assert account(chains, v).balance == 0
@@ -228,7 +228,7 @@ def test_unbonding_two_unstakes_in_one_block_release_together(chains: LocalChain
         sign_tx(v, net(chains), CHAIN_REWARD, 1, Unstake(2_000)),
     ]
     block = advance(chains, txs)
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     queue = codec.decode(UnbondingQueue, chains.states[CHAIN_REWARD].get(unbonding_key(release)))
     assert [e.amount for e in queue.entries] == [1_000, 2_000]
     advance_to(chains, release)
@@ -265,7 +265,7 @@ def test_invalid_unstake_without_stake(chains: LocalChains) -> None:
 
 
 def test_validator_set_recomputed_at_epoch_boundary(chains: LocalChains) -> None:
-    epoch = chains.pact.params.epoch_length
+    epoch = chains.pact.params.staking.epoch_length
     newcomer, leaver = AKEYS[0], VKEYS[0]
     genesis_set = get_validator_set(chains.states[CHAIN_REWARD])
     advance(chains, [tx_of(chains, newcomer, Stake(5_000)), tx_of(chains, leaver, Unstake(STAKE))])
@@ -285,10 +285,10 @@ def test_validator_set_recomputed_at_epoch_boundary(chains: LocalChains) -> None
 
 
 def test_validator_set_excludes_stake_below_minimum(chains: LocalChains) -> None:
-    minimum = chains.pact.params.min_validator_stake
+    minimum = chains.pact.params.staking.min_validator_stake
     small, exact = AKEYS[0], AKEYS[1]
     advance(chains, [tx_of(chains, small, Stake(minimum - 1)), tx_of(chains, exact, Stake(minimum))])
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     new_set = get_validator_set(chains.states[CHAIN_REWARD])
     assert new_set.get(small.address) is None
     assert new_set.get(exact.address).power == minimum
@@ -298,9 +298,9 @@ def test_validator_set_excludes_stake_below_minimum(chains: LocalChains) -> None
 def test_validator_set_power_follows_stake_changes(chains: LocalChains) -> None:
     v = VKEYS[2]
     advance(chains, [tx_of(chains, v, Unstake(3_000))])
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     assert get_validator_set(chains.states[CHAIN_REWARD]).get(v.address).power == STAKE - 3_000
-    advance_to(chains, 2 * chains.pact.params.epoch_length)
+    advance_to(chains, 2 * chains.pact.params.staking.epoch_length)
     assert get_validator_set(chains.states[CHAIN_REWARD]).epoch == 2
 
 
@@ -406,7 +406,7 @@ def test_slash_burns_share_of_stake(chains: LocalChains) -> None:
     offender = VKEYS[1]
     ev = evidence(offender, chains)
     advance(chains, [system_tx(CHAIN_REWARD, Slash(ev))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
+    burned = STAKE * chains.pact.params.staking.slash_ppm // 1_000_000
     assert burned > 0
     assert account(chains, offender).stake == STAKE - burned
     supply = get_supply(chains.states[CHAIN_REWARD])
@@ -434,10 +434,10 @@ def test_slash_tombstones_the_validator(chains: LocalChains) -> None:
     advance(chains, [system_tx(CHAIN_REWARD, Slash(first))])
     assert chains.states[CHAIN_REWARD].get(tombstone_key(offender.address)) is not None
     assert_invalid(chains, system_tx(CHAIN_REWARD, Slash(second)), "tombstoned")
-    ppm = chains.pact.params.slash_ppm
+    ppm = chains.pact.params.staking.slash_ppm
     assert account(chains, offender).stake == STAKE - STAKE * ppm // 1_000_000
-    advance_to(chains, chains.pact.params.epoch_length)
-    assert chains.states[CHAIN_REWARD].height % chains.pact.params.epoch_length == 0
+    advance_to(chains, chains.pact.params.staking.epoch_length)
+    assert chains.states[CHAIN_REWARD].height % chains.pact.params.staking.epoch_length == 0
     nxt = get_validator_set(chains.states[CHAIN_REWARD])
     assert nxt.get(offender.address) is None, "a tombstoned validator leaves the set at the epoch"
     assert len(nxt.validators) == len(VKEYS) - 1
@@ -449,13 +449,13 @@ def test_slash_reaches_stake_unbonded_while_still_a_validator(chains: LocalChain
     # still in the deciding set of this epoch: its precommits count in commit certificates
     assert chains.context().validators.get(offender.address).power == STAKE
     advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
+    burned = STAKE * chains.pact.params.staking.slash_ppm // 1_000_000
     supply = get_supply(chains.states[CHAIN_REWARD])
     assert (supply.burned, supply.unbonding) == (burned, STAKE - burned)
     acct = account(chains, offender)
     assert (acct.stake, acct.unbonding) == (0, STAKE - burned)
     assert offender.address not in stakers(chains)
-    advance_to(chains, block.header.height + chains.pact.params.unbonding_period)
+    advance_to(chains, block.header.height + chains.pact.params.staking.unbonding_period)
     acct = account(chains, offender)
     assert (acct.balance, acct.stake, acct.unbonding) == (STAKE - burned, 0, 0)
     assert get_supply(chains.states[CHAIN_REWARD]).unbonding == 0
@@ -465,20 +465,20 @@ def test_slash_takes_stake_before_unbonding(chains: LocalChains) -> None:
     offender = VKEYS[2]
     advance(chains, [tx_of(chains, offender, Unstake(4_000))])
     advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000  # over stake + unbonding
+    burned = STAKE * chains.pact.params.staking.slash_ppm // 1_000_000  # over stake + unbonding
     acct = account(chains, offender)
     assert (acct.stake, acct.unbonding) == (STAKE - 4_000 - burned, 4_000)
-    advance_to(chains, 1 + chains.pact.params.unbonding_period)
+    advance_to(chains, 1 + chains.pact.params.staking.unbonding_period)
     assert account(chains, offender).balance == 4_000
 
 
 def test_slash_while_unbonding_twice_releases_the_rest(chains: LocalChains) -> None:
     offender = VKEYS[1]
-    period = chains.pact.params.unbonding_period
+    period = chains.pact.params.staking.unbonding_period
     first = advance(chains, [tx_of(chains, offender, Unstake(3_000))]).header.height
     second = advance(chains, [tx_of(chains, offender, Unstake(STAKE - 3_000))]).header.height
     advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
+    burned = STAKE * chains.pact.params.staking.slash_ppm // 1_000_000
     assert account(chains, offender).unbonding == STAKE - burned
     advance_to(chains, first + period)
     assert account(chains, offender).balance == 3_000
@@ -491,7 +491,7 @@ def test_slash_while_unbonding_twice_releases_the_rest(chains: LocalChains) -> N
 def test_slash_of_fully_released_account_burns_nothing(chains: LocalChains) -> None:
     offender = VKEYS[0]
     advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
-    advance_to(chains, 1 + chains.pact.params.unbonding_period)
+    advance_to(chains, 1 + chains.pact.params.staking.unbonding_period)
     advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
     assert get_supply(chains.states[CHAIN_REWARD]).burned == 0
     assert account(chains, offender).balance == STAKE
@@ -614,7 +614,7 @@ def test_supply_audit_after_every_kind_of_movement(chains: LocalChains) -> None:
         system_tx(CHAIN_REWARD, Reward(CHAIN_DATASET, SOURCE, a.address, 10)),
         system_tx(CHAIN_REWARD, Slash(evidence(VKEYS[0], chains))),
     ], view)
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     supply = get_supply(chains.states[CHAIN_REWARD])
     assert supply.is_balanced()
     assert supply.genesis == 3 * FUNDS + 4 * STAKE

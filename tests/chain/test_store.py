@@ -70,9 +70,9 @@ def reward_txs(chains: LocalChains, height: int) -> list:
 
 def dataset_tx(chains: LocalChains):  # noqa: ANN201
     cid = crypto.cid_raw(b"store-test-corpus")
-    report = AuditReport(cid, 100, PACT.params.audit_version,
+    report = AuditReport(cid, 100, PACT.params.dataset.audit_version,
                          tuple(AuditCheck(n, True, "") for n in REQUIRED_CHECKS))
-    nonce = solve_pow(PACT.network_id, AKEYS[1].address, cid, PACT.params.pow_difficulty_bits)
+    nonce = solve_pow(PACT.network_id, AKEYS[1].address, cid, PACT.params.dataset.pow_difficulty_bits)
     return sign_tx(AKEYS[1], PACT.network_id, CHAIN_DATASET, 0,
                    SubmitDataset(cid, 100, "text", "MIT", nonce, report))
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from chain import codec, crypto
-from chain.pact import build_genesis, validate_pact
+from chain.pact import build_genesis, compute_genesis_hash, validate_pact
 from chain.records import KEY_VALIDATION_SET
 from chain.tensors import KIND_TOKENIZER, TOKENIZER_BLOCK, ModelSpec
 from chain.types import CHAIN_DATASET
@@ -219,6 +219,14 @@ def test_devnet_pact_valid() -> None:
     n_val = sum(d.role == ROLE_VALIDATION for d in pact.datasets)
     assert len(chains[CHAIN_DATASET].state.get(KEY_VALIDATION_SET)) == 32 * n_val
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
+
+
+DEVNET_GENESIS_HASH = "8190d98cab0a2257a9882e218b157f941dd4d0d707a44df484f643c12aaf86d0"
+"""blyan-pact/2 (ChainParams grouped by concern); it changes only when the devnet genesis does."""
+
+
+def test_devnet_genesis_hash_pinned() -> None:
+    assert compute_genesis_hash(build_devnet_pact()).hex() == DEVNET_GENESIS_HASH
 
 
 def test_devnet_pact_stores_blobs() -> None:
