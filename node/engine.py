@@ -100,9 +100,10 @@ class EngineConfig:
 
     @classmethod
     def from_params(cls, params, **overrides: object) -> EngineConfig:  # noqa: ANN001
+        timing = params.consensus
         tm = TendermintConfig(
-            timeout_propose_ms=params.consensus.timeout_propose_ms, timeout_prevote_ms=params.consensus.timeout_vote_ms,
-            timeout_precommit_ms=params.consensus.timeout_vote_ms, timeout_delta_ms=params.consensus.timeout_delta_ms,
+            timeout_propose_ms=timing.timeout_propose_ms, timeout_prevote_ms=timing.timeout_vote_ms,
+            timeout_precommit_ms=timing.timeout_vote_ms, timeout_delta_ms=timing.timeout_delta_ms,
         )
         return cls(tendermint=tm, **overrides)
 
