@@ -18,6 +18,7 @@ import logging
 
 from chain import codec
 from chain.codec import U32, U64, Hash32, wire
+from chain.context import Context
 from chain.errors import DecodingError, StoreError
 from chain.kv import (
     COL_BLOCK,
@@ -33,7 +34,6 @@ from chain.kv import (
 )
 from chain.pact import GenesisPact, build_genesis, compute_genesis_hash
 from chain.state import State
-from chain.context import Context
 from chain.transition import apply_block
 from chain.types import CHAIN_IDS, CHAIN_NAMES, Block, BlockHeader, CommitCertificate, ValidatorSet
 

@@ -7,6 +7,7 @@ Each rule is one check, in the order a reader would check it. A chain's own rule
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chain import codec, crypto, dataset, merkle, parameter, reward
@@ -180,7 +181,9 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
     return new_state, view.changes
 
 
-def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+def validate_next_validators(
+    next_hash: bytes, new_state: State, ctx: Context, fail: Callable[[str], InvalidBlock]
+) -> None:
     if new_state.chain_id == CHAIN_REWARD:
         if next_hash != reward.get_validator_set(new_state).hash():
             raise fail("next validators hash is not the set in the reward state")
@@ -194,7 +197,7 @@ def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, f
         raise fail("next validator set is older than the current one")
 
 
-def validate_last_commit(block: Block, state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+def validate_last_commit(block: Block, state: State, ctx: Context, fail: Callable[[str], InvalidBlock]) -> None:
     h = block.header
     if h.height == 1:
         if block.last_commit is not None or h.last_commit_hash != ZERO_HASH:

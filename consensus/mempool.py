@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chain import codec
+from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.state import Overlay, State
-from chain.context import Context
 from chain.transition import get_nonce, is_system_tx, validate_tx_envelope
 from chain.types import Transaction
 

@@ -20,6 +20,7 @@ import trio
 from chain import codec
 from chain.codec import decode
 from chain.commit import sign_vote, validate_evidence, validate_signed_vote
+from chain.context import Context
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
 from chain.records import (
@@ -32,7 +33,6 @@ from chain.records import (
 )
 from chain.reward import get_validator_set
 from chain.store import ChainStore
-from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, Transaction, ValidatorSet
 from chain.votes import SignedVote
 from consensus.evidence import EvidencePool

@@ -11,12 +11,12 @@ import trio
 
 from chain import codec
 from chain.commit import InvalidCommit, verify_commit
+from chain.context import Context
 from chain.errors import BlyanError, DecodingError, InvalidBlock, MissingDependency
 from chain.kv import COL_NODE
 from chain.state import State
 from chain.errors import InvalidTransaction
 from chain.state import Overlay
-from chain.context import Context
 from chain.transition import apply_block, apply_tx, build_block
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Block, Transaction, ValidatorSet
 from chain.votes import NIL, SignedVote, Vote

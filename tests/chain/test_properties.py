@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.payloads import Stake, Transfer, Unstake
 from chain.reward import validate_supply
 from chain.state import Overlay, State
-from chain.context import Context
 from chain.transition import apply_block, apply_tx, get_nonce
 from chain.types import CHAIN_REWARD
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys

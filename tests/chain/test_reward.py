@@ -8,6 +8,7 @@ import pytest
 
 from chain import codec
 from chain.commit import evidence_key, sign_vote
+from chain.context import Context
 from chain.errors import InvalidTransaction, MissingDependency
 from chain.payloads import DuplicateVoteEvidence, Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
@@ -25,7 +26,6 @@ from chain.records import (
 )
 from chain.reward import get_account, get_supply, get_validator_set, validate_supply
 from chain.state import Overlay
-from chain.context import Context
 from chain.transition import apply_tx, get_nonce
 from chain.types import (
     CHAIN_DATASET,

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 
 from chain import codec
+from chain.context import Context
 from chain.errors import InvalidBlock, InvalidTransaction, MissingDependency
 from chain.payloads import Reward, Stake, Transfer
 from chain.records import Earning
 from chain.state import Overlay, State
-from chain.context import Context
 from chain.transition import apply_block, apply_tx, build_block, compute_tx_root, get_nonce
 from chain.types import (
     CHAIN_DATASET,

@@ -268,10 +268,10 @@ def test_rebuild_matches_prebuilt(tmp_path: Path) -> None:
 
 
 def test_steps_for_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gpu.train
+    import genesis.build
     from genesis.build import compute_steps_for_minutes
 
-    monkeypatch.setattr(gpu.train, "measure_step_seconds", lambda model, cfg: 0.1)
+    monkeypatch.setattr(genesis.build, "measure_step_seconds", lambda model, cfg: 0.1)
     assert compute_steps_for_minutes(TINY_BUILD, 1.0) == 540  # 90% of 60 s at 0.1 s a step
 
 
