@@ -1,7 +1,8 @@
 """The block state transition shared by the three chains: `apply_block(state, block, ctx)`.
 
 Each rule is one check, in the order a reader would check it. A chain's own rules live in
-`chain.parameter`, `chain.dataset` and `chain.reward`; this module dispatches to them.
+`chain.parameter`, `chain.dataset` and `chain.reward`, each as one `RULES` table (payload ->
+apply function, end of block); this module dispatches through those tables.
 """
 
 from __future__ import annotations
