@@ -14,8 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from chain.context import Context, TxEnv
 from chain.errors import InvalidTransaction
 from chain.params import TIER_GOLD, TIER_NAMES, TIER_REJECT
 from chain.payloads import AuditReport, AuditVerdict, QualityVote, SubmitDataset
@@ -33,10 +33,9 @@ from chain.records import (
     quota_key,
     reputation_key,
 )
+from chain.rules import ChainRules
 from chain.state import Overlay
-
-if TYPE_CHECKING:
-    from chain.transition import Context, TxEnv
+from chain.types import CHAIN_DATASET
 
 FORMATS = ("text", "code", "jsonl", "markdown")
 REQUIRED_CHECKS = ("format", "size", "pii", "toxicity", "near-duplicate")
@@ -79,26 +78,14 @@ def is_cid_v1(cid: str) -> bool:
 
 
 def epoch_of(height: int, ctx: Context) -> int:
-    return height // ctx.params.epoch_length
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, SubmitDataset):
-        apply_submit(view, env, payload)
-    elif isinstance(payload, AuditVerdict):
-        apply_audit(view, env, payload)
-    elif isinstance(payload, QualityVote):
-        apply_quality_vote(view, env, payload)
-    else:
-        raise InvalidTransaction(f"{type(payload).__name__} on the dataset chain")
+    return height // ctx.params.staking.epoch_length
 
 
 def validate_audit_report(report: AuditReport, p: SubmitDataset, ctx: Context) -> None:
     if (report.cid, report.size) != (p.cid, p.size):
         raise InvalidTransaction("audit report is for another dataset")
-    if report.auditor != ctx.params.audit_version:
-        raise InvalidTransaction(f"audit by {report.auditor!r}, network runs {ctx.params.audit_version!r}")
+    if report.auditor != ctx.params.dataset.audit_version:
+        raise InvalidTransaction(f"audit by {report.auditor!r}, network runs {ctx.params.dataset.audit_version!r}")
     names = [c.name for c in report.checks]
     for required in REQUIRED_CHECKS:
         if required not in names:
@@ -112,21 +99,21 @@ def apply_submit(view: Overlay, env: TxEnv, p: SubmitDataset) -> None:
     ctx = env.ctx
     if not is_cid_v1(p.cid):
         raise InvalidTransaction(f"{p.cid!r} is not a CIDv1")
-    if not 0 < p.size <= ctx.params.max_dataset_bytes:
-        raise InvalidTransaction(f"size {p.size} outside (0, {ctx.params.max_dataset_bytes}]")
+    if not 0 < p.size <= ctx.params.dataset.max_dataset_bytes:
+        raise InvalidTransaction(f"size {p.size} outside (0, {ctx.params.dataset.max_dataset_bytes}]")
     if p.format not in FORMATS:
         raise InvalidTransaction(f"format {p.format!r} not in {FORMATS}")
     if not p.license:
         raise InvalidTransaction("missing license")
     validate_audit_report(p.audit, p, ctx)
     pow_hash = compute_pow_hash(ctx.network_id, env.sender, p.cid, p.pow_nonce)
-    if leading_zero_bits(pow_hash) < ctx.params.pow_difficulty_bits:
+    if leading_zero_bits(pow_hash) < ctx.params.dataset.pow_difficulty_bits:
         raise InvalidTransaction("proof of work too weak")
     if view.get(cid_key(p.cid)) is not None:
         raise InvalidTransaction("dataset already submitted")
     epoch = epoch_of(env.height, ctx)
     used = _get_u64(view, quota_key(env.sender, epoch))
-    allowed = ctx.params.quota_for(_get_u64(view, reputation_key(env.sender)))
+    allowed = ctx.params.dataset.quota_for(_get_u64(view, reputation_key(env.sender)))
     if used >= allowed:
         raise InvalidTransaction(f"quota of {allowed} submissions this epoch is used")
     view.put(quota_key(env.sender, epoch), (used + 1).to_bytes(8, "big"))
@@ -189,7 +176,7 @@ def apply_quality_vote(view: Overlay, env: TxEnv, p: QualityVote) -> None:
         )
         rec = replace(rec, tier=tier, status=STATUS_APPROVED if tier != TIER_REJECT else STATUS_REJECTED)
         if tier != TIER_REJECT:
-            reward = env.ctx.params.dataset_rewards[tier]
+            reward = env.ctx.params.rewards.dataset_rewards[tier]
             view.put_record(
                 earning_key(p.submission), Earning(rec.contributor, reward, f"dataset:{TIER_NAMES[tier]}")
             )
@@ -217,3 +204,9 @@ def _get_u64(view: Overlay, key: bytes) -> int:
     raw = view.get(key)
     return 0 if raw is None else int.from_bytes(raw, "big")
 
+
+RULES = ChainRules(
+    chain_id=CHAIN_DATASET,
+    apply={SubmitDataset: apply_submit, AuditVerdict: apply_audit, QualityVote: apply_quality_vote},
+    end_block=end_block,
+)

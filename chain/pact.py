@@ -39,7 +39,8 @@ from chain.types import (
     make_validator_set,
 )
 
-PACT_VERSION = "blyan-pact/1"
+PACT_VERSION = "blyan-pact/2"
+"""Version 2: `ChainParams` grouped by concern (consensus, staking, dataset, pol, rewards)."""
 DATASET_ROLES = ("train", "validation")
 BYTE_VOCAB = 256
 """A model whose vocabulary is the 256 bytes needs no tokenizer block."""
@@ -126,7 +127,7 @@ def validate_pact(pact: GenesisPact) -> None:
     keys = [v.public_key for v in pact.validators]
     if len(set(keys)) != len(keys):
         raise ValueError("a validator appears twice")
-    if any(v.stake < pact.params.min_validator_stake for v in pact.validators):
+    if any(v.stake < pact.params.staking.min_validator_stake for v in pact.validators):
         raise ValueError("a genesis validator has less than the minimum stake")
     if len({a.address for a in pact.accounts}) != len(pact.accounts):
         raise ValueError("an account appears twice")
@@ -137,7 +138,7 @@ def validate_pact(pact: GenesisPact) -> None:
         raise ValueError("unknown tensor kind")
     validate_tokenizer_record(pact)
     validate_datasets(pact.datasets)
-    if pact.params.epoch_length == 0 or pact.params.trust_levels[0].min_approved != 0:
+    if pact.params.staking.epoch_length == 0 or pact.params.dataset.trust_levels[0].min_approved != 0:
         raise ValueError("epoch length must be positive and the first trust level start at 0")
 
 

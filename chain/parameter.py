@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from chain import codec, commit, crypto
+from chain.context import Context, TxEnv
 from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
+from chain.rules import ChainRules
 from chain.state import Overlay
 from chain.tensors import MAX_SUBTILES_PER_TILE, TensorRecord
-
-if TYPE_CHECKING:
-    from chain.transition import Context, TxEnv
-    from chain.types import ValidatorSet
+from chain.types import CHAIN_PARAMETER, ValidatorSet
 
 COMPRESSIONS = ("none", "int8", "topk", "lowrank")
 MAX_DELTAS_BEFORE_SNAPSHOT = 4096
@@ -49,16 +47,6 @@ def validate_tensor_record(rec: TensorRecord) -> None:
         raise InvalidTransaction("empty tensor block")
     if not rec.tensors:
         raise InvalidTransaction("a tensor block holds at least one tensor")
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, SubmitDelta):
-        apply_delta(view, env, payload)
-    elif isinstance(payload, CommitSnapshot):
-        apply_snapshot(view, env, payload)
-    else:
-        raise InvalidTransaction(f"{type(payload).__name__} on the parameter chain")
 
 
 def validate_pol_certificate(
@@ -93,7 +81,7 @@ def validate_pol_certificate(
 
 def is_accepting_vote(base_loss: int, new_loss: int, replay_ok: bool, ctx: Context) -> bool:
     """Replay within tolerance and the loss improved by at least the genesis minimum."""
-    needed = base_loss * ctx.params.pol_min_improvement_ppm // 1_000_000
+    needed = base_loss * ctx.params.pol.min_improvement_ppm // 1_000_000
     return replay_ok and new_loss < base_loss and base_loss - new_loss >= needed
 
 
@@ -122,7 +110,7 @@ def apply_delta(view: Overlay, env: TxEnv, p: SubmitDelta) -> None:
         ),
     )
     view.put_record(delta_key(claim_hash), AcceptedDelta(claim, env.height, base_loss, new_loss))
-    view.put_record(earning_key(env.tx_hash), Earning(claim.contributor, env.ctx.params.delta_reward, "delta"))
+    view.put_record(earning_key(env.tx_hash), Earning(claim.contributor, env.ctx.params.rewards.delta_reward, "delta"))
 
 
 def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
@@ -156,3 +144,9 @@ def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
 def end_block(view: Overlay, height: int, ctx: Context) -> None:
     """Nothing happens at the end of a parameter block."""
 
+
+RULES = ChainRules(
+    chain_id=CHAIN_PARAMETER,
+    apply={SubmitDelta: apply_delta, CommitSnapshot: apply_snapshot},
+    end_block=end_block,
+)

@@ -22,8 +22,8 @@ class TrustLevel:
 
 
 @wire
-class ChainParams:
-    """Every protocol constant; all nodes of a network share them through genesis."""
+class ConsensusParams:
+    """Block timing and size limits, the same for the three chains."""
 
     block_time_ms: U32
     """Target interval between blocks of a busy chain."""
@@ -33,40 +33,81 @@ class ChainParams:
     """Round-0 prevote/precommit timeout."""
     timeout_delta_ms: U32
     """Added to each timeout per round."""
-    epoch_length: U32
-    """Reward-chain blocks per epoch; the validator set changes at epoch boundaries."""
-    unbonding_period: U32
-    """Reward-chain blocks an unstaked amount waits before it is spendable."""
     max_block_txs: U32
     """Transactions per block."""
     max_block_bytes: U32
     """Encoded block size."""
     max_tx_bytes: U32
     """Encoded transaction size."""
+
+
+@wire
+class StakingParams:
+    """Epochs, bonding and slashing on the reward chain."""
+
+    epoch_length: U32
+    """Reward-chain blocks per epoch; the validator set changes at epoch boundaries."""
+    unbonding_period: U32
+    """Reward-chain blocks an unstaked amount waits before it is spendable."""
     min_validator_stake: U64
     """Stake needed to join the validator set."""
     slash_ppm: U32
     """Share of stake burned for equivocation, in millionths."""
+
+
+@wire
+class DatasetParams:
+    """What a dataset submission must show and how many an account may make."""
+
     pow_difficulty_bits: U8
     """Leading zero bits of a dataset submission's proof of work."""
     trust_levels: Seq(TrustLevel, 16, 1)
     """Quotas by reputation, ascending by min_approved; the first has min_approved 0."""
-    delta_reward: U64
-    """Reward for an accepted delta."""
-    dataset_rewards: Seq(U64, 4, 4)
-    """Reward per dataset tier (rejected, experimental, silver, gold)."""
-    pol_min_improvement_ppm: U32
-    """Smallest relative validation-loss improvement a delta must show, in millionths."""
-    pol_replay_tolerance_ppm: U32
-    """Largest relative distance of replayed weights from a claimed checkpoint."""
     audit_version: Str(32)
     """The L0 audit program every node runs."""
     max_dataset_bytes: U64
     """Largest dataset a submission may declare."""
 
     def quota_for(self, approved: int) -> int:
+        """Submissions per epoch allowed to a contributor with `approved` approved datasets."""
         quota = 0
         for level in self.trust_levels:
             if approved >= level.min_approved:
                 quota = level.quota_per_epoch
         return quota
+
+
+@wire
+class PolParams:
+    """When a Proof-of-Learning vote accepts a delta."""
+
+    min_improvement_ppm: U32
+    """Smallest relative validation-loss improvement a delta must show, in millionths."""
+    replay_tolerance_ppm: U32
+    """Largest relative distance of replayed weights from a claimed checkpoint."""
+
+
+@wire
+class RewardParams:
+    """What the reward chain pays for the other chains' work."""
+
+    delta_reward: U64
+    """Reward for an accepted delta."""
+    dataset_rewards: Seq(U64, 4, 4)
+    """Reward per dataset tier (rejected, experimental, silver, gold)."""
+
+
+@wire
+class ChainParams:
+    """Every protocol constant, by concern; all nodes of a network share them through genesis."""
+
+    consensus: ConsensusParams
+    """Block timing and size limits."""
+    staking: StakingParams
+    """Epochs, bonding and slashing."""
+    dataset: DatasetParams
+    """Dataset submissions: proof of work, quotas, audit."""
+    pol: PolParams
+    """Proof-of-Learning acceptance."""
+    rewards: RewardParams
+    """Rewards for deltas and datasets."""

@@ -1,7 +1,8 @@
 """Transaction payloads of the three chains, and the typed proofs they carry.
 
 Tags are unique across all chains, so one `Payload` union covers every transaction; each chain
-accepts only its own payloads.
+accepts only the payloads of its own rules table (`RULES` in chain.parameter, chain.dataset and
+chain.reward).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class AuditReport:
     size: U64
     """Bytes audited."""
     auditor: Str(32)
-    """Audit program and version; must equal the genesis `audit_version`."""
+    """Audit program and version; must equal the genesis `params.dataset.audit_version`."""
     checks: Seq(AuditCheck, MAX_AUDIT_CHECKS)
     """Each check's verdict."""
 
@@ -253,6 +254,9 @@ class Slash:
     """Two conflicting signed votes."""
 
 
+# The codec needs the union when `TxBody` is declared, before the chains' tables exist (they
+# import `TxBody`'s module), so it is written out here; tests/chain/test_rules.py fails when it
+# and the tables (`RULES` in chain.parameter, chain.dataset, chain.reward) disagree.
 Payload = (
     SubmitDelta
     | CommitSnapshot
@@ -265,11 +269,3 @@ Payload = (
     | Reward
     | Slash
 )
-
-PAYLOADS_BY_CHAIN: dict[int, tuple[type, ...]] = {
-    0: (SubmitDelta, CommitSnapshot),
-    1: (SubmitDataset, AuditVerdict, QualityVote),
-    2: (Transfer, Stake, Unstake, Reward, Slash),
-}
-SYSTEM_PAYLOADS = (Reward, Slash)
-"""Payloads carried unsigned: their validity comes from what they prove, not who sent them."""

@@ -24,12 +24,28 @@ def account_key(address: bytes) -> bytes:
     return b"a" + address
 
 
+def is_account_key(key: bytes) -> bool:
+    return len(key) == 21 and key[:1] == b"a"
+
+
 def unbonding_key(height: int) -> bytes:
     return b"u" + height.to_bytes(8, "big")
 
 
 def paid_key(chain_id: int, tx_hash: bytes) -> bytes:
+    """Marks the earning of `tx_hash` on chain `chain_id` paid (reward chain)."""
     return b"p" + bytes([chain_id]) + tx_hash
+
+
+def is_paid_key(key: bytes) -> bool:
+    return len(key) == 34 and key[:1] == b"p"
+
+
+def parse_paid_key(key: bytes) -> tuple[int, bytes]:
+    """(source chain id, transaction hash) of a `paid_key`."""
+    if not is_paid_key(key):
+        raise ValueError("not a paid key")
+    return key[1], key[2:]
 
 
 def slashed_key(evidence_key: bytes) -> bytes:
@@ -42,7 +58,19 @@ def tombstone_key(address: bytes) -> bytes:
 
 
 def earning_key(tx_hash: bytes) -> bytes:
+    """The earning recorded by transaction `tx_hash` (parameter and dataset chains)."""
     return b"E" + tx_hash
+
+
+def is_earning_key(key: bytes) -> bool:
+    return len(key) == 33 and key[:1] == b"E"
+
+
+def parse_earning_key(key: bytes) -> bytes:
+    """The transaction hash of an `earning_key`."""
+    if not is_earning_key(key):
+        raise ValueError("not an earning key")
+    return key[1:]
 
 
 def expert_key(name: str) -> bytes:

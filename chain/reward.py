@@ -7,11 +7,12 @@ balances + stakes + unbonding = genesis + minted - burned at the end of every bl
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from chain import commit
 from chain.codec import decode
+from chain.context import Context, TxEnv
 from chain.errors import InvalidTransaction, MissingDependency
+from chain.params import ChainParams
 from chain.payloads import Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
     EMPTY_ACCOUNT,
@@ -26,17 +27,15 @@ from chain.records import (
     UnbondingEntry,
     UnbondingQueue,
     account_key,
+    is_account_key,
     paid_key,
     slashed_key,
     tombstone_key,
     unbonding_key,
 )
+from chain.rules import ChainRules
 from chain.state import Overlay, State
-from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, MAX_VALIDATORS, ValidatorSet, make_validator_set
-
-if TYPE_CHECKING:
-    from chain.params import ChainParams
-    from chain.transition import Context, TxEnv
+from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, CHAIN_REWARD, MAX_VALIDATORS, ValidatorSet, make_validator_set
 
 U64_MAX = 2**64 - 1
 
@@ -56,6 +55,8 @@ def get_supply(view: Overlay | State) -> Supply:
 
 
 def get_validator_set(view: Overlay | State) -> ValidatorSet:
+    """The validator set in a reward state (KEY_VALIDATORS): the one in force from this block on.
+    The only reader of that record."""
     raw = view.get(KEY_VALIDATORS)
     if raw is None:
         raise InvalidTransaction("reward state has no validator set")
@@ -88,22 +89,6 @@ def _update_stakers(view: Overlay, address: bytes, has_stake: bool) -> None:
     if len(current) > MAX_STAKERS:
         raise InvalidTransaction(f"more than {MAX_STAKERS} staking accounts")
     view.put_record(KEY_STAKERS, Stakers(tuple(sorted(current))))
-
-
-def apply_payload(view: Overlay, env: TxEnv) -> None:
-    payload = env.tx.body.payload
-    if isinstance(payload, Transfer):
-        apply_transfer(view, env, payload)
-    elif isinstance(payload, Stake):
-        apply_stake(view, env, payload)
-    elif isinstance(payload, Unstake):
-        apply_unstake(view, env, payload)
-    elif isinstance(payload, Reward):
-        apply_reward(view, env, payload)
-    elif isinstance(payload, Slash):
-        apply_slash(view, env, payload)
-    else:  # validate_tx_envelope admits only reward payloads
-        raise InvalidTransaction(f"{type(payload).__name__} on the reward chain")
 
 
 def apply_transfer(view: Overlay, env: TxEnv, p: Transfer) -> None:
@@ -144,7 +129,7 @@ def apply_unstake(view: Overlay, env: TxEnv, p: Unstake) -> None:
     _put_account(view, env.sender, acct)
     _move(view, stakes=-p.amount, unbonding=p.amount)
     _update_stakers(view, env.sender, acct.stake > 0)
-    release = env.height + env.ctx.params.unbonding_period
+    release = env.height + env.ctx.params.staking.unbonding_period
     queue = view.get_record(unbonding_key(release), UnbondingQueue) or UnbondingQueue(())
     if len(queue.entries) >= MAX_UNBONDING_PER_HEIGHT:
         raise InvalidTransaction("unbonding queue for that height is full")
@@ -185,7 +170,7 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
     view.put(tombstone_key(offender), env.height.to_bytes(8, "big"))
     acct = get_account(view, offender)
     # Bonded power includes what the offender started unbonding: it escapes nothing.
-    amount = (acct.stake + acct.unbonding) * env.ctx.params.slash_ppm // 1_000_000
+    amount = (acct.stake + acct.unbonding) * env.ctx.params.staking.slash_ppm // 1_000_000
     from_stake = min(amount, acct.stake)
     from_unbonding = amount - from_stake
     acct = _replace(acct, stake=acct.stake - from_stake, unbonding=acct.unbonding - from_unbonding)
@@ -197,7 +182,7 @@ def apply_slash(view: Overlay, env: TxEnv, p: Slash) -> None:
 
 def end_block(view: Overlay, height: int, ctx: Context) -> None:
     release_unbonding(view, height)
-    if height % ctx.params.epoch_length == 0:
+    if height % ctx.params.staking.epoch_length == 0:
         view.put_record(KEY_VALIDATORS, compute_next_validator_set(view, height, ctx.params))
     supply = get_supply(view)
     if not supply.is_balanced():
@@ -225,21 +210,21 @@ def compute_next_validator_set(view: Overlay | State, height: int, params: Chain
     for address in stakers:
         acct = get_account(view, address)
         tombstoned = view.get(tombstone_key(address)) is not None
-        if acct.stake >= params.min_validator_stake and acct.public_key != bytes(32) and not tombstoned:
+        if acct.stake >= params.staking.min_validator_stake and acct.public_key != bytes(32) and not tombstoned:
             members.append((acct.stake, address, acct.public_key))
     members.sort(key=lambda m: (-m[0], m[1]))
     chosen = members[:MAX_VALIDATORS]
     if not chosen:  # an empty set would halt every chain: keep the current one
         current = get_validator_set(view)
-        return replace(current, epoch=height // params.epoch_length)
-    return make_validator_set(height // params.epoch_length, [(pk, stake) for stake, _, pk in chosen])
+        return replace(current, epoch=height // params.staking.epoch_length)
+    return make_validator_set(height // params.staking.epoch_length, [(pk, stake) for stake, _, pk in chosen])
 
 
 def validate_supply(state: State) -> None:
     """Full audit: sum every account and compare with the supply record (raises on mismatch)."""
     balances = stakes = unbonding = 0
     for key, value in state.items():
-        if key[:1] == b"a" and len(key) == 21:
+        if is_account_key(key):
             acct = decode(Account, value)
             balances += acct.balance
             stakes += acct.stake
@@ -262,3 +247,17 @@ def _replace(acct: Account, **changes: object) -> Account:
     # and replace() inspects the fields on every call (about 5x slower).
     return Account(changes.get("balance", acct.balance), changes.get("stake", acct.stake),
                    changes.get("unbonding", acct.unbonding), changes.get("public_key", acct.public_key))
+
+
+RULES = ChainRules(
+    chain_id=CHAIN_REWARD,
+    apply={
+        Transfer: apply_transfer,
+        Stake: apply_stake,
+        Unstake: apply_unstake,
+        Reward: apply_reward,
+        Slash: apply_slash,
+    },
+    end_block=end_block,
+    system=frozenset({Reward, Slash}),
+)

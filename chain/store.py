@@ -6,6 +6,7 @@ Layout (one-byte column, then the chain id byte, then the key):
     T chain tx_hash      -> TxLocation       S chain state_key  -> state value
     M chain              -> ChainMeta        C chain height     -> CommitCertificate
     G "pact" / "hash"    -> the genesis pact and its hash
+    N "vset" set_hash    -> ValidatorSet: every validator set this node has known
 
 A block, the state changes it makes, its indexes, its commit and the new head go in ONE write
 batch, so a process killed at any instant restarts at a block boundary with every index intact.
@@ -17,6 +18,7 @@ import logging
 
 from chain import codec
 from chain.codec import U32, U64, Hash32, wire
+from chain.context import Context
 from chain.errors import DecodingError, StoreError
 from chain.kv import (
     COL_BLOCK,
@@ -24,6 +26,7 @@ from chain.kv import (
     COL_COMMIT,
     COL_GENESIS,
     COL_META,
+    COL_NODE,
     COL_STATE,
     COL_TX,
     KV,
@@ -31,8 +34,8 @@ from chain.kv import (
 )
 from chain.pact import GenesisPact, build_genesis, compute_genesis_hash
 from chain.state import State
-from chain.transition import Context, apply_block
-from chain.types import CHAIN_IDS, CHAIN_NAMES, Block, BlockHeader, CommitCertificate
+from chain.transition import apply_block
+from chain.types import CHAIN_IDS, CHAIN_NAMES, Block, BlockHeader, CommitCertificate, ValidatorSet
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ _PACT_KEY = COL_GENESIS + b"pact"
 _HASH_KEY = COL_GENESIS + b"hash"
 _BASE_KEY = COL_META + b"base"
 """+ chain id byte -> the height of an installed snapshot (blocks below it are not held)."""
+_VSET_PREFIX = COL_NODE + b"vset"
+"""+ hash of a validator set -> that set."""
 
 
 @wire
@@ -171,6 +176,15 @@ class ChainStore:
         raw = self.kv.get(COL_COMMIT + bytes([chain_id]) + height_key(height))
         return None if raw is None else codec.decode(CommitCertificate, raw)
 
+    def load_validator_sets(self) -> dict[bytes, ValidatorSet]:
+        """Every validator set saved here, by hash: a restarted node must still check commits
+        made by the sets before an epoch change."""
+        sets = {}
+        for _, raw in self.kv.iterate(_VSET_PREFIX):
+            vs = codec.decode(ValidatorSet, raw)
+            sets[vs.hash()] = vs
+        return sets
+
     # --- writing ----------------------------------------------------------------------------
 
     def import_block(
@@ -253,6 +267,10 @@ class ChainStore:
         """The lowest height above genesis from which blocks are held (1 unless fast-synced)."""
         raw = self.kv.get(_BASE_KEY + bytes([chain_id]))
         return 1 if raw is None else int.from_bytes(raw, "big")
+
+    def save_validator_set(self, vs: ValidatorSet) -> None:
+        """Keep `vs` for `load_validator_sets` (a set already saved is written again, unchanged)."""
+        self.kv.put(_VSET_PREFIX + vs.hash(), codec.encode(vs))
 
     def save_commit(self, chain_id: int, height: int, commit: CommitCertificate) -> None:
         self.kv.put(COL_COMMIT + bytes([chain_id]) + height_key(height), codec.encode(commit))

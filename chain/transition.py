@@ -1,7 +1,8 @@
 """The block state transition shared by the three chains: `apply_block(state, block, ctx)`.
 
 Each rule is one check, in the order a reader would check it. A chain's own rules live in
-`chain.parameter`, `chain.dataset` and `chain.reward`; this module dispatches to them.
+`chain.parameter`, `chain.dataset` and `chain.reward`, each as one `RULES` table (payload ->
+apply function, end of block); this module dispatches through those tables.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chain import codec, crypto, merkle
+from chain import codec, crypto, dataset, merkle, parameter, reward
 from chain.commit import InvalidCommit, verify_commit
+from chain.context import Context, TxEnv
 from chain.errors import (
     DecodingError,
     InvalidBlock,
@@ -19,14 +21,10 @@ from chain.errors import (
     InvalidTransaction,
     MissingDependency,
 )
-from chain.params import ChainParams
-from chain.payloads import PAYLOADS_BY_CHAIN, SYSTEM_PAYLOADS
-from chain.records import Earning
+from chain.rules import ChainRules
 from chain.state import Overlay, State
 from chain.types import (
-    CHAIN_DATASET,
     CHAIN_NAMES,
-    CHAIN_PARAMETER,
     CHAIN_REWARD,
     ZERO_HASH,
     ZERO_PUBKEY,
@@ -38,45 +36,15 @@ from chain.types import (
     ValidatorSet,
 )
 
-EarningsView = Callable[[int, bytes], Earning | None]
-"""(source chain, transaction hash) -> the earning that chain recorded, if this node knows it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """Everything a transition reads besides the state and the block. Pure data."""
-
-    network_id: str
-    """Network the block belongs to (signature domain)."""
-    params: ChainParams
-    """Protocol constants from genesis."""
-    validators: ValidatorSet
-    """The set that decides this block."""
-    prev_validators: ValidatorSet | None = None
-    """The set that decided the previous block (defaults to `validators`)."""
-    earnings: EarningsView | None = None
-    """Earnings recorded by the parameter and dataset chains (reward chain only)."""
-    check_last_commit: bool = True
-    """Verify the previous block's commit certificate (off only for replays of own store)."""
-    next_validators: Callable[[bytes], ValidatorSet | None] | None = None
-    """Parameter and dataset chains: the validator set a header may name as the next one, by
-    hash (a set the reward chain made, not older than `validators`); None: no change allowed."""
-
-
-@dataclass(frozen=True, slots=True)
-class TxEnv:
-    """What a payload handler needs to know about its transaction."""
-
-    tx: Transaction
-    """The transaction."""
-    tx_hash: bytes
-    """Its hash."""
-    sender: bytes
-    """Sender address (zero for system transactions)."""
-    height: int
-    """Height of the block being applied."""
-    ctx: Context
-    """Block context."""
+RULES_BY_CHAIN: dict[int, ChainRules] = {
+    rules.chain_id: rules for rules in (parameter.RULES, dataset.RULES, reward.RULES)
+}
+"""Each chain's table of payloads and rules, by CHAIN_* id."""
+PAYLOADS_BY_CHAIN: dict[int, tuple[type, ...]] = {
+    chain_id: rules.payloads for chain_id, rules in RULES_BY_CHAIN.items()
+}
+SYSTEM_PAYLOADS: frozenset[type] = frozenset().union(*(rules.system for rules in RULES_BY_CHAIN.values()))
+"""Payloads carried unsigned: their validity comes from what they prove, not who sent them."""
 
 
 def nonce_key(address: bytes) -> bytes:
@@ -89,7 +57,7 @@ def get_nonce(view: Overlay | State, address: bytes) -> int:
 
 
 def is_system_tx(tx: Transaction) -> bool:
-    return isinstance(tx.body.payload, SYSTEM_PAYLOADS)
+    return type(tx.body.payload) in SYSTEM_PAYLOADS
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +79,10 @@ def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context, enc: Enco
     body = tx.body
     if body.chain_id != chain_id:
         raise InvalidTransaction(f"for chain {body.chain_id}, not {CHAIN_NAMES[chain_id]}")
-    if not isinstance(body.payload, PAYLOADS_BY_CHAIN[chain_id]):
+    if not RULES_BY_CHAIN[chain_id].is_payload(body.payload):
         raise InvalidTransaction(f"{type(body.payload).__name__} is not a {CHAIN_NAMES[chain_id]} payload")
     enc = enc or EncodedTx.of(tx)
-    if len(enc.tx_bytes) > ctx.params.max_tx_bytes:
+    if len(enc.tx_bytes) > ctx.params.consensus.max_tx_bytes:
         raise InvalidTransaction("transaction too large")
     if is_system_tx(tx):
         if (body.sender, body.nonce, tx.signature) != (ZERO_PUBKEY, 0, ZERO_SIGNATURE):
@@ -143,8 +111,9 @@ def apply_tx(view: Overlay, tx: Transaction, chain_id: int, height: int, ctx: Co
             raise InvalidTransaction(f"nonce {tx.body.nonce}, expected {expected}", tx_hash)
         scratch.put(nonce_key(sender), (expected + 1).to_bytes(8, "big"))
     env = TxEnv(tx, tx_hash, sender, height, ctx)
+    payload = tx.body.payload
     try:
-        _RULES[chain_id].apply_payload(scratch, env)
+        RULES_BY_CHAIN[chain_id].apply[type(payload)](scratch, env, payload)
     except InvalidTransaction as err:
         if not err.tx_hash:
             raise InvalidTransaction(err.reason, tx_hash) from err
@@ -183,10 +152,10 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
         raise fail("validators hash is not the deciding set's")
     if ctx.validators.get(h.proposer) is None:
         raise fail("proposer is not a validator")
-    if len(block.txs) > ctx.params.max_block_txs:
-        raise fail(f"{len(block.txs)} transactions exceed {ctx.params.max_block_txs}")
+    if len(block.txs) > ctx.params.consensus.max_block_txs:
+        raise fail(f"{len(block.txs)} transactions exceed {ctx.params.consensus.max_block_txs}")
     encoded = [EncodedTx.of(tx) for tx in block.txs]
-    if compute_block_size(block, encoded) > ctx.params.max_block_bytes:
+    if compute_block_size(block, encoded) > ctx.params.consensus.max_block_bytes:
         raise fail("block too large")
     validate_last_commit(block, state, ctx, fail)
     hashes = [enc.tx_hash for enc in encoded]
@@ -202,7 +171,7 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
         except (InvalidTransaction, DecodingError) as err:
             raise fail(f"transaction {index}: {err}") from err
     try:
-        _RULES[h.chain_id].end_block(view, h.height, ctx)
+        RULES_BY_CHAIN[h.chain_id].end_block(view, h.height, ctx)
     except InvalidTransaction as err:
         raise fail(f"end of block: {err}") from err
 
@@ -213,9 +182,11 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
     return new_state, view.changes
 
 
-def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+def validate_next_validators(
+    next_hash: bytes, new_state: State, ctx: Context, fail: Callable[[str], InvalidBlock]
+) -> None:
     if new_state.chain_id == CHAIN_REWARD:
-        if next_hash != compute_reward_next_validators(new_state).hash():
+        if next_hash != reward.get_validator_set(new_state).hash():
             raise fail("next validators hash is not the set in the reward state")
         return
     if next_hash == ctx.validators.hash():
@@ -227,13 +198,7 @@ def validate_next_validators(next_hash: bytes, new_state: State, ctx: Context, f
         raise fail("next validator set is older than the current one")
 
 
-def compute_reward_next_validators(state: State | Overlay) -> ValidatorSet:
-    from chain.records import KEY_VALIDATORS
-
-    return codec.decode(ValidatorSet, state.get(KEY_VALIDATORS))
-
-
-def validate_last_commit(block: Block, state: State, ctx: Context, fail) -> None:  # noqa: ANN001
+def validate_last_commit(block: Block, state: State, ctx: Context, fail: Callable[[str], InvalidBlock]) -> None:
     h = block.header
     if h.height == 1:
         if block.last_commit is not None or h.last_commit_hash != ZERO_HASH:
@@ -274,7 +239,7 @@ def build_block(
     size = len(codec.encode(Block(probe, (), last_commit))) + 8
     for tx in candidates:
         tx_size = len(codec.encode(tx))
-        if len(kept) >= ctx.params.max_block_txs or size + tx_size > ctx.params.max_block_bytes:
+        if len(kept) >= ctx.params.consensus.max_block_txs or size + tx_size > ctx.params.consensus.max_block_bytes:
             break
         try:
             apply_tx(view, tx, state.chain_id, height, ctx)
@@ -283,10 +248,10 @@ def build_block(
             continue
         kept.append(tx)
         size += tx_size
-    _RULES[state.chain_id].end_block(view, height, ctx)
+    RULES_BY_CHAIN[state.chain_id].end_block(view, height, ctx)
     root = state.with_changes(view.changes, height, ZERO_HASH, time_ms).root
     if state.chain_id == CHAIN_REWARD:
-        next_set = compute_reward_next_validators(view)
+        next_set = reward.get_validator_set(view)
     else:
         next_set = next_validators or ctx.validators
     header = BlockHeader(
@@ -296,18 +261,3 @@ def build_block(
         last_commit_hash=ZERO_HASH if last_commit is None else codec.hash_of(last_commit),
     )
     return Block(header, tuple(kept), last_commit), rejected
-
-
-def _rules():
-    from chain import dataset, parameter, reward
-
-    return {CHAIN_PARAMETER: parameter, CHAIN_DATASET: dataset, CHAIN_REWARD: reward}
-
-
-class _LazyRules(dict):
-    def __missing__(self, key: int):
-        self.update(_rules())
-        return dict.__getitem__(self, key)
-
-
-_RULES = _LazyRules()

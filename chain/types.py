@@ -17,6 +17,7 @@ from chain.codec import (
 from chain.crypto import ZERO_HASH, address_of
 from chain.payloads import Payload
 from chain.votes import (  # noqa: F401 - re-exported
+    MAX_VALIDATORS,
     NIL,
     STEP_PRECOMMIT,
     STEP_PREVOTE,
@@ -32,7 +33,6 @@ CHAIN_REWARD = 2
 CHAIN_IDS = (CHAIN_PARAMETER, CHAIN_DATASET, CHAIN_REWARD)
 CHAIN_NAMES = {CHAIN_PARAMETER: "parameter", CHAIN_DATASET: "dataset", CHAIN_REWARD: "reward"}
 
-from chain.votes import MAX_VALIDATORS  # noqa: E402
 MAX_BLOCK_TXS = 10_000
 
 

@@ -29,9 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from chain import codec
+from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.state import Overlay, State
-from chain.transition import Context, get_nonce, is_system_tx, validate_tx_envelope
+from chain.transition import get_nonce, is_system_tx, validate_tx_envelope
 from chain.types import Transaction
 
 logger = logging.getLogger(__name__)
@@ -162,8 +163,8 @@ class Mempool:
         tx_hash = codec.sha256(encoded)
         if tx_hash in self._entries:
             return AddResult(Outcome.DUPLICATE, "already pending")
-        if size > ctx.params.max_tx_bytes:
-            return AddResult(Outcome.INVALID, f"{size} bytes exceed {ctx.params.max_tx_bytes}")
+        if size > ctx.params.consensus.max_tx_bytes:
+            return AddResult(Outcome.INVALID, f"{size} bytes exceed {ctx.params.consensus.max_tx_bytes}")
         if is_system_tx(tx):
             return AddResult(Outcome.INVALID, "system transactions are made by the proposer")
         try:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import tokenizers
 import torch
 
 from chain import crypto
@@ -36,6 +37,7 @@ from genesis.corpus import (
     get_texts,
     select_corpus,
 )
+from gpu.model import MoEConfig, init_seeded
 from gpu.tokenizer import (
     TokenizerConfig,
     decode_tokenizer,
@@ -45,7 +47,8 @@ from gpu.tokenizer import (
     make_tokenizer_record,
     train_tokenizer,
 )
-from gpu.train import TrainConfig, compute_baseline_loss, evaluate_loss, train_model
+from gpu.train import TrainConfig, compute_baseline_loss, evaluate_loss, measure_step_seconds, train_model
+from gpu.weights import encode_block, make_tensor_record
 
 MANIFEST_FORMAT = "blyan-genesis-build/1"
 MANIFEST_FILE = "manifest.json"
@@ -127,9 +130,6 @@ def build_artifact(
     cfg: BuildConfig, root: Path, log: Callable[[str], None] = lambda _: None
 ) -> Artifact:
     """Select the corpus under `root`, train tokenizer and model, return the artifact."""
-    from gpu.model import MoEConfig, init_seeded
-    from gpu.weights import encode_block
-
     if cfg.tokenizer.vocab_size != cfg.spec.vocab_size:
         raise ValueError(f"tokenizer vocab {cfg.tokenizer.vocab_size} != spec {cfg.spec.vocab_size}")
     entries = select_corpus(root, cfg.corpus)
@@ -177,8 +177,6 @@ def compute_manifest(
     blocks: dict[str, bytes],
     results: dict,
 ) -> dict:
-    import tokenizers
-
     tokenizer_record, _ = make_tokenizer_record(tokenizer_json, WEIGHTS_VERSION)
     return {
         "format": MANIFEST_FORMAT,
@@ -244,8 +242,6 @@ def load_artifact(path: Path) -> Artifact:
 
 def make_records(artifact: Artifact) -> tuple[tuple[TensorRecord, ...], list[bytes]]:
     """The pact's tensor records (model blocks in order, then the tokenizer) and their blobs."""
-    from gpu.weights import make_tensor_record
-
     version = artifact.manifest["weights_version"]
     records, blobs = [], []
     for name, data in artifact.blocks.items():
@@ -280,9 +276,6 @@ def make_build_config(
 
 def compute_steps_for_minutes(cfg: BuildConfig, minutes: float) -> int:
     """Training steps that take about `minutes` here (measured now; leaves 10% for the rest)."""
-    from gpu.model import MoEConfig, init_seeded
-    from gpu.train import measure_step_seconds
-
     model = init_seeded(MoEConfig.from_spec(cfg.spec), cfg.spec.seed)
     seconds = measure_step_seconds(model, cfg.train)
     return max(1, int(minutes * 60 * 0.9 / seconds))

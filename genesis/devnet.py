@@ -49,6 +49,8 @@ class Prebuilt:
 @functools.cache
 def load_prebuilt(path: Path = PREBUILT_DIR) -> Prebuilt:
     """The shipped devnet artifact, every file checked against its manifest."""
+    # Lazily: genesis.build imports torch and tokenizers, which a node that never reads the
+    # artifact (every `blyan` command but init and genesis) should not pay for at start-up.
     from genesis.build import get_corpus_entries, get_spec, load_artifact, make_records
 
     artifact = load_artifact(path)

@@ -10,14 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chain import crypto
+from chain.commit import verify_commit
+from chain.context import Context
+from chain.kv import MemoryKV
+from chain.pact import GenesisPact
+from chain.params import ChainParams
 from chain.payloads import Transfer
+from chain.reward import get_validator_set
 from chain.state import State
 from chain.store import ChainStore
-from chain.commit import verify_commit
-from chain.transition import Context, apply_block, build_block, compute_reward_next_validators
-from chain.types import CHAIN_IDS, CHAIN_REWARD, Block, CommitCertificate, ValidatorSet
-from genesis.testkit import account_keys, certify, sign_tx, validator_keys
-
+from chain.transition import apply_block, build_block, get_nonce
+from chain.types import (
+    CHAIN_DATASET,
+    CHAIN_IDS,
+    CHAIN_PARAMETER,
+    CHAIN_REWARD,
+    Block,
+    CommitCertificate,
+    Transaction,
+    ValidatorSet,
+)
+from genesis.testkit import account_keys, certify, make_pact, sign_tx, validator_keys
 
 @dataclass
 class ChainHistory:
@@ -30,7 +43,7 @@ class ChainHistory:
     commits: dict[int, CommitCertificate | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        current = compute_reward_next_validators(self.store.state(CHAIN_REWARD))
+        current = get_validator_set(self.store.state(CHAIN_REWARD))
         self.sets[current.hash()] = current
         for chain_id in CHAIN_IDS:
             self.commits.setdefault(chain_id, self.store.get_commit(chain_id, self.store.height(chain_id)))
@@ -51,7 +64,7 @@ class ChainHistory:
         return Context(self.network_id, self.store.pact.params, deciding, previous,
                        earnings=lambda c, h: None, next_validators=self.sets.get)
 
-    def advance(self, chain_id: int, txs: list) -> tuple[Block, State]:  # noqa: ANN001
+    def advance(self, chain_id: int, txs: list[Transaction]) -> tuple[Block, State]:
         """Build, check, certify and store the next block of `chain_id` with `txs`."""
         state = self.store.state(chain_id)
         ctx = self.context(chain_id)
@@ -74,7 +87,7 @@ class ChainHistory:
         self.store.commit_block(block, new_state, changes, commit)
         self.commits[chain_id] = commit
         if chain_id == CHAIN_REWARD:
-            nxt = compute_reward_next_validators(new_state)
+            nxt = get_validator_set(new_state)
             self.sets.setdefault(nxt.hash(), nxt)
         return new_state
 
@@ -90,18 +103,13 @@ class ChainHistory:
             self.advance(CHAIN_REWARD, txs)
 
     def _nonce(self, key: crypto.PrivateKey) -> int:
-        from chain.transition import get_nonce
-
         return get_nonce(self.store.state(CHAIN_REWARD), key.address)
 
 
 def make_test_history(reward_blocks: int, other_blocks: int = 3, txs_per_block: int = 2,
-                      params=None) -> ChainHistory:  # noqa: ANN001
+                      params: ChainParams | None = None) -> ChainHistory:
     """A store of the test pact (4 validators, one funded payer) with `other_blocks` empty blocks
     on the parameter and dataset chains and `reward_blocks` reward blocks of transfers."""
-    from chain.kv import MemoryKV
-    from chain.types import CHAIN_DATASET, CHAIN_PARAMETER
-
     history = ChainHistory(ChainStore.open(MemoryKV(), make_test_pact(params)), TEST_KEYS)
     for chain_id in (CHAIN_PARAMETER, CHAIN_DATASET):
         for _ in range(other_blocks):
@@ -110,9 +118,7 @@ def make_test_history(reward_blocks: int, other_blocks: int = 3, txs_per_block: 
     return history
 
 
-def make_test_pact(params=None):  # noqa: ANN001, ANN201
-    from genesis.testkit import make_pact
-
+def make_test_pact(params: ChainParams | None = None) -> GenesisPact:
     return make_pact(TEST_KEYS, [(TEST_PAYER.address, 10**12)], params=params)
 
 

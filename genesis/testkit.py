@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 
 from chain import codec, crypto
 from chain.commit import make_commit, sign_vote
-from chain.pact import PACT_VERSION, GenesisAccount, GenesisPact, GenesisValidator, build_genesis
+from chain.context import Context, EarningsView
+from chain.pact import (
+    PACT_VERSION,
+    GenesisAccount,
+    GenesisPact,
+    GenesisValidator,
+    build_genesis,
+    compute_genesis_validators,
+)
 from chain.params import ChainParams
 from chain.state import State
 from chain.tensors import ModelSpec, TensorRecord
-from chain.transition import Context, apply_block, build_block
+from chain.transition import apply_block, build_block
 from chain.types import (
     CHAIN_IDS,
     STEP_PRECOMMIT,
@@ -26,7 +34,6 @@ from chain.types import (
     ZERO_PUBKEY,
     ZERO_SIGNATURE,
 )
-from chain.pact import compute_genesis_validators
 from genesis.params import test_params
 
 TEST_NETWORK = "testnet-unit"
@@ -109,17 +116,21 @@ class LocalChains:
     def validators(self) -> ValidatorSet:
         return compute_genesis_validators(self.pact)
 
-    def context(self, earnings=None) -> Context:  # noqa: ANN001
+    def context(self, earnings: EarningsView | None = None) -> Context:
         return Context(self.pact.network_id, self.pact.params, self.validators, earnings=earnings)
 
-    def propose(self, chain_id: int, txs: list[Transaction], earnings=None) -> tuple[Block, list]:  # noqa: ANN001
+    def propose(
+        self, chain_id: int, txs: list[Transaction], earnings: EarningsView | None = None
+    ) -> tuple[Block, list[tuple[Transaction, Exception]]]:
         state = self.states[chain_id]
         proposer = self.keys[state.height % len(self.keys)].address
         return build_block(
             state, txs, self.context(earnings), proposer, state.time_ms + 1_000, self.commits[chain_id]
         )
 
-    def advance(self, chain_id: int, txs: list[Transaction], earnings=None) -> tuple[Block, list]:  # noqa: ANN001
+    def advance(
+        self, chain_id: int, txs: list[Transaction], earnings: EarningsView | None = None
+    ) -> tuple[Block, list[tuple[Transaction, Exception]]]:
         """Propose, apply and certify one block; returns it and the rejected transactions."""
         block, rejected = self.propose(chain_id, txs, earnings)
         state, _ = apply_block(self.states[chain_id], block, self.context(earnings))

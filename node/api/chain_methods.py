@@ -61,7 +61,7 @@ def block_to_json(block: Block) -> dict[str, Any]:
 
 def send_transaction(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     node = services.node
-    max_bytes = node.store.pact.params.max_tx_bytes
+    max_bytes = node.store.pact.params.consensus.max_tx_bytes
     raw = parse_hex("tx", args["tx"], max_len=max_bytes + 1)
     try:
         tx = codec.decode(Transaction, raw, max_size=max_bytes)

@@ -23,7 +23,7 @@ import trio
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey, load_key
 from chain.store import ChainStore
-from chain.transition import compute_reward_next_validators
+from chain.reward import get_validator_set
 from chain.types import CHAIN_IDS, CHAIN_REWARD
 from gpu.devices import compute_tier, discover_devices
 from gpu.loader import BlobLoader
@@ -34,7 +34,6 @@ from node.app.datadir import open_store
 from node.core.clock import WallClock
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
-from node.engine.validators import load_validator_sets, save_validator_set
 from node.experts.service import ExpertService
 from node.experts.tiles import TileService
 from node.experts.weights import ChainRecords, StoreModelView
@@ -94,13 +93,13 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
 
 async def _fast_sync(store: ChainStore, net: Network, sync: SyncConfig) -> None:
     """Before the engine starts: install certified snapshots if a peer is far ahead."""
-    sets = load_validator_sets(store)
-    current = compute_reward_next_validators(store.state(CHAIN_REWARD))
+    sets = store.load_validator_sets()
+    current = get_validator_set(store.state(CHAIN_REWARD))
     sets.setdefault(current.hash(), current)
     known = set(sets)
     await run_fast_sync(store, net, sets, min_gap=sync.fast_min_gap, peer_wait_s=sync.peer_wait_s)
     for vs_hash in set(sets) - known:
-        save_validator_set(store, sets[vs_hash])
+        store.save_validator_set(sets[vs_hash])
 
 
 async def run_expert_service(net: Network, key: PrivateKey, store: ChainStore, data_dir: Path, config: NodeConfig,

@@ -37,8 +37,9 @@ class EngineConfig:
     @classmethod
     def from_params(cls, params: ChainParams, **overrides: object) -> EngineConfig:
         """Round timeouts from the genesis parameters; anything else from `overrides`."""
+        timing = params.consensus
         tm = TendermintConfig(
-            timeout_propose_ms=params.timeout_propose_ms, timeout_prevote_ms=params.timeout_vote_ms,
-            timeout_precommit_ms=params.timeout_vote_ms, timeout_delta_ms=params.timeout_delta_ms,
+            timeout_propose_ms=timing.timeout_propose_ms, timeout_prevote_ms=timing.timeout_vote_ms,
+            timeout_precommit_ms=timing.timeout_vote_ms, timeout_delta_ms=timing.timeout_delta_ms,
         )
         return cls(tendermint=tm, **overrides)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from chain.codec import decode
 from chain.payloads import Reward
-from chain.records import Earning, earning_key, paid_key
+from chain.records import Earning, earning_key, is_earning_key, is_paid_key, paid_key, parse_earning_key, parse_paid_key
 from chain.store import ChainStore
 from chain.types import (
     CHAIN_DATASET,
@@ -24,14 +24,6 @@ MAX_REWARDS_PER_BLOCK = 256
 EARNING_CHAINS = (CHAIN_PARAMETER, CHAIN_DATASET)
 
 
-def _is_earning_key(key: bytes) -> bool:
-    return key[:1] == b"E" and len(key) == 33
-
-
-def _is_paid_key(key: bytes) -> bool:
-    return key[:1] == b"p" and len(key) == 34
-
-
 class PendingEarnings:
     """(source chain, transaction hash) -> earning, for every earning not paid yet."""
 
@@ -41,8 +33,8 @@ class PendingEarnings:
         reward = store.state(CHAIN_REWARD)
         for chain_id in EARNING_CHAINS:
             for key, value in store.state(chain_id).items():
-                if _is_earning_key(key) and reward.get(paid_key(chain_id, key[1:])) is None:
-                    self._pending[(chain_id, key[1:])] = decode(Earning, value)
+                if is_earning_key(key) and reward.get(paid_key(chain_id, parse_earning_key(key))) is None:
+                    self._pending[(chain_id, parse_earning_key(key))] = decode(Earning, value)
 
     def __bool__(self) -> bool:
         return bool(self._pending)
@@ -61,12 +53,12 @@ class PendingEarnings:
         """A block of `chain_id` wrote `changes`: new earnings, or payments on the reward chain."""
         if chain_id == CHAIN_REWARD:
             for key in changes:
-                if _is_paid_key(key):
-                    self._pending.pop((key[1], key[2:]), None)
+                if is_paid_key(key):
+                    self._pending.pop(parse_paid_key(key), None)
             return
         for key, value in changes.items():
-            if _is_earning_key(key) and value is not None:
-                self._pending[(chain_id, key[1:])] = decode(Earning, value)
+            if is_earning_key(key) and value is not None:
+                self._pending[(chain_id, parse_earning_key(key))] = decode(Earning, value)
 
     def make_reward_txs(self) -> list[Transaction]:
         """Reward system transactions for the oldest-keyed pending earnings."""

@@ -30,7 +30,7 @@ from chain.params import ChainParams
 from chain.payloads import DuplicateVoteEvidence, Slash
 from chain.state import State
 from chain.store import ChainStore
-from chain.transition import Context
+from chain.context import Context
 from chain.types import (
     CHAIN_IDS,
     CHAIN_REWARD,
@@ -214,7 +214,7 @@ class Engine:
 
     async def on_tx_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
-            msg = decode(TxMsg, data, max_size=self.params.max_tx_bytes + 64)
+            msg = decode(TxMsg, data, max_size=self.params.consensus.max_tx_bytes + 64)
         except DecodingError:
             self.penalize(peer, "undecodable transaction")
             return Verdict.REJECT
@@ -233,7 +233,7 @@ class Engine:
 
     async def on_proposal_gossip(self, peer: PeerId, data: bytes) -> Verdict:
         try:
-            msg = decode(ProposalMsg, data, max_size=self.params.max_block_bytes + 4096)
+            msg = decode(ProposalMsg, data, max_size=self.params.consensus.max_block_bytes + 4096)
         except DecodingError:
             self.penalize(peer, "undecodable proposal")
             return Verdict.REJECT

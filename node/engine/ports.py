@@ -16,7 +16,8 @@ from typing import Protocol
 from chain.params import ChainParams
 from chain.payloads import DuplicateVoteEvidence
 from chain.state import State
-from chain.transition import Context, build_block
+from chain.context import Context
+from chain.transition import build_block
 from chain.types import Block, BlockHeader, CommitCertificate, Transaction, ValidatorSet
 from consensus.mempool import Mempool
 from node.engine.config import EngineConfig

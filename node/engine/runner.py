@@ -24,7 +24,8 @@ from chain.errors import (
     StoreError,
 )
 from chain.state import Overlay, State
-from chain.transition import Context, apply_block, apply_tx
+from chain.context import Context
+from chain.transition import apply_block, apply_tx
 from chain.types import CHAIN_NAMES, Block, CommitCertificate, ValidatorSet
 from chain.votes import SignedVote, Vote
 from consensus.messages import InvalidProposal, Proposal, validate_signed_proposal
@@ -320,7 +321,7 @@ class ChainRunner:
         port = self.port
         state = self.state
         candidates = port.get_system_txs() + port.mempool.select(
-            state, port.params.max_block_txs, port.params.max_block_bytes // 2
+            state, port.params.consensus.max_block_txs, port.params.consensus.max_block_bytes // 2
         )
         last_commit = port.get_commit(self.height - 1) if self.height > 1 else None
         time_ms = max(port.now_ms(), state.time_ms + 1)
@@ -489,7 +490,7 @@ class ChainRunner:
             req = ProposalRequest(self.chain_id, self.height, round_)
             try:
                 resp = await port.request(peer, PROTOCOL_PROPOSAL, req, ProposalResponse,
-                                          port.params.max_block_bytes + 8192)
+                                          port.params.consensus.max_block_bytes + 8192)
             except (RequestFailed, DecodingError):
                 continue
             if resp.found is not None:

@@ -24,7 +24,7 @@ from chain.commit import sign_vote
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
 from chain.state import State
-from chain.transition import Context
+from chain.context import Context
 from chain.types import Block, CommitCertificate, Transaction, ValidatorSet
 from chain.votes import NIL, Vote
 from node.engine.ports import BlockBuilder

@@ -21,10 +21,10 @@ from chain.commit import InvalidCommit, verify_commit
 from chain.errors import BlyanError, InvalidBlock, MissingDependency
 from chain.kv import MemoryKV
 from chain.pact import GenesisPact
-from chain.records import KEY_VALIDATORS, STATUS_APPROVED, DatasetRecord, Earning, dataset_key, earning_key, paid_key
-from chain.reward import validate_supply
+from chain.records import STATUS_APPROVED, DatasetRecord, Earning, dataset_key, earning_key, paid_key
+from chain.reward import get_validator_set, validate_supply
 from chain.store import ChainStore
-from chain.transition import Context
+from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, ValidatorSet
 from node.core.feed import Feed, Penalized, RoundStarted, Subscription, VoteSigned
 
@@ -128,7 +128,7 @@ def check_validity(pact: GenesisPact, stores: dict[str, ChainStore], violations:
     known: dict[bytes, ValidatorSet] = {}
 
     def remember() -> None:
-        vs = codec.decode(ValidatorSet, replay.state(CHAIN_REWARD).get(KEY_VALIDATORS))
+        vs = get_validator_set(replay.state(CHAIN_REWARD))
         known[vs.hash()] = vs
 
     def earning(chain_id: int, tx_hash: bytes) -> Earning | None:

@@ -54,7 +54,7 @@ def compute_owed(state: State, pact: GenesisPact, datasets: list[bytes], who: by
             continue
         rec = codec.decode(DatasetRecord, raw)
         if rec.status == STATUS_PENDING and who not in rec.audit_voters:
-            rerun = AuditReport(rec.cid, rec.size, pact.params.audit_version,
+            rerun = AuditReport(rec.cid, rec.size, pact.params.dataset.audit_version,
                                 tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
             owed.append(AuditVerdict(submission, True, codec.hash_of(rerun)))
         elif rec.status in (STATUS_AUDITED, STATUS_VOTED) and who not in rec.tier_voters:

@@ -78,8 +78,11 @@ def make_sim_pact(cfg: SimConfig) -> tuple[GenesisPact, list[crypto.PrivateKey],
     """The genesis of a simulation, the node keys (validators first) and the clients' keys."""
     vkeys = [crypto.PrivateKey.from_label(f"sim-validator-{i}") for i in range(cfg.nodes)]
     ckeys = [crypto.PrivateKey.from_label(f"sim-client-{i}") for i in range(CLIENTS)]
-    params = replace(devnet_params(), epoch_length=cfg.epoch_length,
-                     unbonding_period=max(cfg.epoch_length, devnet_params().unbonding_period))
+    devnet = devnet_params()
+    params = replace(devnet, staking=replace(
+        devnet.staking, epoch_length=cfg.epoch_length,
+        unbonding_period=max(cfg.epoch_length, devnet.staking.unbonding_period),
+    ))
     pact = GenesisPact(
         version=PACT_VERSION, network_id=SIM_NETWORK, genesis_time_ms=0, params=params,
         validators=tuple(GenesisValidator(k.public_key, VALIDATOR_STAKE, f"v{i}")

@@ -77,9 +77,9 @@ class Workload:
         """A dataset by a random CID, with a passing L0 report (the simulator has no content)."""
         cid = crypto.cid_raw(rng.randbytes(64))
         size = rng.randrange(1_000, 1_000_000)
-        report = AuditReport(cid, size, self.pact.params.audit_version,
+        report = AuditReport(cid, size, self.pact.params.dataset.audit_version,
                              tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
-        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.pow_difficulty_bits)
+        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.dataset.pow_difficulty_bits)
         tx = sign(client, SubmitDataset(cid, size, "text", "CC-BY-4.0", nonce, report), CHAIN_DATASET)
         self.track(client, tx)
         self.datasets.append(tx.hash())

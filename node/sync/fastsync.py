@@ -137,7 +137,7 @@ class SnapshotClient:
     async def walk_trust_path(self, upto: int) -> list[ValidatorSet]:
         """Every set trusted from our reward head up to `upto`, oldest first (checks 1)."""
         after, trusted = self._trusted_start()
-        epoch = self.store.pact.params.epoch_length
+        epoch = self.store.pact.params.staking.epoch_length
         sets = [trusted]
         expected = (after // epoch + 1) * epoch
         while expected <= upto:

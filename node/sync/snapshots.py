@@ -128,7 +128,7 @@ class SnapshotServer:
     def get_trust_path(self, after: int, upto: int) -> TrustPathResponse:
         """The reward chain's epoch boundaries in (after, upto] that this node holds, from the
         first one on; it stops at the first it lacks (a node that itself fast-synced)."""
-        epoch = self.store.pact.params.epoch_length
+        epoch = self.store.pact.params.staking.epoch_length
         upto = min(upto, self.store.height(CHAIN_REWARD))
         steps = []
         boundary = (after // epoch + 1) * epoch

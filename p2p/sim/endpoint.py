@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,11 +17,10 @@ from p2p.network import (
     PeerScores,
     RequestHandler,
 )
+from p2p.sim.ports import Switchboard
 from p2p.sim.requests import send_request
 from p2p.sim.wire import HeapEntry
 
-if TYPE_CHECKING:  # the hub imports this module
-    from p2p.sim.hub import SimNetworkHub
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +31,7 @@ class SimNetwork:
     Also a `Clock`: `now_ms()` is the run's time plus this node's skew. Once its node has crashed
     the object is inert: `publish` drops, `request` fails at its deadline, `peers()` is empty."""
 
-    def __init__(self, hub: SimNetworkHub, peer_id: PeerId, incarnation: int) -> None:
+    def __init__(self, hub: Switchboard, peer_id: PeerId, incarnation: int) -> None:
         self.local_id = peer_id
         self.incarnation = incarnation
         """0 for the first start, +1 per restart."""

@@ -8,7 +8,7 @@ hub's tasks and change only state the hub owns (its counters, the nodes' inbound
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import trio
 
@@ -22,17 +22,14 @@ from p2p.network import (
     RequestTimeout,
     ResponseTooLarge,
 )
+from p2p.sim.ports import Endpoint, Switchboard
 from p2p.sim.wire import Delivery, Pending
-
-if TYPE_CHECKING:  # the hub and the endpoint import this module
-    from p2p.sim.endpoint import SimNetwork
-    from p2p.sim.hub import SimNetworkHub
 
 logger = logging.getLogger(__name__)
 
 
 async def send_request(
-    hub: SimNetworkHub, net: SimNetwork, peer: PeerId, protocol: str, data: bytes, timeout: float, cap: int
+    hub: Switchboard, net: Endpoint, peer: PeerId, protocol: str, data: bytes, timeout: float, cap: int
 ) -> bytes:
     """`net.request(...)`: the response, or the `NetworkError` the simulated wire makes of it."""
     hub.stats.requests += 1
@@ -59,7 +56,7 @@ async def send_request(
     return pending.response
 
 
-def accept_request(hub: SimNetworkHub, net: SimNetwork, item: Delivery) -> None:
+def accept_request(hub: Switchboard, net: Endpoint, item: Delivery) -> None:
     """A request leg has reached `net`: admit it (or not) and serve it in a task of its own."""
     assert hub._nursery is not None
     hub._record("request", item.src, net.local_id, item.name, item.data)
@@ -81,7 +78,7 @@ def accept_request(hub: SimNetworkHub, net: SimNetwork, item: Delivery) -> None:
 
 
 async def _serve(
-    hub: SimNetworkHub, net: SimNetwork, item: Delivery, handler: RequestHandler | None, error: str | None
+    hub: Switchboard, net: Endpoint, item: Delivery, handler: RequestHandler | None, error: str | None
 ) -> None:
     """Run the handler (if the request was admitted) and fly the response back."""
     scope = trio.CancelScope()
@@ -102,7 +99,7 @@ async def _serve(
         hub._finish_work()
 
 
-async def _run_handler(net: SimNetwork, item: Delivery, handler: RequestHandler) -> tuple[bytes, str | None]:
+async def _run_handler(net: Endpoint, item: Delivery, handler: RequestHandler) -> tuple[bytes, str | None]:
     """(response, None) or (b"", error). The handler gets the requester's deadline."""
     where = f"request handler of {net.local_id} for {item.name}"
     with trio.move_on_at(item.deadline):
@@ -121,7 +118,7 @@ async def _run_handler(net: SimNetwork, item: Delivery, handler: RequestHandler)
     return b"", "handler timed out"
 
 
-def _respond(hub: SimNetworkHub, net: SimNetwork, item: Delivery, response: bytes, error: str | None) -> None:
+def _respond(hub: Switchboard, net: Endpoint, item: Delivery, response: bytes, error: str | None) -> None:
     requester = hub._nodes.get(item.src)
     if requester is None or requester.incarnation != item.src_incarnation:
         return
@@ -130,7 +127,7 @@ def _respond(hub: SimNetworkHub, net: SimNetwork, item: Delivery, response: byte
         item.pending.resolve(response, error)
 
 
-def _compute_refusal(hub: SimNetworkHub, net: SimNetwork, peer: PeerId) -> str | None:
+def _compute_refusal(hub: Switchboard, net: Endpoint, peer: PeerId) -> str | None:
     """Why a request cannot leave: "self-down", "partition", why the dial is refused, or
     None when it can."""
     src, now = net.local_id, trio.current_time()
@@ -153,7 +150,7 @@ def _compute_refusal(hub: SimNetworkHub, net: SimNetwork, peer: PeerId) -> str |
 
 
 async def _refuse(
-    hub: SimNetworkHub, net: SimNetwork, peer: PeerId, protocol: str, refusal: str, deadline: float
+    hub: Switchboard, net: Endpoint, peer: PeerId, protocol: str, refusal: str, deadline: float
 ) -> NoReturn:
     """Fail a request that cannot leave, after the time its failure takes to show."""
     if refusal in ("self-down", "partition"):

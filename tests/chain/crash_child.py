@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from chain.context import Context
 from chain.leveldb import LevelDBKV
 from chain.payloads import Transfer
 from chain.pact import GenesisPact, compute_genesis_validators
 from chain.store import ChainStore
-from chain.transition import Context, build_block, get_nonce
+from chain.transition import build_block, get_nonce
 from chain.types import CHAIN_REWARD, Transaction
 from genesis.testkit import account_keys, certify, make_pact, sign_tx, validator_keys
 

@@ -63,7 +63,7 @@ def cid_of(label: str) -> str:
 
 def report_for(cid: str, size: int, **overrides: object) -> AuditReport:
     checks = tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS)
-    report = AuditReport(cid, size, make_params().audit_version, checks)
+    report = AuditReport(cid, size, make_params().dataset.audit_version, checks)
     return replace(report, **overrides)
 
 
@@ -74,7 +74,7 @@ def submission(
     cid = overrides.pop("cid", cid_of(label))
     audit = overrides.pop("audit", report_for(cid, size))
     if pow_nonce is None:
-        bits = chains.pact.params.pow_difficulty_bits
+        bits = chains.pact.params.dataset.pow_difficulty_bits
         pow_nonce = solve_pow(chains.pact.network_id, key.address, cid, bits)
     payload = SubmitDataset(cid, size, "text", "CC-BY-4.0", pow_nonce, audit)
     return replace(payload, **overrides)
@@ -166,7 +166,7 @@ def test_approval_records_earning(chains: LocalChains) -> None:
     vote(chains, sub, {0: TIER_GOLD, 1: TIER_GOLD, 2: TIER_GOLD})
     state = chains.states[CHAIN_DATASET]
     earning = codec.decode(Earning, state.get(earning_key(sub)))
-    reward = chains.pact.params.dataset_rewards[TIER_GOLD]
+    reward = chains.pact.params.rewards.dataset_rewards[TIER_GOLD]
     assert earning == Earning(CONTRIBUTOR.address, reward, "dataset:gold")
     assert int.from_bytes(state.get(reputation_key(CONTRIBUTOR.address)), "big") == 1
 
@@ -229,7 +229,7 @@ def test_audit_mixed_verdicts_reach_audited(chains: LocalChains) -> None:
 
 
 def test_pow_solution_has_enough_zero_bits(chains: LocalChains) -> None:
-    cid, bits = cid_of("pow"), chains.pact.params.pow_difficulty_bits
+    cid, bits = cid_of("pow"), chains.pact.params.dataset.pow_difficulty_bits
     nonce = solve_pow(chains.pact.network_id, CONTRIBUTOR.address, cid, bits)
     digest = compute_pow_hash(chains.pact.network_id, CONTRIBUTOR.address, cid, nonce)
     assert leading_zero_bits(digest) >= bits
@@ -237,7 +237,7 @@ def test_pow_solution_has_enough_zero_bits(chains: LocalChains) -> None:
 
 
 def weak_nonce(chains: LocalChains, cid: str, key=CONTRIBUTOR) -> int:  # noqa: ANN001
-    bits = chains.pact.params.pow_difficulty_bits
+    bits = chains.pact.params.dataset.pow_difficulty_bits
     nonce = 0
     while leading_zero_bits(compute_pow_hash(chains.pact.network_id, key.address, cid, nonce)) >= bits:
         nonce += 1
@@ -250,7 +250,7 @@ def test_invalid_pow_too_weak(chains: LocalChains) -> None:
 
 
 def test_invalid_pow_solved_for_another_contributor(chains: LocalChains) -> None:
-    bits = chains.pact.params.pow_difficulty_bits
+    bits = chains.pact.params.dataset.pow_difficulty_bits
     # A label whose nonce, solved for OTHER, does not happen to satisfy CONTRIBUTOR's hash too.
     for label in (f"stolen-{i}" for i in range(64)):
         nonce = solve_pow(chains.pact.network_id, OTHER.address, cid_of(label), bits)
@@ -278,7 +278,7 @@ def test_invalid_duplicate_cid_in_one_block(chains: LocalChains) -> None:
 
 
 def test_quota_per_epoch(chains: LocalChains) -> None:
-    quota = chains.pact.params.quota_for(0)
+    quota = chains.pact.params.dataset.quota_for(0)
     txs = [signed(chains, CONTRIBUTOR, submission(chains, f"q{i}"), nonce=i) for i in range(quota + 1)]
     block, rejected = chains.advance(CHAIN_DATASET, txs)
     assert len(block.txs) == quota
@@ -287,7 +287,7 @@ def test_quota_per_epoch(chains: LocalChains) -> None:
     assert_invalid(chains, signed(chains, CONTRIBUTOR, submission(chains, "late")), "quota")
     # another contributor has its own quota
     submit(chains, "other-q", key=OTHER)
-    epoch = chains.pact.params.epoch_length
+    epoch = chains.pact.params.staking.epoch_length
     while chains.states[CHAIN_DATASET].height < epoch - 1:
         advance(chains, [])
     submit(chains, "next-epoch")
@@ -297,7 +297,8 @@ def test_quota_per_epoch(chains: LocalChains) -> None:
 
 
 def test_quota_grows_with_reputation() -> None:
-    chains = make_chains(trust_levels=(TrustLevel(0, 1), TrustLevel(1, 2)))
+    levels = (TrustLevel(0, 1), TrustLevel(1, 2))
+    chains = make_chains(dataset=replace(make_params().dataset, trust_levels=levels))
     sub = submit(chains, "first")
     assert_invalid(chains, signed(chains, CONTRIBUTOR, submission(chains, "second")), "quota of 1")
     audit(chains, sub, [0, 1, 2])
@@ -310,8 +311,8 @@ BAD_SUBMISSIONS = {
     "not-a-cid": (dict(cid="Qmnotacidv1atall", audit=report_for("Qmnotacidv1atall", 4096)), "not a CIDv1"),
     "size-zero": (dict(size=0, audit=report_for(cid_of("bad"), 0)), "size 0 outside"),
     "size-too-big": (
-        dict(size=make_params().max_dataset_bytes + 1,
-             audit=report_for(cid_of("bad"), make_params().max_dataset_bytes + 1)),
+        dict(size=make_params().dataset.max_dataset_bytes + 1,
+             audit=report_for(cid_of("bad"), make_params().dataset.max_dataset_bytes + 1)),
         "outside",
     ),
     "format": (dict(format="exe"), "format 'exe'"),

@@ -166,7 +166,7 @@ def test_delta_records_earning(chains: LocalChains) -> None:
     tx = delta_tx(chains, claim_on(chains))
     advance(chains, [tx])
     earning = codec.decode(Earning, chains.states[CHAIN_PARAMETER].get(earning_key(tx.hash())))
-    assert earning == Earning(TRAINER.address, chains.pact.params.delta_reward, "delta")
+    assert earning == Earning(TRAINER.address, chains.pact.params.rewards.delta_reward, "delta")
 
 
 def test_delta_earning_paid_once_on_reward_chain(chains: LocalChains) -> None:
@@ -180,11 +180,11 @@ def test_delta_earning_paid_once_on_reward_chain(chains: LocalChains) -> None:
         return Overlay(param_state).get_record(earning_key(tx_hash), Earning)
 
     reward = system_tx(CHAIN_REWARD, Reward(CHAIN_PARAMETER, tx.hash(), TRAINER.address,
-                                            chains.pact.params.delta_reward))
+                                            chains.pact.params.rewards.delta_reward))
     block, rejected = chains.advance(CHAIN_REWARD, [reward], earnings)
     assert block.txs == (reward,) and not rejected
     state = chains.states[CHAIN_REWARD]
-    assert get_account(state, TRAINER.address).balance == 1_000 + chains.pact.params.delta_reward
+    assert get_account(state, TRAINER.address).balance == 1_000 + chains.pact.params.rewards.delta_reward
     validate_supply(state)
     block, rejected = chains.advance(CHAIN_REWARD, [reward], earnings)
     assert block.txs == () and "already paid" in str(rejected[0][1])
@@ -287,7 +287,7 @@ def test_invalid_delta_non_improving_vote(chains: LocalChains, base: int, new: i
 
 def test_accepting_vote_threshold(chains: LocalChains) -> None:
     ctx = chains.context()
-    needed = BASE_LOSS * ctx.params.pol_min_improvement_ppm // 1_000_000
+    needed = BASE_LOSS * ctx.params.pol.min_improvement_ppm // 1_000_000
     assert is_accepting_vote(BASE_LOSS, BASE_LOSS - needed, True, ctx)
     assert not is_accepting_vote(BASE_LOSS, BASE_LOSS - needed + 1, True, ctx)
     assert not is_accepting_vote(BASE_LOSS, BASE_LOSS - needed, False, ctx)

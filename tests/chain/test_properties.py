@@ -6,11 +6,12 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.payloads import Stake, Transfer, Unstake
 from chain.reward import validate_supply
 from chain.state import Overlay, State
-from chain.transition import Context, apply_block, apply_tx, get_nonce
+from chain.transition import apply_block, apply_tx, get_nonce
 from chain.types import CHAIN_REWARD
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
 
@@ -76,14 +77,14 @@ def run_chain(ops_per_block: list[list[tuple]]) -> LocalChains:
         event(f"accepted {min(len(accepted), 3)}+ of {min(len(candidates), 3)}+ transactions in a block")
         validate_supply(chains.states[CHAIN_REWARD])  # (c) at every height
     final = chains.states[CHAIN_REWARD]
-    event(f"reached an epoch boundary: {final.height >= PACT.params.epoch_length}")
+    event(f"reached an epoch boundary: {final.height >= PACT.params.staking.epoch_length}")
     event(f"an unstake came due: {_released(chains)}")
     return chains
 
 
 def _released(chains: LocalChains) -> bool:
     """Whether some unstake of these blocks was due at or before the head."""
-    period = PACT.params.unbonding_period
+    period = PACT.params.staking.unbonding_period
     head = chains.states[CHAIN_REWARD].height
     return any(
         isinstance(tx.body.payload, Unstake) and block.header.height + period <= head

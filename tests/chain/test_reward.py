@@ -1,4 +1,5 @@
-"""Reward chain rules: transfers, stake, unstake and unbonding, epochs, rewards paid once, slashing."""
+"""Reward chain rules: transfers, stake, unstake and unbonding, epochs, rewards paid once, the
+supply equation. Slashing is in test_reward_slash.py, which shares the helpers here."""
 
 from __future__ import annotations
 
@@ -7,33 +8,28 @@ from dataclasses import replace
 import pytest
 
 from chain import codec
-from chain.commit import evidence_key, sign_vote
+from chain.commit import sign_vote
 from chain.errors import InvalidTransaction, MissingDependency
 from chain.payloads import DuplicateVoteEvidence, Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
-    tombstone_key,
     EMPTY_ACCOUNT,
     KEY_STAKERS,
-    KEY_VALIDATORS,
     Earning,
     Stakers,
     UnbondingQueue,
     account_key,
     paid_key,
-    slashed_key,
     unbonding_key,
 )
 from chain.reward import get_account, get_supply, get_validator_set, validate_supply
 from chain.state import Overlay
-from chain.transition import Context, apply_tx, get_nonce
+from chain.transition import apply_tx, get_nonce
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_PARAMETER,
     CHAIN_REWARD,
     STEP_PRECOMMIT,
-    STEP_PREVOTE,
     Vote,
-    make_validator_set,
 )
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
 
@@ -93,6 +89,20 @@ def account(chains: LocalChains, key):  # noqa: ANN001
 
 def stakers(chains: LocalChains) -> tuple[bytes, ...]:
     return codec.decode(Stakers, chains.states[CHAIN_REWARD].get(KEY_STAKERS)).addresses
+
+
+def conflicting_votes(key, chains: LocalChains, height: int = 5, round_: int = 0,  # noqa: ANN001
+                      step: int = STEP_PRECOMMIT, chain_id: int = CHAIN_PARAMETER,
+                      hashes: tuple[bytes, bytes] = (b"\x01" * 32, b"\x02" * 32)):
+    """Two signed votes of `key` for different blocks at one chain, height, round and step."""
+    return [
+        sign_vote(key, net(chains), Vote(chain_id, height, round_, step, h, key.address)) for h in hashes
+    ]
+
+
+def evidence(key, chains: LocalChains, **kw) -> DuplicateVoteEvidence:  # noqa: ANN001
+    a, b = conflicting_votes(key, chains, **kw)
+    return DuplicateVoteEvidence(a, b)
 
 
 # --- transfers -------------------------------------------------------------------------------
@@ -194,7 +204,7 @@ def test_invalid_stake_above_balance(chains: LocalChains) -> None:
 def test_unstake_starts_unbonding(chains: LocalChains) -> None:
     v = VKEYS[0]
     block = advance(chains, [tx_of(chains, v, Unstake(4_000))])
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     acct = account(chains, v)
     assert (acct.balance, acct.stake, acct.unbonding) == (0, STAKE - 4_000, 4_000)
     queue = codec.decode(UnbondingQueue, chains.states[CHAIN_REWARD].get(unbonding_key(release)))
@@ -208,7 +218,7 @@ def test_unbonding_release_at_height_plus_period(chains: LocalChains) -> None:
     v = VKEYS[1]
     advance_to(chains, 2)
     block = advance(chains, [tx_of(chains, v, Unstake(2_500))])
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     advance_to(chains, release - 1)
     assert account(chains, v).unbonding == 2_500
     assert account(chains, v).balance == 0
@@ -227,7 +237,7 @@ def test_unbonding_two_unstakes_in_one_block_release_together(chains: LocalChain
         sign_tx(v, net(chains), CHAIN_REWARD, 1, Unstake(2_000)),
     ]
     block = advance(chains, txs)
-    release = block.header.height + chains.pact.params.unbonding_period
+    release = block.header.height + chains.pact.params.staking.unbonding_period
     queue = codec.decode(UnbondingQueue, chains.states[CHAIN_REWARD].get(unbonding_key(release)))
     assert [e.amount for e in queue.entries] == [1_000, 2_000]
     advance_to(chains, release)
@@ -264,7 +274,7 @@ def test_invalid_unstake_without_stake(chains: LocalChains) -> None:
 
 
 def test_validator_set_recomputed_at_epoch_boundary(chains: LocalChains) -> None:
-    epoch = chains.pact.params.epoch_length
+    epoch = chains.pact.params.staking.epoch_length
     newcomer, leaver = AKEYS[0], VKEYS[0]
     genesis_set = get_validator_set(chains.states[CHAIN_REWARD])
     advance(chains, [tx_of(chains, newcomer, Stake(5_000)), tx_of(chains, leaver, Unstake(STAKE))])
@@ -284,10 +294,10 @@ def test_validator_set_recomputed_at_epoch_boundary(chains: LocalChains) -> None
 
 
 def test_validator_set_excludes_stake_below_minimum(chains: LocalChains) -> None:
-    minimum = chains.pact.params.min_validator_stake
+    minimum = chains.pact.params.staking.min_validator_stake
     small, exact = AKEYS[0], AKEYS[1]
     advance(chains, [tx_of(chains, small, Stake(minimum - 1)), tx_of(chains, exact, Stake(minimum))])
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     new_set = get_validator_set(chains.states[CHAIN_REWARD])
     assert new_set.get(small.address) is None
     assert new_set.get(exact.address).power == minimum
@@ -297,9 +307,9 @@ def test_validator_set_excludes_stake_below_minimum(chains: LocalChains) -> None
 def test_validator_set_power_follows_stake_changes(chains: LocalChains) -> None:
     v = VKEYS[2]
     advance(chains, [tx_of(chains, v, Unstake(3_000))])
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     assert get_validator_set(chains.states[CHAIN_REWARD]).get(v.address).power == STAKE - 3_000
-    advance_to(chains, 2 * chains.pact.params.epoch_length)
+    advance_to(chains, 2 * chains.pact.params.staking.epoch_length)
     assert get_validator_set(chains.states[CHAIN_REWARD]).epoch == 2
 
 
@@ -384,222 +394,6 @@ def test_invalid_reward_signed_by_an_account(chains: LocalChains) -> None:
     assert_invalid(chains, reward, "system transaction has no sender", view)
 
 
-# --- slashing ----------------------------------------------------------------------------------
-
-
-def conflicting_votes(key, chains: LocalChains, height: int = 5, round_: int = 0,  # noqa: ANN001
-                      step: int = STEP_PRECOMMIT, chain_id: int = CHAIN_PARAMETER,
-                      hashes: tuple[bytes, bytes] = (b"\x01" * 32, b"\x02" * 32)):
-    """Two signed votes of `key` for different blocks at one chain, height, round and step."""
-    return [
-        sign_vote(key, net(chains), Vote(chain_id, height, round_, step, h, key.address)) for h in hashes
-    ]
-
-
-def evidence(key, chains: LocalChains, **kw) -> DuplicateVoteEvidence:  # noqa: ANN001
-    a, b = conflicting_votes(key, chains, **kw)
-    return DuplicateVoteEvidence(a, b)
-
-
-def test_slash_burns_share_of_stake(chains: LocalChains) -> None:
-    offender = VKEYS[1]
-    ev = evidence(offender, chains)
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(ev))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
-    assert burned > 0
-    assert account(chains, offender).stake == STAKE - burned
-    supply = get_supply(chains.states[CHAIN_REWARD])
-    assert (supply.burned, supply.stakes) == (burned, 4 * STAKE - burned)
-    stored = chains.states[CHAIN_REWARD].get(slashed_key(evidence_key(ev)))
-    assert int.from_bytes(stored, "big") == burned
-    assert offender.address in stakers(chains)
-
-
-def test_slash_of_prevote_equivocation(chains: LocalChains) -> None:
-    ev = evidence(VKEYS[0], chains, step=STEP_PREVOTE, round_=3)
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(ev))])
-    assert account(chains, VKEYS[0]).stake < STAKE
-
-
-def test_slash_nil_against_block_is_equivocation(chains: LocalChains) -> None:
-    ev = evidence(VKEYS[0], chains, hashes=(bytes(32), b"\x05" * 32))
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(ev))])
-    assert get_supply(chains.states[CHAIN_REWARD]).burned > 0
-
-
-def test_slash_tombstones_the_validator(chains: LocalChains) -> None:
-    offender = VKEYS[2]
-    first, second = evidence(offender, chains, height=5), evidence(offender, chains, height=6)
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(first))])
-    assert chains.states[CHAIN_REWARD].get(tombstone_key(offender.address)) is not None
-    assert_invalid(chains, system_tx(CHAIN_REWARD, Slash(second)), "tombstoned")
-    ppm = chains.pact.params.slash_ppm
-    assert account(chains, offender).stake == STAKE - STAKE * ppm // 1_000_000
-    advance_to(chains, chains.pact.params.epoch_length)
-    assert chains.states[CHAIN_REWARD].height % chains.pact.params.epoch_length == 0
-    nxt = get_validator_set(chains.states[CHAIN_REWARD])
-    assert nxt.get(offender.address) is None, "a tombstoned validator leaves the set at the epoch"
-    assert len(nxt.validators) == len(VKEYS) - 1
-
-
-def test_slash_reaches_stake_unbonded_while_still_a_validator(chains: LocalChains) -> None:
-    offender = VKEYS[3]
-    block = advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
-    # still in the deciding set of this epoch: its precommits count in commit certificates
-    assert chains.context().validators.get(offender.address).power == STAKE
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
-    supply = get_supply(chains.states[CHAIN_REWARD])
-    assert (supply.burned, supply.unbonding) == (burned, STAKE - burned)
-    acct = account(chains, offender)
-    assert (acct.stake, acct.unbonding) == (0, STAKE - burned)
-    assert offender.address not in stakers(chains)
-    advance_to(chains, block.header.height + chains.pact.params.unbonding_period)
-    acct = account(chains, offender)
-    assert (acct.balance, acct.stake, acct.unbonding) == (STAKE - burned, 0, 0)
-    assert get_supply(chains.states[CHAIN_REWARD]).unbonding == 0
-
-
-def test_slash_takes_stake_before_unbonding(chains: LocalChains) -> None:
-    offender = VKEYS[2]
-    advance(chains, [tx_of(chains, offender, Unstake(4_000))])
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000  # over stake + unbonding
-    acct = account(chains, offender)
-    assert (acct.stake, acct.unbonding) == (STAKE - 4_000 - burned, 4_000)
-    advance_to(chains, 1 + chains.pact.params.unbonding_period)
-    assert account(chains, offender).balance == 4_000
-
-
-def test_slash_while_unbonding_twice_releases_the_rest(chains: LocalChains) -> None:
-    offender = VKEYS[1]
-    period = chains.pact.params.unbonding_period
-    first = advance(chains, [tx_of(chains, offender, Unstake(3_000))]).header.height
-    second = advance(chains, [tx_of(chains, offender, Unstake(STAKE - 3_000))]).header.height
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    burned = STAKE * chains.pact.params.slash_ppm // 1_000_000
-    assert account(chains, offender).unbonding == STAKE - burned
-    advance_to(chains, first + period)
-    assert account(chains, offender).balance == 3_000
-    advance_to(chains, second + period)
-    acct = account(chains, offender)
-    assert (acct.balance, acct.stake, acct.unbonding) == (STAKE - burned, 0, 0)
-    assert get_supply(chains.states[CHAIN_REWARD]).unbonding == 0
-
-
-def test_slash_of_fully_released_account_burns_nothing(chains: LocalChains) -> None:
-    offender = VKEYS[0]
-    advance(chains, [tx_of(chains, offender, Unstake(STAKE))])
-    advance_to(chains, 1 + chains.pact.params.unbonding_period)
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    assert get_supply(chains.states[CHAIN_REWARD]).burned == 0
-    assert account(chains, offender).balance == STAKE
-
-
-def test_invalid_slash_same_offence_twice(chains: LocalChains) -> None:
-    offender = VKEYS[1]
-    advance(chains, [system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))])
-    again = system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))
-    assert_invalid(chains, again, "already slashed")
-    other_pair = evidence(offender, chains, hashes=(b"\x01" * 32, b"\x09" * 32))
-    assert_invalid(chains, system_tx(CHAIN_REWARD, Slash(other_pair)), "already slashed")
-
-
-def test_invalid_slash_same_offence_twice_in_one_block(chains: LocalChains) -> None:
-    offender = VKEYS[1]
-    first = system_tx(CHAIN_REWARD, Slash(evidence(offender, chains)))
-    second = system_tx(CHAIN_REWARD, Slash(evidence(offender, chains, hashes=(b"\x01" * 32, b"\x03" * 32))))
-    block, rejected = chains.advance(CHAIN_REWARD, [first, second])
-    assert block.txs == (first,)
-    assert [r[0] for r in rejected] == [second]
-    assert "already slashed" in str(rejected[0][1])
-
-
-def _swap(ev: DuplicateVoteEvidence) -> DuplicateVoteEvidence:
-    return DuplicateVoteEvidence(ev.vote_b, ev.vote_a)
-
-
-def _same_block(ev: DuplicateVoteEvidence) -> DuplicateVoteEvidence:
-    return DuplicateVoteEvidence(ev.vote_a, ev.vote_a)
-
-
-def _other_height(chains: LocalChains) -> DuplicateVoteEvidence:
-    a = conflicting_votes(VKEYS[0], chains, height=5)[0]
-    b = conflicting_votes(VKEYS[0], chains, height=6)[1]
-    return DuplicateVoteEvidence(a, b)
-
-
-def _other_round(chains: LocalChains) -> DuplicateVoteEvidence:
-    a = conflicting_votes(VKEYS[0], chains, round_=0)[0]
-    b = conflicting_votes(VKEYS[0], chains, round_=1)[1]
-    return DuplicateVoteEvidence(a, b)
-
-
-def _other_step(chains: LocalChains) -> DuplicateVoteEvidence:
-    a = conflicting_votes(VKEYS[0], chains, step=STEP_PREVOTE)[0]
-    b = conflicting_votes(VKEYS[0], chains, step=STEP_PRECOMMIT)[1]
-    return DuplicateVoteEvidence(a, b)
-
-
-def _other_validator(chains: LocalChains) -> DuplicateVoteEvidence:
-    return DuplicateVoteEvidence(
-        conflicting_votes(VKEYS[0], chains)[0], conflicting_votes(VKEYS[1], chains)[1]
-    )
-
-
-def _forged_signature(chains: LocalChains) -> DuplicateVoteEvidence:
-    """Votes that name validator 0 but are signed by validator 1."""
-    v0 = VKEYS[0]
-    a, b = (
-        sign_vote(VKEYS[1], net(chains), Vote(CHAIN_PARAMETER, 5, 0, STEP_PRECOMMIT, h, v0.address))
-        for h in (b"\x01" * 32, b"\x02" * 32)
-    )
-    return DuplicateVoteEvidence(a, b)
-
-
-def _other_network(chains: LocalChains) -> DuplicateVoteEvidence:
-    k = VKEYS[0]
-    a, b = (
-        sign_vote(k, "othernet", Vote(CHAIN_PARAMETER, 5, 0, STEP_PRECOMMIT, h, k.address))
-        for h in (b"\x01" * 32, b"\x02" * 32)
-    )
-    return DuplicateVoteEvidence(a, b)
-
-
-def _non_validator(chains: LocalChains) -> DuplicateVoteEvidence:
-    return evidence(AKEYS[0], chains)
-
-
-def _unknown_step(chains: LocalChains) -> DuplicateVoteEvidence:
-    return evidence(VKEYS[0], chains, step=7)
-
-
-BAD_EVIDENCE = {
-    "unordered": (lambda c: _swap(evidence(VKEYS[0], c)), "ordered by block hash"),
-    "same-block": (lambda c: _same_block(evidence(VKEYS[0], c)), "must differ"),
-    "other-height": (_other_height, "same chain, height"),
-    "other-round": (_other_round, "same chain, height"),
-    "other-step": (_other_step, "same chain, height"),
-    "other-validator": (_other_validator, "same chain, height"),
-    "forged-signature": (_forged_signature, "bad vote signature"),
-    "other-network": (_other_network, "bad vote signature"),
-    "non-validator": (_non_validator, "non-validator"),
-    "unknown-step": (_unknown_step, "unknown vote step"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_EVIDENCE))
-def test_invalid_slash_bad_evidence(chains: LocalChains, case: str) -> None:
-    build, match = BAD_EVIDENCE[case]
-    assert_invalid(chains, system_tx(CHAIN_REWARD, Slash(build(chains))), match)
-    assert get_supply(chains.states[CHAIN_REWARD]).burned == 0
-
-
-def test_invalid_slash_signed_by_an_account(chains: LocalChains) -> None:
-    tx = tx_of(chains, AKEYS[0], Slash(evidence(VKEYS[0], chains)))
-    assert_invalid(chains, tx, "system transaction has no sender")
-
-
 # --- the supply equation -----------------------------------------------------------------------
 
 
@@ -613,7 +407,7 @@ def test_supply_audit_after_every_kind_of_movement(chains: LocalChains) -> None:
         system_tx(CHAIN_REWARD, Reward(CHAIN_DATASET, SOURCE, a.address, 10)),
         system_tx(CHAIN_REWARD, Slash(evidence(VKEYS[0], chains))),
     ], view)
-    advance_to(chains, chains.pact.params.epoch_length)
+    advance_to(chains, chains.pact.params.staking.epoch_length)
     supply = get_supply(chains.states[CHAIN_REWARD])
     assert supply.is_balanced()
     assert supply.genesis == 3 * FUNDS + 4 * STAKE
@@ -629,15 +423,3 @@ def test_supply_audit_detects_tampered_account(chains: LocalChains) -> None:
     )
     with pytest.raises(InvalidTransaction, match="accounts sum to"):
         validate_supply(bad)
-
-
-def test_context_validators_decide_slash_not_state(chains: LocalChains) -> None:
-    """Evidence is checked against the deciding set of the context, not the stored set."""
-    ctx = chains.context()
-    smaller = make_validator_set(0, [(k.public_key, STAKE) for k in VKEYS[1:]])
-    narrowed = Context(ctx.network_id, ctx.params, smaller)
-    view = Overlay(Overlay(chains.states[CHAIN_REWARD]))
-    with pytest.raises(InvalidTransaction, match="non-validator"):
-        apply_tx(view, system_tx(CHAIN_REWARD, Slash(evidence(VKEYS[0], chains))), CHAIN_REWARD, 1, narrowed)
-    assert view.changes == {}
-    assert chains.states[CHAIN_REWARD].get(KEY_VALIDATORS) is not None

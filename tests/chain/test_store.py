@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from chain import crypto
+from chain import codec, crypto
 from chain.dataset import REQUIRED_CHECKS, solve_pow
 from chain.errors import InvalidBlock, StoreError
-from chain.kv import COL_META, COL_STATE, KV, MemoryKV
+from chain.kv import COL_META, COL_NODE, COL_STATE, KV, MemoryKV
 from chain.leveldb import LevelDBKV
-from chain.pact import build_genesis, compute_genesis_hash
+from chain.pact import build_genesis, compute_genesis_hash, compute_genesis_validators
 from chain.payloads import AuditCheck, AuditReport, Stake, SubmitDataset, Transfer
 from chain.records import account_key
 from chain.reward import validate_supply
 from chain.store import ChainStore
 from chain.transition import apply_block, get_nonce
-from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD
+from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, make_validator_set
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
 
 VKEYS = validator_keys(4)
@@ -70,9 +70,9 @@ def reward_txs(chains: LocalChains, height: int) -> list:
 
 def dataset_tx(chains: LocalChains):  # noqa: ANN201
     cid = crypto.cid_raw(b"store-test-corpus")
-    report = AuditReport(cid, 100, PACT.params.audit_version,
+    report = AuditReport(cid, 100, PACT.params.dataset.audit_version,
                          tuple(AuditCheck(n, True, "") for n in REQUIRED_CHECKS))
-    nonce = solve_pow(PACT.network_id, AKEYS[1].address, cid, PACT.params.pow_difficulty_bits)
+    nonce = solve_pow(PACT.network_id, AKEYS[1].address, cid, PACT.params.dataset.pow_difficulty_bits)
     return sign_tx(AKEYS[1], PACT.network_id, CHAIN_DATASET, 0,
                    SubmitDataset(cid, 100, "text", "MIT", nonce, report))
 
@@ -294,3 +294,27 @@ def test_invalid_open_unreadable_head(kvs: KVFactory) -> None:
     kvs.close(kv)
     with pytest.raises(StoreError, match="reward chain head is unreadable"):
         ChainStore.open(kvs.open())
+
+
+def test_store_validator_sets_saved_and_reloaded(kvs: KVFactory) -> None:
+    kv = kvs.open()
+    store = ChainStore.open(kv, PACT)
+    assert store.load_validator_sets() == {}
+    first = compute_genesis_validators(PACT)
+    second = make_validator_set(1, [(k.public_key, 5_000) for k in VKEYS[:3]])
+    store.save_validator_set(first)
+    store.save_validator_set(second)
+    store.save_validator_set(first)
+    kvs.close(kv)
+    reopened = ChainStore.open(kvs.open())
+    assert reopened.load_validator_sets() == {first.hash(): first, second.hash(): second}
+    kvs.close(reopened.kv)
+
+
+def test_store_validator_sets_key_layout() -> None:
+    """Data dirs written before the sets moved into the store still read: N "vset" hash."""
+    kv = MemoryKV()
+    store = ChainStore.open(kv, PACT)
+    vs = compute_genesis_validators(PACT)
+    store.save_validator_set(vs)
+    assert kv.get(COL_NODE + b"vset" + vs.hash()) == codec.encode(vs)

@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 
 from chain import codec
+from chain.context import Context
 from chain.errors import InvalidBlock, InvalidTransaction, MissingDependency
 from chain.payloads import Reward, Stake, Transfer
 from chain.records import Earning
 from chain.state import Overlay, State
-from chain.transition import Context, apply_block, apply_tx, build_block, compute_tx_root, get_nonce
+from chain.transition import apply_block, apply_tx, build_block, compute_tx_root, get_nonce
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_NAMES,
@@ -231,7 +232,8 @@ def test_invalid_block_too_many_txs(chains: LocalChains) -> None:
     before = snapshot(state)
     block = next_block(chains)
     ctx = chains.context()
-    tight = replace(ctx, params=replace(ctx.params, max_block_txs=1))
+    tight = replace(ctx, params=replace(ctx.params, consensus=replace(
+        ctx.params.consensus, max_block_txs=1)))
     with pytest.raises(InvalidBlock, match="2 transactions exceed 1"):
         apply_block(state, block, tight)
     assert snapshot(state) == before
@@ -241,7 +243,8 @@ def test_invalid_block_too_large(chains: LocalChains) -> None:
     state = chains.states[CHAIN_REWARD]
     block = next_block(chains)
     ctx = chains.context()
-    tight = replace(ctx, params=replace(ctx.params, max_block_bytes=len(codec.encode(block)) - 1))
+    tight = replace(ctx, params=replace(ctx.params, consensus=replace(
+        ctx.params.consensus, max_block_bytes=len(codec.encode(block)) - 1)))
     with pytest.raises(InvalidBlock, match="block too large"):
         apply_block(state, block, tight)
 
@@ -314,7 +317,8 @@ def test_invalid_tx_payload_of_other_chain(chains: LocalChains) -> None:
 def test_invalid_tx_too_large(chains: LocalChains) -> None:
     tx = transfer(chains, 0, 1, 1)
     ctx = chains.context()
-    tight = replace(ctx, params=replace(ctx.params, max_tx_bytes=len(codec.encode(tx)) - 1))
+    tight = replace(ctx, params=replace(ctx.params, consensus=replace(
+        ctx.params.consensus, max_tx_bytes=len(codec.encode(tx)) - 1)))
     assert_tx_invalid(chains, tx, "too large", ctx=tight)
 
 
@@ -366,7 +370,8 @@ def test_build_block_keeps_valid_and_reports_rejects(chains: LocalChains) -> Non
 def test_build_block_stops_at_max_txs(chains: LocalChains) -> None:
     state = chains.states[CHAIN_REWARD]
     ctx = chains.context()
-    tight = replace(ctx, params=replace(ctx.params, max_block_txs=2))
+    tight = replace(ctx, params=replace(ctx.params, consensus=replace(
+        ctx.params.consensus, max_block_txs=2)))
     txs = [transfer(chains, 2, 0, 1, nonce=i) for i in range(4)]
     block, rejected = build_block(state, txs, tight, VKEYS[0].address, state.time_ms + 1, chains.commits[CHAIN_REWARD])
     assert block.txs == tuple(txs[:2]) and rejected == []
@@ -384,14 +389,15 @@ def test_build_block_respects_max_block_bytes_with_large_commit() -> None:
     keys = validator_keys(40)
     sender = AKEYS[0]
     pact = make_pact(keys, [(sender.address, 10**9)])
-    pact = replace(pact, params=replace(pact.params, max_block_bytes=20_000))
+    pact = replace(pact, params=replace(pact.params, consensus=replace(
+        pact.params.consensus, max_block_bytes=20_000)))
     chains = LocalChains.create(pact, keys)
     chains.advance(CHAIN_REWARD, [])
     assert len(codec.encode(chains.commits[CHAIN_REWARD])) > 1024
     txs = [sign_tx(sender, NET, CHAIN_REWARD, i, Transfer(keys[0].address, 1)) for i in range(400)]
     block, _ = chains.propose(CHAIN_REWARD, txs)
     assert 0 < len(block.txs) < len(txs)
-    assert len(codec.encode(block)) <= pact.params.max_block_bytes
+    assert len(codec.encode(block)) <= pact.params.consensus.max_block_bytes
     apply_block(chains.states[CHAIN_REWARD], block, chains.context())
 
 

@@ -157,7 +157,8 @@ def test_invalid_system_transaction() -> None:
 
 def test_invalid_too_large() -> None:
     tx = transfer(0, 0)
-    small = replace(CTX, params=replace(CTX.params, max_tx_bytes=size_of(tx) - 1))
+    small = replace(CTX, params=replace(CTX.params, consensus=replace(
+        CTX.params.consensus, max_tx_bytes=size_of(tx) - 1)))
     result = pool().add(tx, GENESIS, small)
     assert result.is_invalid and len(pool()) == 0
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from chain import codec, crypto
-from chain.pact import build_genesis, validate_pact
+from chain.pact import build_genesis, compute_genesis_hash, validate_pact
 from chain.records import KEY_VALIDATION_SET
 from chain.tensors import KIND_TOKENIZER, TOKENIZER_BLOCK, ModelSpec
 from chain.types import CHAIN_DATASET
@@ -221,6 +221,14 @@ def test_devnet_pact_valid() -> None:
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
 
 
+DEVNET_GENESIS_HASH = "8190d98cab0a2257a9882e218b157f941dd4d0d707a44df484f643c12aaf86d0"
+"""blyan-pact/2 (ChainParams grouped by concern); it changes only when the devnet genesis does."""
+
+
+def test_devnet_genesis_hash_pinned() -> None:
+    assert compute_genesis_hash(build_devnet_pact()).hex() == DEVNET_GENESIS_HASH
+
+
 def test_devnet_pact_stores_blobs() -> None:
     stored: list[bytes] = []
     pact = build_devnet_pact(store_blob=stored.append)
@@ -260,10 +268,10 @@ def test_rebuild_matches_prebuilt(tmp_path: Path) -> None:
 
 
 def test_steps_for_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gpu.train
+    import genesis.build
     from genesis.build import compute_steps_for_minutes
 
-    monkeypatch.setattr(gpu.train, "measure_step_seconds", lambda model, cfg: 0.1)
+    monkeypatch.setattr(genesis.build, "measure_step_seconds", lambda model, cfg: 0.1)
     assert compute_steps_for_minutes(TINY_BUILD, 1.0) == 540  # 90% of 60 s at 0.1 s a step
 
 

@@ -21,7 +21,8 @@ from chain.payloads import DuplicateVoteEvidence, Transfer
 from chain.reward import get_account
 from chain.state import State
 from chain.store import ChainStore
-from chain.transition import Context, build_block
+from chain.context import Context
+from chain.transition import build_block
 from chain.types import (CHAIN_PARAMETER, CHAIN_REWARD, Block, BlockHeader, CommitCertificate, Transaction,
                          ValidatorSet)
 from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, CommitSig, SignedVote, Vote

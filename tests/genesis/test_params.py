@@ -1,0 +1,48 @@
+"""The built-in networks' protocol constants and their encoding."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from chain import codec
+from chain.params import ChainParams
+from genesis.params import devnet_params
+from genesis.params import test_params as make_test_params  # not collected as a test
+
+# [consensus, staking, dataset, pol, rewards], each an array of its fields in order.
+DEVNET_PARAMS_HEX = (
+    "95"
+    "97cd03e8cd05dccd01f4cd01f4cd07d0ce00800000ce00040000"  # consensus
+    "946414cd03e8ce000186a0"  # staking
+    "940c93920004920310920a40af626c79616e2d61756469742f302e31ce40000000"  # dataset
+    "92cd03e8cd2710"  # pol
+    "926494000a1932"  # rewards
+)
+
+
+def test_devnet_params_golden() -> None:
+    assert codec.encode(devnet_params()).hex() == DEVNET_PARAMS_HEX
+    assert codec.decode(ChainParams, bytes.fromhex(DEVNET_PARAMS_HEX)) == devnet_params()
+
+
+def test_devnet_params_groups() -> None:
+    assert codec.to_wire(devnet_params()) == [
+        [1000, 1500, 500, 500, 2000, 8388608, 262144],
+        [100, 20, 1000, 100000],
+        [12, [[0, 4], [3, 16], [10, 64]], "blyan-audit/0.1", 1073741824],
+        [1000, 10000],
+        [100, [0, 10, 25, 50]],
+    ]
+
+
+def test_test_params_overrides_whole_groups() -> None:
+    base = make_test_params()
+    assert (base.staking.epoch_length, base.staking.unbonding_period, base.dataset.pow_difficulty_bits) == (10, 3, 4)
+    staking = replace(base.staking, epoch_length=5)
+    assert make_test_params(staking=staking).staking.epoch_length == 5
+    assert make_test_params(staking=staking).dataset == base.dataset
+
+
+def test_quota_for_levels() -> None:
+    dataset = devnet_params().dataset
+    assert [dataset.quota_for(n) for n in (0, 2, 3, 9, 10, 1_000)] == [4, 4, 16, 16, 64, 64]
