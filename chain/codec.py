@@ -223,7 +223,7 @@ class _Struct(_Node):
             raise EncodingError(f"{path}: expected {self.cls.__name__}, got {type(value).__name__}")
         form = [
             node.to_wire(getattr(value, name), f"{path}.{name}")
-            for name, node in zip(self.names, self.nodes)
+            for name, node in zip(self.names, self.nodes, strict=True)
         ]
         if memo is not None:
             if len(memo) >= MEMO_ENTRIES:
@@ -240,7 +240,7 @@ class _Struct(_Node):
             )
         values = [
             node.from_wire(item, f"{path}.{name}")
-            for name, node, item in zip(self.names, self.nodes, obj)
+            for name, node, item in zip(self.names, self.nodes, obj, strict=True)
         ]
         try:
             return self.cls(*values)
@@ -428,7 +428,8 @@ def hash_of(obj: Any) -> bytes:
 
 __all__ = [
     "Address", "Bytes", "ClassVar", "DecodingError", "EncodingError", "Hash32", "I64",
-    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "clear_memos", "compute_array_header_size", "decode", "encode",
+    "PubKey", "Seq", "Signature", "Str", "U8", "U16", "U32", "U64", "clear_memos", "compute_array_header_size",
+    "decode", "encode",
     "encode_with_field",
     "from_wire", "hash_of", "sha256", "to_wire", "wire",
 ]

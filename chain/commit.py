@@ -97,7 +97,7 @@ def verify_attestation(att: Attestation, network_id: str, validators: ValidatorS
     if list(att.signers) != sorted(set(att.signers)):
         raise InvalidSignature("attestation signers not sorted or duplicated")
     power = 0
-    for signer, sig in zip(att.signers, att.signatures):
+    for signer, sig in zip(att.signers, att.signatures, strict=True):
         member = validators.get(signer)
         if member is None:
             raise InvalidSignature("attestation signed by a non-validator")

@@ -140,14 +140,14 @@ def _get_record_for_vote(view: Overlay, env: TxEnv, submission: bytes) -> Datase
 def apply_audit(view: Overlay, env: TxEnv, p: AuditVerdict) -> None:
     rec = _get_record_for_vote(view, env, p.submission)
     if rec.status != STATUS_PENDING:
-        raise InvalidTransaction(f"submission is not pending audit")
+        raise InvalidTransaction("submission is not pending audit")
     if env.sender in rec.audit_voters:
         raise InvalidTransaction("validator already audited this submission")
     voters = (*rec.audit_voters, env.sender)
     passed = (*rec.audit_passed, p.passed)
     vals = env.ctx.validators
-    pass_power = vals.power_of({v for v, ok in zip(voters, passed) if ok})
-    fail_power = vals.power_of({v for v, ok in zip(voters, passed) if not ok})
+    pass_power = vals.power_of({v for v, ok in zip(voters, passed, strict=True) if ok})
+    fail_power = vals.power_of({v for v, ok in zip(voters, passed, strict=True) if not ok})
     status = rec.status
     if vals.is_quorum(pass_power):
         status = STATUS_AUDITED
@@ -172,7 +172,7 @@ def apply_quality_vote(view: Overlay, env: TxEnv, p: QualityVote) -> None:
     rec = replace(rec, tier_voters=voters, tier_votes=tiers, status=STATUS_VOTED)
     if vals.is_quorum(vals.power_of(set(voters))):
         tier = compute_weighted_median(
-            [(t, vals.get(v).power if vals.get(v) else 0) for v, t in zip(voters, tiers)]
+            [(t, vals.get(v).power if vals.get(v) else 0) for v, t in zip(voters, tiers, strict=True)]
         )
         rec = replace(rec, tier=tier, status=STATUS_APPROVED if tier != TIER_REJECT else STATUS_REJECTED)
         if tier != TIER_REJECT:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from chain.codec import (
     U8,
-    U32,
     U64,
     Address,
     Hash32,
@@ -14,7 +13,7 @@ from chain.codec import (
     hash_of,
     wire,
 )
-from chain.crypto import ZERO_HASH, address_of
+from chain.crypto import ZERO_HASH, address_of  # noqa: F401 - ZERO_HASH re-exported
 from chain.payloads import Payload
 from chain.votes import (  # noqa: F401 - re-exported
     MAX_VALIDATORS,

@@ -55,7 +55,7 @@ def compute_slots_won(powers: list[int], slots: int) -> list[int]:
     held = sum(won)
     if held < slots:
         # Next slot in sequence order: highest priority, ties to the smallest index.
-        heap = [(-Fraction(p, 2 * w + 1), i) for i, (p, w) in enumerate(zip(powers, won)) if p > 0]
+        heap = [(-Fraction(p, 2 * w + 1), i) for i, (p, w) in enumerate(zip(powers, won, strict=True)) if p > 0]
         heapq.heapify(heap)
         for _ in range(slots - held):
             _, i = heapq.heappop(heap)
@@ -63,7 +63,7 @@ def compute_slots_won(powers: list[int], slots: int) -> list[int]:
             heapq.heappush(heap, (-Fraction(powers[i], 2 * won[i] + 1), i))
     elif held > slots:
         # Last slot handed out: lowest priority among held slots, ties to the largest index.
-        heap = [(Fraction(p, 2 * w - 1), -i) for i, (p, w) in enumerate(zip(powers, won)) if w > 0]
+        heap = [(Fraction(p, 2 * w - 1), -i) for i, (p, w) in enumerate(zip(powers, won, strict=True)) if w > 0]
         heapq.heapify(heap)
         for _ in range(held - slots):
             _, neg_i = heapq.heappop(heap)
@@ -78,7 +78,7 @@ def _next_slot(powers: list[int], won: list[int]) -> int:
     """Index of the validator that takes the next slot: highest priority, ties to smallest index."""
     best = 0
     best_priority = Fraction(-1)
-    for i, (p, w) in enumerate(zip(powers, won)):
+    for i, (p, w) in enumerate(zip(powers, won, strict=True)):
         priority = Fraction(p, 2 * w + 1)
         if priority > best_priority:
             best, best_priority = i, priority

@@ -2,10 +2,10 @@
 
 Selection is a pure function of the path list and `CorpusConfig`: every `.py` file under the
 stdlib root outside test, site-packages and cache directories, UTF-8, not empty, under the
-per-file cap and not a copy of a file already taken, taken in the order of a hash of its path until the byte cap is reached (a spread
-over the whole library rather than its alphabetical head), then listed by path. A hash of the
-path alone puts a file in the held-out validation set, so the split does not move when a file's
-contents change from one Python release to the next.
+per-file cap and not a copy of a file already taken, taken in the order of a hash of its path until
+the byte cap is reached (a spread over the whole library rather than its alphabetical head), then
+listed by path. A hash of the path alone puts a file in the held-out validation set, so the split
+does not move when a file's contents change from one Python release to the next.
 
 Each file is one genesis dataset, named by the CIDv1 of its exact bytes. Another Python patch
 release may hold other bytes for some paths: a manifest records the CIDs it was built from, and

@@ -32,6 +32,7 @@ from chain.types import (
 )
 from genesis.testkit import account_keys, certify, make_pact, sign_tx, validator_keys
 
+
 @dataclass
 class ChainHistory:
     """Grow the chains of `store`, validated and certified by `keys` (all the validators)."""

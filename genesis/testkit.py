@@ -25,14 +25,14 @@ from chain.transition import apply_block, build_block
 from chain.types import (
     CHAIN_IDS,
     STEP_PRECOMMIT,
+    ZERO_PUBKEY,
+    ZERO_SIGNATURE,
     Block,
     CommitCertificate,
     Transaction,
     TxBody,
     ValidatorSet,
     Vote,
-    ZERO_PUBKEY,
-    ZERO_SIGNATURE,
 )
 from genesis.params import test_params
 

@@ -41,15 +41,29 @@ SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-from benchlib import (  # noqa: E402 - the path above comes first
-    DEFAULT_OUT, SECTIONS, Config, Row, Section, SectionResult, SectionRun, Skip, Stat, fmt_rate,
-    fmt_time, load_average, machine_info, render_markdown, render_table, section,
-)
 import bench_core  # noqa: E402,F401 - registers its sections
-import bench_gpu  # noqa: E402,F401 - registers its sections
-import bench_net  # noqa: E402,F401 - registers its sections
 import bench_fastsync  # noqa: E402,F401 - registers its sections
+import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_infer  # noqa: E402,F401 - registers its sections
+import bench_net  # noqa: E402,F401 - registers its sections
+from benchlib import (  # noqa: E402 - the path above comes first
+    DEFAULT_OUT,
+    SECTIONS,
+    Config,
+    Row,
+    Section,
+    SectionResult,
+    SectionRun,
+    Skip,
+    Stat,
+    fmt_rate,
+    fmt_time,
+    load_average,
+    machine_info,
+    render_markdown,
+    render_table,
+    section,
+)
 
 __all__ = ["SECTIONS", "Row", "Section", "SectionRun", "Stat", "fmt_rate", "fmt_time", "main", "section"]
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from benchlib import MiB, Row, SectionRun, Stat, fmt_rate, fmt_time, section
 
-
 # --- shared fixtures ---------------------------------------------------------------------------
 
 
@@ -213,7 +212,7 @@ def bench_chain(run: SectionRun) -> None:
                     if not warm:
                         clear_chain_caches()  # a node importing blocks it has not seen yet
                     gc.collect()
-                    for index, (block, commit) in enumerate(zip(blocks, commits)):
+                    for index, (block, commit) in enumerate(zip(blocks, commits, strict=True)):
                         start = time.perf_counter()
                         store.import_block(block, ctx, commit)
                         per_block.append(time.perf_counter() - start)
@@ -362,7 +361,7 @@ def bench_state(run: SectionRun) -> None:
         return merkle.compute_root([compute_bucket_hash(b) for b in buckets_after], BUCKET_ARITY)
 
     assert full_rehash() == ours()
-    touched = len({i for i, (a, b) in enumerate(zip(state.bucket_hashes, after.bucket_hashes)) if a != b})
+    touched = len({i for i, (a, b) in enumerate(zip(state.bucket_hashes, after.bucket_hashes, strict=True)) if a != b})
     what = f"with_changes + root: {n_changed} of {n_accounts:,} accounts"
     o, b = run.time_pair(ours, dict_copy, repeat)
     run.time_row("state.apply.vs_dict", what, o, b, "flat dict copy + update (no root)", per="blocks/s")

@@ -11,7 +11,7 @@ from benchlib import Row, SectionRun, section
 PROMPT = "The expert"
 
 
-def _wait(condition, deadline: float) -> None:  # noqa: ANN001
+def _wait(condition, deadline: float) -> None:
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("devnet did not come up")
@@ -51,8 +51,8 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
     "Greedy; the two produce the same tokens (tests/node/test_devnet_inference.py checks it).",
 ])
 def bench_inference(run: SectionRun) -> None:
-    from node.app.devnet import find_free_ports, prepare_devnet, start_nodes, stop_nodes
     from node.api.client import RPCClient
+    from node.app.devnet import find_free_ports, prepare_devnet, start_nodes, stop_nodes
     from node.cli.connect import find_rpc
 
     tokens = run.pick(32, 8)
@@ -115,11 +115,11 @@ def _bench_simulated(run: SectionRun, tokens: int) -> None:
     from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
     from gpu.model import MoEConfig, init_seeded
     from gpu.weights import encode_block, make_tensor_record
-    from node.experts.config import ExpertsConfig
     from node.app.devnet import assign_experts
+    from node.experts.config import ExpertsConfig
+    from node.experts.inference import InlineCompute
     from node.experts.service import ExpertService
     from node.experts.weights import StaticModelView
-    from node.experts.inference import InlineCompute
     from p2p.sim import SimNetworkHub
 
     spec = ModelSpec("bench-moe", "0.1.0", 256, 128, 2, 4, 4, 2, 256, 128, 7)

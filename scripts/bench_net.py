@@ -142,7 +142,7 @@ async def open_raw(n: int, topic: str, receipts: Receipts) -> AsyncIterator[list
                     Multiaddr(f"/p2p/{other.get_id()}"))))
             nursery.start_soon(read, i, await pubsub.subscribe(topic))
             nodes.append((host, pubsub, router))
-        for host, pubsub, router in nodes:
+        for host, _pubsub, _router in nodes:
             for peer in list(host.get_network().connections):
                 with trio.move_on_after(10.0):
                     await router.wait_for_mesh(peer, topic, timeout=10.0)
@@ -151,7 +151,7 @@ async def open_raw(n: int, topic: str, receipts: Receipts) -> AsyncIterator[list
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(5.0):
-                for host, pubsub, router in reversed(nodes):  # leave before hanging up
+                for _host, pubsub, router in reversed(nodes):  # leave before hanging up
                     for service in (router, pubsub):
                         await service.manager.stop()
                 for host, _, _ in nodes:
@@ -196,7 +196,7 @@ async def run_gossip(n: int, rounds: int, per_round: int, warmup: int) -> dict[s
         result["setup_s"] = time.perf_counter() - started
         await trio.sleep(0.2)
         next_index = 1
-        for label, pubs, receipts in (("ours", ours, ours_r), ("raw", raw, raw_r)):
+        for _label, pubs, receipts in (("ours", ours, ours_r), ("raw", raw, raw_r)):
             await measure_latencies(pubs, receipts, next_index, warmup)  # meshes settle
             next_index += warmup
         for _ in range(rounds):
@@ -255,7 +255,7 @@ def bench_gossip(run: SectionRun) -> None:
     ))
     run.row(Row(
         name=f"gossip.{n}nodes.p95",
-        what=f"the same, 95th percentile",
+        what="the same, 95th percentile",
         ours=o.p95, baseline=b.p95, unit="s",
         ours_text=fmt_time(o.p95), baseline_text=fmt_time(b.p95),
         baseline_what="raw py-libp2p gossipsub",
@@ -298,7 +298,8 @@ def bench_sync(run: SectionRun) -> None:
     validators = fixture.chains.validators
     ctx = dataclasses.replace(fixture.chains.context(), prev_validators=validators,
                               check_last_commit=True)
-    checks = [signature_checks(block, commit, network, validators) for block, commit in zip(blocks, commits)]
+    checks = [signature_checks(block, commit, network, validators)
+              for block, commit in zip(blocks, commits, strict=True)]
     n_sigs = [len(c) for c in checks]
 
     per_block: list[float] = []
@@ -310,7 +311,7 @@ def bench_sync(run: SectionRun) -> None:
                 clear_chain_caches()
                 gc.collect()
                 state = store.state(blocks[0].header.chain_id)
-                for index, (block, commit) in enumerate(zip(blocks, commits)):
+                for index, (block, commit) in enumerate(zip(blocks, commits, strict=True)):
                     start = time.perf_counter()
                     verify_commit(block.header.chain_id, block.header.height, block.hash(), commit,
                                   validators, network)

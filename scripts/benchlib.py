@@ -429,7 +429,7 @@ def render_table(results: list[SectionResult]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     out = []
     for i, row in enumerate(table):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chain.crypto import parse_address
-from chain.types import CHAIN_IDS, CHAIN_NAMES
+from chain.types import CHAIN_NAMES
 from node.api.client import INVALID_PARAMS, RPCError
 from node.api.services import Services
 
@@ -65,7 +65,7 @@ def bind_params(method: Method, params: Any) -> dict[str, Any]:
     elif isinstance(params, list):
         if len(params) > len(names):
             raise bad_params(f"{method.name} takes at most {len(names)} params, got {len(params)}")
-        args = dict(zip(names, params))
+        args = dict(zip(names, params, strict=False))
     else:
         unknown = sorted(set(params) - set(names))
         if unknown:

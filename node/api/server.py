@@ -42,7 +42,6 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from chain.errors import ConfigError
-from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.client import (
     COOKIE_USER,
     INTERNAL_ERROR,
@@ -52,6 +51,7 @@ from node.api.client import (
     RATE_LIMITED,
     RPCError,
 )
+from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.methods import METHODS
 from node.api.params import SERVICE_UNAVAILABLE, bind_params
 from node.api.services import ExpertsAPI, Services, SyncStatus

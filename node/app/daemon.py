@@ -22,8 +22,8 @@ import trio
 
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey, load_key
-from chain.store import ChainStore
 from chain.reward import get_validator_set
+from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
 from gpu.devices import compute_tier, discover_devices
 from gpu.loader import BlobLoader

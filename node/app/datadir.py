@@ -9,9 +9,11 @@ from pathlib import Path
 from chain import codec, crypto
 from chain.blobs import BlobStore
 from chain.errors import ConfigError, DecodingError, StoreLocked
+from chain.kv import COL_GENESIS
 from chain.leveldb import LevelDBKV
 from chain.pact import GenesisPact, compute_genesis_hash, validate_pact
 from chain.store import ChainStore
+from genesis.devnet import build_devnet_pact
 from node.app.config import (
     BLOBS_DIR,
     CHAINS_DIR,
@@ -54,8 +56,6 @@ def load_pact_file(path: Path) -> GenesisPact:
 
 def builtin_pact(network: str, blobs: BlobStore | None) -> GenesisPact:
     if network == "devnet":
-        from genesis.devnet import build_devnet_pact
-
         return build_devnet_pact(store_blob=blobs.put if blobs else None)
     raise ConfigError(f"no built-in genesis for network {network!r}; pass --genesis FILE")
 
@@ -101,8 +101,6 @@ def init_data_dir(
 
     kv = open_kv(data_dir)
     try:
-        from chain.kv import COL_GENESIS
-
         created_chains = kv.get(COL_GENESIS + b"pact") is None
         ChainStore.open(kv, pact)
     finally:

@@ -12,12 +12,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from chain import codec
 from chain.blobs import BlobStore
+from chain.crypto import save_key
 from chain.tensors import ModelSpec
+from genesis.devnet import build_devnet_pact, dev_validator_key, faucet_key
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, load_config, save_config
 from node.app.datadir import init_data_dir
@@ -67,8 +70,6 @@ def find_free_ports(n: int) -> int:
 
 def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600) -> list[Path]:
     """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent)."""
-    from genesis.devnet import build_devnet_pact, dev_validator_key
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     blobs: list[bytes] = []
@@ -79,9 +80,6 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
         pact_path.write_bytes(encoded)
     faucet_file = root / "faucet.key"
     if not faucet_file.exists():  # the funded dev account, for `blyan tx transfer --key`
-        from chain.crypto import save_key
-        from genesis.devnet import faucet_key
-
         save_key(faucet_key(), faucet_file)
     boot_key = dev_validator_key(0)
     bootstrap = f"/ip4/127.0.0.1/tcp/{base_port}/p2p/{compute_peer_id(boot_key.seed)}"
@@ -146,8 +144,14 @@ def describe(dirs: list[Path]) -> list[dict]:
     return out
 
 
-def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo) -> int:  # noqa: ANN001
-    """Prepare, start, print, and stay in the foreground until Ctrl-C or a node dies."""
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo: Callable[[str], None]) -> int:
+    """Prepare, start, print, and stay in the foreground until Ctrl-C, SIGTERM or a node dies;
+    then stop every node cleanly."""
+    signal.signal(signal.SIGTERM, _interrupt)  # a `kill` of the devnet stops its nodes too
     dirs = prepare_devnet(root, nodes, base_port, rpc_base_port)
     procs = start_nodes(dirs)
     echo(f"devnet: {nodes} validators on 127.0.0.1 (dev keys, INSECURE), data in {root}")

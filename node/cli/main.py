@@ -8,10 +8,17 @@ import sys
 from pathlib import Path
 
 import click
+import trio
 
 from chain import crypto
 from chain.errors import BlyanError
 from chain.types import CHAIN_IDS, CHAIN_NAMES
+from genesis.corpus import get_stdlib_root
+from genesis.devnet import dev_validator_key
+from node.app.datadir import init_data_dir, open_store
+from node.cli.remote import register as register_remote_commands
+from node.sim.scenario import SimConfig
+from node.sim.simulation import run_sim
 
 DATA_DIR_HELP = "Node data directory (keys, config, chains, blobs)."
 
@@ -39,12 +46,8 @@ def main(log_level: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def init(network: str, data_dir: Path, genesis_file: Path | None, dev_validator: int | None, as_json: bool) -> None:
     """Create a data dir: node key, config, genesis and the chains at height 0."""
-    from node.app.datadir import init_data_dir
-
     key = None
     if dev_validator is not None:
-        from genesis.devnet import dev_validator_key
-
         key = dev_validator_key(dev_validator, network)
     try:
         result = init_data_dir(data_dir, network, genesis_file, key)
@@ -78,8 +81,6 @@ def chain() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def chain_show(data_dir: Path, as_json: bool) -> None:
     """Height, head hash and state root of each chain."""
-    from node.app.datadir import open_store
-
     try:
         config, store = open_store(data_dir)
     except (BlyanError, OSError) as err:
@@ -115,9 +116,7 @@ def node() -> None:
               help=DATA_DIR_HELP)
 def node_run(data_dir: Path) -> None:
     """Run the daemon until SIGINT or SIGTERM: chains, libp2p, consensus, RPC."""
-    import trio
-
-    from node.app.daemon import run_until_signal
+    from node.app.daemon import run_until_signal  # torch and libp2p: only the daemon needs them
 
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     try:
@@ -133,7 +132,7 @@ def node_run(data_dir: Path) -> None:
 @click.option("--rpc-base-port", default=18600, show_default=True, help="RPC port of node 0 (node i: +i).")
 def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int) -> None:
     """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys)."""
-    from node.app.devnet import run_devnet
+    from node.app.devnet import run_devnet  # libp2p (peer ids): only a devnet needs it
 
     try:
         code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo)
@@ -161,8 +160,12 @@ def genesis() -> None:
 def genesis_build(out: Path, steps: int | None, minutes: float | None, seed: int | None, threads: int | None,
                   corpus_bytes: int | None, stdlib: Path | None) -> None:
     """Train the genesis MoE reproducibly on the stdlib sources and write its artifact."""
-    from genesis.build import build_artifact, compute_steps_for_minutes, make_build_config, save_artifact
-    from genesis.corpus import get_stdlib_root
+    from genesis.build import (  # torch and tokenizers: only a build needs them
+        build_artifact,
+        compute_steps_for_minutes,
+        make_build_config,
+        save_artifact,
+    )
 
     if steps is not None and minutes is not None:
         _fail("give --steps or --minutes, not both")
@@ -204,8 +207,6 @@ def _parse_seeds(text: str) -> range:
 def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: int, seeds: str | None,
         duration: float, tx_rate: float, as_json: bool) -> None:
     """Run the deterministic network simulation and check its invariants."""
-    from node.sim.simulation import SimConfig, run_sim
-
     kinds = tuple(k for k in faults.split(",") if k)
     try:
         configs = [
@@ -224,8 +225,8 @@ def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: i
             click.echo(f"{mark} seed {cfg.seed:>6}  heights {report['heights']}  wall {report['wall_seconds']:.2f}s")
     failed = [r for r in reports if not r["ok"]]
     if as_json:
-        click.echo(json.dumps(reports[0] if len(reports) == 1 else
-                              {"runs": len(reports), "failed": [r["seed"] for r in failed], "reports": reports}, indent=2))
+        sweep = {"runs": len(reports), "failed": [r["seed"] for r in failed], "reports": reports}
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else sweep, indent=2))
     else:
         if len(reports) == 1:
             r = reports[0]
@@ -240,9 +241,7 @@ def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: i
     sys.exit(1 if failed else 0)
 
 
-from node.cli.remote import register as _register_rpc_commands  # noqa: E402 - verbs over RPC
-
-_register_rpc_commands(main)
+register_remote_commands(main)  # the verbs that talk to a node over RPC
 
 
 if __name__ == "__main__":

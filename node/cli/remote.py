@@ -23,10 +23,10 @@ from chain.crypto import KIND_TX, PrivateKey, format_address, load_key, parse_ad
 from chain.errors import BlyanError
 from chain.payloads import Stake, Transfer, Unstake
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Transaction, TxBody
-from node.app.config import KEY_FILE
-from node.core.progress import format_progress
 from node.api.client import RPCClient
+from node.app.config import KEY_FILE
 from node.cli.connect import find_rpc
+from node.core.progress import format_progress
 
 
 def _fail(message: str) -> None:

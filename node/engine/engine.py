@@ -24,13 +24,13 @@ import trio
 from chain import codec
 from chain.codec import decode
 from chain.commit import validate_evidence, validate_signed_vote
+from chain.context import Context
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
 from chain.params import ChainParams
 from chain.payloads import DuplicateVoteEvidence, Slash
 from chain.state import State
 from chain.store import ChainStore
-from chain.context import Context
 from chain.types import (
     CHAIN_IDS,
     CHAIN_REWARD,
@@ -42,13 +42,13 @@ from chain.types import (
 )
 from consensus.evidence import EvidencePool, make_slash_txs
 from consensus.mempool import AddResult, Mempool, Outcome
-from node.core.feed import Committed, Feed, Penalized, PeerAhead, RoundStarted, TxAdmitted
+from node.core.feed import Committed, Feed, PeerAhead, Penalized, RoundStarted, TxAdmitted
 from node.core.ports import ImportReport
 from node.engine.config import EngineConfig
 from node.engine.earnings import PendingEarnings
 from node.engine.ports import BlockBuilder
 from node.engine.runner import ChainRunner
-from node.engine.signing import OwnVoteLog, SignGuard, Signer
+from node.engine.signing import OwnVoteLog, Signer, SignGuard
 from node.engine.validators import KnownValidatorSets
 from node.engine.wire import (
     PROTOCOL_PROPOSAL,

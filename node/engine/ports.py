@@ -13,15 +13,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from chain.context import Context
 from chain.params import ChainParams
 from chain.payloads import DuplicateVoteEvidence
 from chain.state import State
-from chain.context import Context
 from chain.transition import build_block
 from chain.types import Block, BlockHeader, CommitCertificate, Transaction, ValidatorSet
 from consensus.mempool import Mempool
 from node.engine.config import EngineConfig
-from node.engine.signing import OwnVoteLog, SignGuard, Signer
+from node.engine.signing import OwnVoteLog, Signer, SignGuard
 from p2p.network import PeerId
 
 

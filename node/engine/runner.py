@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from chain.commit import InvalidCommit, verify_commit
+from chain.context import Context
 from chain.errors import (
     BlyanError,
     DecodingError,
@@ -24,7 +25,6 @@ from chain.errors import (
     StoreError,
 )
 from chain.state import Overlay, State
-from chain.context import Context
 from chain.transition import apply_block, apply_tx
 from chain.types import CHAIN_NAMES, Block, CommitCertificate, ValidatorSet
 from chain.votes import SignedVote, Vote

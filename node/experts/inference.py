@@ -28,7 +28,9 @@ import trio
 from torch import Tensor
 
 from chain import codec
-from gpu.model import MoEModel, combine_expert_outputs
+from gpu.model import MoEModel, Routing, combine_expert_outputs
+from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
+from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts
 from node.experts.wire import (
     MAX_FORWARD_BYTES,
@@ -43,8 +45,6 @@ from node.experts.wire import (
     is_close,
     validate_response,
 )
-from node.experts.registry import ExpertRegistry
-from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
 from p2p.network import Network, RequestFailed
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Compute(Protocol):
 
 
 class ThreadCompute:
-    """Torch off the event loop: one worker thread at a time per limiter (STYLE rule 14)."""
+    """Torch off the event loop: one worker thread at a time per limiter (blocking work stays off the event loop)."""
 
     def __init__(self, limiter: trio.CapacityLimiter | None = None) -> None:
         self.limiter = limiter or trio.CapacityLimiter(1)
@@ -164,7 +164,7 @@ class Executor:
         used: dict[int, str] = {}
         pending = dict(routes)
         exclude: set[str] = set()
-        for attempt in range(self.config.max_attempts):
+        for _attempt in range(self.config.max_attempts):
             plan = self._plan(layer, pending, heads, exclude)
             failed: list[NodeTask] = []
             async with trio.open_nursery() as nursery:
@@ -178,7 +178,7 @@ class Executor:
         raise InferenceFailed(layer, f"experts {sorted(pending)} failed {self.config.max_attempts} times")
 
     def _plan(self, layer: int, pending: dict[int, tuple[int, ...]], heads: dict[ExpertKey, bytes],
-              exclude: set[str]):  # noqa: ANN202
+              exclude: set[str]) -> list[NodeTask]:
         now = trio.current_time()
         wanted = {(layer, e): heads[(layer, e)] for e in pending}
         served = [] if LOCAL in exclude else [e for e in pending if self.local.is_served((layer, e), heads[(layer, e)])]
@@ -263,7 +263,7 @@ def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _combine(routing, outputs: dict[int, Tensor], x: Tensor) -> Tensor:  # noqa: ANN001
+def _combine(routing: Routing, outputs: dict[int, Tensor], x: Tensor) -> Tensor:
     return x + combine_expert_outputs(routing, outputs).view_as(x)  # [B, T, D]
 
 

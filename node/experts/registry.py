@@ -127,7 +127,7 @@ class ExpertRegistry:
                 "latency_ms": None if e.latency_s is None else round(e.latency_s * 1000, 3),
                 "strikes": e.strikes, "benched": e.benched_until > now,
                 "expires_in_s": round(max(0.0, e.expires_at - now), 3),
-                "experts": [{"layer": l, "expert": x, "block_hash": h.hex()}
-                            for (l, x), h in sorted(e.offers.items())],
+                "experts": [{"layer": layer, "expert": x, "block_hash": h.hex()}
+                            for (layer, x), h in sorted(e.offers.items())],
             })
         return rows

@@ -21,14 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from tokenizers import Tokenizer
 
 from chain import codec
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
 from chain.errors import ConfigError, StoreError
-from chain.tensors import TOKENIZER_BLOCK
+from chain.records import ExpertState
+from chain.tensors import TOKENIZER_BLOCK, TensorRecord
 from gpu.loader import BlobLoader
+from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokenizer_block
 from node.experts.config import ExpertsConfig
+from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
+from node.experts.registry import ExpertRegistry
+from node.experts.tiles import RepairFailed, TileService
 from node.experts.weights import (
     ExpertKey,
     LocalExperts,
@@ -60,9 +66,6 @@ from node.experts.wire import (
     validate_announcement,
     validate_request,
 )
-from node.experts.registry import ExpertRegistry
-from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
-from node.experts.tiles import TileService
 from p2p.network import Clock, Network, PeerId, Verdict, protocol_name, topic_name
 
 logger = logging.getLogger(__name__)
@@ -98,13 +101,11 @@ class ByteTokenizer:
 class BlockTokenizer:
     """The tokenizer a parameter-chain tokenizer block carries (`gpu.tokenizer`)."""
 
-    def __init__(self, tok: Any) -> None:
+    def __init__(self, tok: Tokenizer) -> None:
         self.tok = tok
 
     @classmethod
-    def load(cls, blobs: BlobStore | None, state: Any) -> BlockTokenizer:
-        from gpu.tokenizer import InvalidTokenizer, load_tokenizer_block
-
+    def load(cls, blobs: BlobStore | None, state: ExpertState) -> BlockTokenizer:
         if blobs is None:
             raise WeightsUnavailable(TOKENIZER_BLOCK, "no blob store")
         try:
@@ -113,13 +114,9 @@ class BlockTokenizer:
             raise WeightsUnavailable(TOKENIZER_BLOCK, str(err)) from err
 
     def encode(self, text: str) -> list[int]:
-        from gpu.tokenizer import encode_text
-
         return encode_text(self.tok, text)
 
     def decode(self, tokens: list[int]) -> str:
-        from gpu.tokenizer import decode_ids
-
         return decode_ids(self.tok, tokens)
 
 
@@ -175,7 +172,7 @@ class ExpertService:
 
     # --- running ------------------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    async def run(self, *, task_status: trio.TaskStatus[ExpertService] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the served experts, listen, then announce every interval until cancelled."""
         if self.tiles is not None:
             self.tiles.register(self.net)
@@ -200,11 +197,9 @@ class ExpertService:
                 nursery.start_soon(self._repair_and_serve, broken)
             task_status.started(self)
 
-    async def _repair_and_serve(self, broken: list) -> None:  # noqa: ANN001
+    async def _repair_and_serve(self, broken: list[tuple[ExpertKey, TensorRecord]]) -> None:
         """Fetch the bad or missing tiles of experts we should serve from peers, each tile
         checked against the chain's root, then serve them. Retried as peers come and go."""
-        from node.experts.tiles import RepairFailed
-
         delay = 1.0
         while broken:
             peers = self.net.peers()

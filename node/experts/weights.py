@@ -14,7 +14,7 @@ loadable yet (`WeightsUnavailable`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,11 +26,13 @@ from chain.errors import CorruptBlob, StoreError
 from chain.parameter import get_expert
 from chain.records import ExpertState
 from chain.state import Overlay
+from chain.store import ChainStore
 from chain.tensors import ModelSpec, TensorRecord
 from chain.types import CHAIN_PARAMETER
 from gpu.cache import ExpertCache
 from gpu.loader import BlobLoader
 from gpu.model import Expert, MoEConfig, MoEModel
+from gpu.weights import decode_block
 from node.experts.wire import ExpertError
 
 ExpertKey = tuple[int, int]
@@ -54,8 +56,6 @@ def load_block_tensors(blobs: BlobStore | None, record: TensorRecord,
     """The seam between a chain record and tensors. With a `BlobLoader`: the blob mapped, its
     tiles checked against the record's Merkle root once per file version, tensors viewed in
     place (zero-copy); without: read, digest-checked and decoded (tests, tools)."""
-    from gpu.weights import decode_block
-
     if blobs is None:
         raise WeightsUnavailable(record.name, "no blob store")
     if not blobs.has(record.blob_id):
@@ -93,7 +93,7 @@ class ChainRecords(Mapping):
     def __getitem__(self, blob_id: bytes) -> TensorRecord:
         return self._records()[blob_id]
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self._records())
 
     def __len__(self) -> int:
@@ -111,7 +111,7 @@ class ModelView(Protocol):
 class StoreModelView:
     """The model as the node's parameter chain has it now."""
 
-    def __init__(self, store) -> None:  # noqa: ANN001 - a ChainStore
+    def __init__(self, store: ChainStore) -> None:
         self.store = store
         self.spec = store.pact.model
 

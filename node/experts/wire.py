@@ -14,12 +14,15 @@ one output per item and the block hash actually used. Both have hard size caps.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 
 from chain import codec, crypto
 from chain.codec import U8, U16, U32, U64, Bytes, Hash32, PubKey, Seq, Signature, Str, wire
 from chain.errors import BlyanError, DecodingError
+
+T = TypeVar("T")
 
 TOPIC_EXPERTS = "experts"
 PROTOCOL_EXPERT_FORWARD = "expert_forward"
@@ -186,14 +189,14 @@ def validate_response(resp: ForwardResponse, req: ForwardRequest) -> None:
     """One output per item, same experts, same block hashes, same row counts."""
     if len(resp.outputs) != len(req.items):
         raise InvalidExpertMessage(f"{len(resp.outputs)} outputs for {len(req.items)} experts")
-    for out, it in zip(resp.outputs, req.items):
+    for out, it in zip(resp.outputs, req.items, strict=True):
         if out.expert != it.expert or out.rows != it.rows:
             raise InvalidExpertMessage(f"output for expert {out.expert} x{out.rows}, asked {it.expert} x{it.rows}")
         if out.block_hash != it.block_hash:
             raise InvalidExpertMessage(f"expert {it.expert} computed with other weights")
 
 
-def decode_message(cls: type, data: bytes, max_size: int):  # noqa: ANN205
+def decode_message(cls: type[T], data: bytes, max_size: int) -> T:
     """`codec.decode` whose failure is an `InvalidExpertMessage` too (one except clause)."""
     try:
         return codec.decode(cls, data, max_size=max_size)

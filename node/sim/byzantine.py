@@ -21,10 +21,10 @@ import trio
 from chain import codec
 from chain.codec import decode
 from chain.commit import sign_vote
+from chain.context import Context
 from chain.crypto import PrivateKey
 from chain.errors import BlyanError, DecodingError
 from chain.state import State
-from chain.context import Context
 from chain.types import Block, CommitCertificate, Transaction, ValidatorSet
 from chain.votes import NIL, Vote
 from node.engine.ports import BlockBuilder

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from chain import codec
 from chain.commit import InvalidCommit, verify_commit
+from chain.context import Context
 from chain.errors import BlyanError, InvalidBlock, MissingDependency
 from chain.kv import MemoryKV
 from chain.pact import GenesisPact
 from chain.records import STATUS_APPROVED, DatasetRecord, Earning, dataset_key, earning_key, paid_key
 from chain.reward import get_validator_set, validate_supply
 from chain.store import ChainStore
-from chain.context import Context
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, ValidatorSet
 from node.core.feed import Feed, Penalized, RoundStarted, Subscription, VoteSigned
 

@@ -15,6 +15,7 @@ import random
 
 from chain import codec, crypto
 from chain.dataset import REQUIRED_CHECKS
+from chain.pact import GenesisPact
 from chain.payloads import (
     AuditCheck,
     AuditReport,
@@ -26,7 +27,6 @@ from chain.payloads import (
     SignedPolVote,
     SubmitDelta,
 )
-from chain.pact import GenesisPact
 from chain.records import (
     STATUS_AUDITED,
     STATUS_PENDING,

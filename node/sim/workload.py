@@ -14,8 +14,8 @@ from typing import Protocol
 
 from chain import codec, crypto
 from chain.dataset import REQUIRED_CHECKS, solve_pow
-from chain.payloads import AuditCheck, AuditReport, Stake, SubmitDataset, Transfer, Unstake
 from chain.pact import GenesisPact
+from chain.payloads import AuditCheck, AuditReport, Stake, SubmitDataset, Transfer, Unstake
 from chain.store import ChainStore
 from chain.types import CHAIN_DATASET, CHAIN_REWARD, Transaction, TxBody
 from node.sim.scenario import SIM_NETWORK, SimConfig

@@ -24,6 +24,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+import trio
 
 from chain import codec, merkle
 from chain.commit import InvalidCommit, verify_commit
@@ -34,24 +37,31 @@ from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Block, CommitCerti
 from node.core.progress import RateMeter, format_progress
 from node.sync.wire import (
     MAX_BUCKETS_PER_RESPONSE,
+    PROTOCOL_BLOCKS,
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
+    PROTOCOL_HANDSHAKE,
     PROTOCOL_SNAPSHOTS,
     PROTOCOL_TRUST_PATH,
+    BlocksRequest,
+    BlocksResponse,
+    Bucket,
     BucketHashesRequest,
     BucketHashesResponse,
     BucketsRequest,
     BucketsResponse,
+    Handshake,
     SnapshotOffer,
     SnapshotsRequest,
     SnapshotsResponse,
     TrustPathRequest,
     TrustPathResponse,
 )
-from node.sync.wire import PROTOCOL_BLOCKS, BlocksRequest, BlocksResponse
-from p2p.network import PeerId, RequestFailed
+from p2p.network import Network, PeerId, RequestFailed, protocol_name
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Request = Callable[[str, bytes, int], Awaitable[bytes]]
 """`request(protocol short name, body, max response bytes) -> response body` to one peer."""
@@ -94,7 +104,7 @@ class SnapshotClient:
         self.network_id = store.pact.network_id
         self.report = FastSyncReport()
 
-    async def call(self, protocol: str, msg: object, cls: type, max_size: int = MAX_RESPONSE_BYTES):  # noqa: ANN201
+    async def call(self, protocol: str, msg: object, cls: type[T], max_size: int = MAX_RESPONSE_BYTES) -> T:
         data = await self._request(protocol, codec.encode(msg), max_size)
         self.report.bytes += len(data)
         try:
@@ -106,8 +116,6 @@ class SnapshotClient:
 
     async def check_handshake(self) -> None:
         """Refuse a peer of another network or genesis before asking it anything else."""
-        from node.sync.wire import PROTOCOL_HANDSHAKE, Handshake
-
         data = await self._request(PROTOCOL_HANDSHAKE, b"", 4096)
         try:
             theirs = codec.decode(Handshake, data, max_size=4096)
@@ -122,7 +130,8 @@ class SnapshotClient:
         resp: SnapshotsResponse = await self.call(PROTOCOL_SNAPSHOTS, SnapshotsRequest(1), SnapshotsResponse)
         best: dict[int, SnapshotOffer] = {}
         for offer in resp.offers:
-            if offer.chain_id in CHAIN_IDS and (offer.chain_id not in best or offer.height > best[offer.chain_id].height):
+            held = best.get(offer.chain_id)
+            if offer.chain_id in CHAIN_IDS and (held is None or offer.height > held.height):
                 best[offer.chain_id] = offer
         return best
 
@@ -166,7 +175,8 @@ class SnapshotClient:
                     break
         return sets
 
-    async def get_certified_block(self, offer: SnapshotOffer, sets: list[ValidatorSet]) -> tuple[Block, CommitCertificate]:
+    async def get_certified_block(self, offer: SnapshotOffer,
+                                  sets: list[ValidatorSet]) -> tuple[Block, CommitCertificate]:
         """The snapshot's block and a commit of >2/3 of a trusted set (check 2)."""
         resp: BlocksResponse = await self.call(PROTOCOL_BLOCKS, BlocksRequest(offer.chain_id, offer.height, 1),
                                                BlocksResponse, max_size=64 * 1024 * 1024)
@@ -202,8 +212,8 @@ class SnapshotClient:
         meter.add(time.perf_counter(), 0)
         while len(buckets) < N_BUCKETS:
             first = len(buckets)
-            resp: BucketsResponse = await self.call(
-                PROTOCOL_BUCKETS, BucketsRequest(h.chain_id, h.height, first, MAX_BUCKETS_PER_RESPONSE), BucketsResponse)
+            req = BucketsRequest(h.chain_id, h.height, first, MAX_BUCKETS_PER_RESPONSE)
+            resp: BucketsResponse = await self.call(PROTOCOL_BUCKETS, req, BucketsResponse)
             if not resp.buckets:
                 raise FastSyncError("peer no longer holds the snapshot")
             for bucket in resp.buckets:
@@ -234,7 +244,7 @@ class SnapshotClient:
         return self.report
 
 
-def validate_bucket(bucket, index: int, hashes: tuple[bytes, ...]) -> dict[bytes, bytes]:  # noqa: ANN001
+def validate_bucket(bucket: Bucket, index: int, hashes: tuple[bytes, ...]) -> dict[bytes, bytes]:
     """The entries of bucket `index` if they hash to `hashes[index]` and all belong there."""
     if bucket.index != index:
         raise FastSyncError(f"bucket {bucket.index} sent where {index} was due", True)
@@ -248,9 +258,8 @@ def validate_bucket(bucket, index: int, hashes: tuple[bytes, ...]) -> dict[bytes
     return entries
 
 
-def peer_request(net, network_id: str, peer: PeerId, timeout_s: float) -> Request:  # noqa: ANN001
+def peer_request(net: Network, network_id: str, peer: PeerId, timeout_s: float) -> Request:
     """A `Request` to one peer over a `p2p.network.Network`."""
-    from p2p.network import protocol_name
 
     async def request(protocol: str, data: bytes, max_size: int) -> bytes:
         try:
@@ -261,13 +270,12 @@ def peer_request(net, network_id: str, peer: PeerId, timeout_s: float) -> Reques
     return request
 
 
-async def run_fast_sync(store: ChainStore, net, known_sets: dict[bytes, ValidatorSet], *,  # noqa: ANN001
+async def run_fast_sync(store: ChainStore, net: Network, known_sets: dict[bytes, ValidatorSet], *,
                         min_gap: int, peer_wait_s: float, timeout_s: float = 10.0,
                         max_peers: int = 3) -> FastSyncReport | None:
     """At start: wait for a peer; if one is `min_gap` or more reward blocks ahead, install its
     snapshots. Returns None when there was no peer, nobody far enough ahead, or every try failed
     (the engine then catches up block by block). A peer caught sending false data is penalised."""
-    import trio
 
     arrived = trio.Event()
     net.on_peer_event(lambda peer, connected: arrived.set() if connected else None)

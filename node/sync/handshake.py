@@ -15,8 +15,8 @@ from chain.codec import decode
 from chain.errors import BlyanError, DecodingError
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS
-from node.sync.wire import PROTOCOL_HANDSHAKE, ChainHead, Handshake
 from node.core.ports import NodeHandle
+from node.sync.wire import PROTOCOL_HANDSHAKE, ChainHead, Handshake
 from p2p.network import PeerId, protocol_name
 
 logger = logging.getLogger(__name__)

@@ -16,14 +16,19 @@ from chain import codec
 from chain.state import N_BUCKETS, State
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD, ValidatorSet
+from node.sync.blocks import compute_blocks_response
+from node.sync.handshake import compute_handshake
 from node.sync.wire import (
-    PROTOCOL_BUCKET_HASHES,
-    PROTOCOL_BUCKETS,
-    PROTOCOL_SNAPSHOTS,
-    PROTOCOL_TRUST_PATH,
     MAX_BUCKET_RESPONSE_BYTES,
     MAX_BUCKETS_PER_RESPONSE,
     MAX_TRUST_STEPS,
+    PROTOCOL_BLOCKS,
+    PROTOCOL_BUCKET_HASHES,
+    PROTOCOL_BUCKETS,
+    PROTOCOL_HANDSHAKE,
+    PROTOCOL_SNAPSHOTS,
+    PROTOCOL_TRUST_PATH,
+    BlocksRequest,
     Bucket,
     BucketHashesRequest,
     BucketHashesResponse,
@@ -37,9 +42,6 @@ from node.sync.wire import (
     TrustPathResponse,
     TrustStep,
 )
-from node.sync.blocks import compute_blocks_response
-from node.sync.handshake import compute_handshake
-from node.sync.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE, BlocksRequest
 from p2p.network import PeerId
 
 logger = logging.getLogger(__name__)

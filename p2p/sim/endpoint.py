@@ -21,7 +21,6 @@ from p2p.sim.ports import Switchboard
 from p2p.sim.requests import send_request
 from p2p.sim.wire import HeapEntry
 
-
 logger = logging.getLogger(__name__)
 
 

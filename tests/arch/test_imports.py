@@ -73,7 +73,7 @@ def test_checker_catches_a_wrong_arrow(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import node.cli\nfrom consensus import tendermint\nimport trio\n")
     found = []
-    for lineno, name in iter_imports(probe):
+    for _lineno, name in iter_imports(probe):
         top = name.split(".")[0]
         if top in OURS and top not in ALLOWED["chain"] or top in PURE_FORBIDDEN:
             found.append(name)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from chain.context import Context
 from chain.leveldb import LevelDBKV
-from chain.payloads import Transfer
 from chain.pact import GenesisPact, compute_genesis_validators
+from chain.payloads import Transfer
 from chain.store import ChainStore
 from chain.transition import build_block, get_nonce
 from chain.types import CHAIN_REWARD, Transaction

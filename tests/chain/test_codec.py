@@ -42,7 +42,6 @@ from chain.types import (
     Vote,
 )
 
-
 # --- golden bytes ---------------------------------------------------------------------------
 
 ADDR_0_19 = bytes(range(20))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chain import codec, merkle, payloads, params, tensors, votes
+from chain import codec, merkle, params, payloads, tensors, votes
 from chain import types as chain_types
 from chain.codec import (
     _Bool,

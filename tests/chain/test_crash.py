@@ -34,7 +34,7 @@ REPO_ROOT = HERE.parents[1]
 CHILD_PATH = HERE / "crash_child.py"
 
 
-def _load_child():  # noqa: ANN202
+def _load_child():
     spec = importlib.util.spec_from_file_location("crash_child", CHILD_PATH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

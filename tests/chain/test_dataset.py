@@ -16,6 +16,7 @@ from chain.dataset import (
     solve_pow,
 )
 from chain.errors import InvalidTransaction
+from chain.pact import GenesisValidator
 from chain.params import TIER_EXPERIMENTAL, TIER_GOLD, TIER_REJECT, TIER_SILVER, TrustLevel
 from chain.payloads import AuditCheck, AuditReport, AuditVerdict, QualityVote, SubmitDataset, Transfer
 from chain.records import (
@@ -32,7 +33,6 @@ from chain.records import (
     quota_key,
     reputation_key,
 )
-from chain.pact import GenesisValidator
 from chain.state import Overlay
 from chain.transition import apply_tx, get_nonce
 from chain.types import CHAIN_DATASET
@@ -47,7 +47,7 @@ def make_chains(stakes: tuple[int, ...] = (10_000,) * 4, **params: object) -> Lo
     keys = validator_keys(len(stakes))
     pact = make_pact(keys, params=make_params(**params))
     pact = replace(pact, validators=tuple(
-        GenesisValidator(k.public_key, s, f"v{i}") for i, (k, s) in enumerate(zip(keys, stakes))
+        GenesisValidator(k.public_key, s, f"v{i}") for i, (k, s) in enumerate(zip(keys, stakes, strict=True))
     ))
     return LocalChains.create(pact, keys)
 
@@ -68,7 +68,7 @@ def report_for(cid: str, size: int, **overrides: object) -> AuditReport:
 
 
 def submission(
-    chains: LocalChains, label: str, key=CONTRIBUTOR, size: int = 4096, pow_nonce: int | None = None,  # noqa: ANN001
+    chains: LocalChains, label: str, key=CONTRIBUTOR, size: int = 4096, pow_nonce: int | None = None,
     **overrides: object,
 ) -> SubmitDataset:
     cid = overrides.pop("cid", cid_of(label))
@@ -80,19 +80,19 @@ def submission(
     return replace(payload, **overrides)
 
 
-def signed(chains: LocalChains, key, payload, nonce: int | None = None):  # noqa: ANN001
+def signed(chains: LocalChains, key, payload, nonce: int | None = None):
     if nonce is None:
         nonce = get_nonce(chains.states[CHAIN_DATASET], key.address)
     return sign_tx(key, chains.pact.network_id, CHAIN_DATASET, nonce, payload)
 
 
-def advance(chains: LocalChains, txs: list):  # noqa: ANN001
+def advance(chains: LocalChains, txs: list):
     block, rejected = chains.advance(CHAIN_DATASET, txs)
     assert not rejected, rejected
     return block
 
 
-def submit(chains: LocalChains, label: str, key=CONTRIBUTOR) -> bytes:  # noqa: ANN001
+def submit(chains: LocalChains, label: str, key=CONTRIBUTOR) -> bytes:
     tx = signed(chains, key, submission(chains, label, key))
     advance(chains, [tx])
     return tx.hash()
@@ -113,7 +113,7 @@ def vote(chains: LocalChains, sub: bytes, tiers: dict[int, int]) -> None:
     advance(chains, [signed(chains, chains.keys[i], QualityVote(sub, t)) for i, t in tiers.items()])
 
 
-def assert_invalid(chains: LocalChains, tx, match: str) -> None:  # noqa: ANN001
+def assert_invalid(chains: LocalChains, tx, match: str) -> None:
     state = chains.states[CHAIN_DATASET]
     view = Overlay(Overlay(state))
     view.put(b"zprobe", b"1")
@@ -236,7 +236,7 @@ def test_pow_solution_has_enough_zero_bits(chains: LocalChains) -> None:
     assert leading_zero_bits(bytes(32)) == 256 and leading_zero_bits(b"\x80" + bytes(31)) == 0
 
 
-def weak_nonce(chains: LocalChains, cid: str, key=CONTRIBUTOR) -> int:  # noqa: ANN001
+def weak_nonce(chains: LocalChains, cid: str, key=CONTRIBUTOR) -> int:
     bits = chains.pact.params.dataset.pow_difficulty_bits
     nonce = 0
     while leading_zero_bits(compute_pow_hash(chains.pact.network_id, key.address, cid, nonce)) >= bits:

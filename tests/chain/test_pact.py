@@ -8,7 +8,15 @@ from dataclasses import replace
 import pytest
 
 from chain import crypto
-from chain.pact import PACT_VERSION, GenesisAccount, GenesisDataset, GenesisPact, GenesisValidator, build_genesis, validate_pact
+from chain.pact import (
+    PACT_VERSION,
+    GenesisAccount,
+    GenesisDataset,
+    GenesisPact,
+    GenesisValidator,
+    build_genesis,
+    validate_pact,
+)
 from chain.params import TrustLevel
 from chain.records import KEY_VALIDATION_SET
 from chain.tensors import KIND_MODULE, KIND_TOKENIZER, TOKENIZER_BLOCK, TensorRecord

@@ -25,7 +25,6 @@ from chain.payloads import (
 from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
 from chain.reward import get_account, validate_supply
 from chain.state import Overlay
-from chain.transition import apply_tx, get_nonce
 from chain.tensors import (
     DEFAULT_SUBTILE_SIZE,
     DEFAULT_TILE_SIZE,
@@ -35,6 +34,7 @@ from chain.tensors import (
     TensorInfo,
     TensorRecord,
 )
+from chain.transition import apply_tx, get_nonce
 from chain.types import CHAIN_PARAMETER, CHAIN_REWARD
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
 
@@ -61,7 +61,7 @@ def make_chains(n_validators: int = 4, stakes: tuple[int, ...] | None = None) ->
     pact = make_pact(keys, [(TRAINER.address, 1_000)], tensors=GENESIS_TENSORS)
     if stakes is not None:
         pact = replace(pact, validators=tuple(
-            GenesisValidator(k.public_key, s, f"v{i}") for i, (k, s) in enumerate(zip(keys, stakes))
+            GenesisValidator(k.public_key, s, f"v{i}") for i, (k, s) in enumerate(zip(keys, stakes, strict=True))
         ))
     return LocalChains.create(pact, keys)
 
@@ -84,33 +84,33 @@ def claim_on(chains: LocalChains, name: str = EXPERT, **overrides: object) -> De
     return replace(claim, **overrides)
 
 
-def pol_vote(key, claim_hash: bytes, base: int = BASE_LOSS, new: int = NEW_LOSS,  # noqa: ANN001
+def pol_vote(key, claim_hash: bytes, base: int = BASE_LOSS, new: int = NEW_LOSS,
              replay_ok: bool = True, network: str | None = None, kind: str = crypto.KIND_POL_VOTE,
              validator: bytes | None = None) -> SignedPolVote:
     vote = PolVote(claim_hash, base, new, replay_ok, validator or key.address)
     return SignedPolVote(vote, key.sign(network or "testnet-unit", kind, codec.encode(vote)))
 
 
-def certificate(claim: DeltaClaim, keys, **vote_kw: object) -> PolCertificate:  # noqa: ANN001
+def certificate(claim: DeltaClaim, keys, **vote_kw: object) -> PolCertificate:
     claim_hash = codec.hash_of(claim)
     votes = [pol_vote(k, claim_hash, **vote_kw) for k in keys]
     return PolCertificate(tuple(sorted(votes, key=lambda v: v.vote.validator)))
 
 
-def delta_tx(chains: LocalChains, claim: DeltaClaim, cert: PolCertificate | None = None, key=TRAINER):  # noqa: ANN001
+def delta_tx(chains: LocalChains, claim: DeltaClaim, cert: PolCertificate | None = None, key=TRAINER):
     if cert is None:
         cert = certificate(claim, chains.keys[:3])
     nonce = get_nonce(chains.states[CHAIN_PARAMETER], key.address)
     return sign_tx(key, chains.pact.network_id, CHAIN_PARAMETER, nonce, SubmitDelta(claim, cert))
 
 
-def advance(chains: LocalChains, txs: list):  # noqa: ANN001
+def advance(chains: LocalChains, txs: list):
     block, rejected = chains.advance(CHAIN_PARAMETER, txs)
     assert not rejected, rejected
     return block
 
 
-def assert_invalid(chains: LocalChains, tx, match: str) -> None:  # noqa: ANN001
+def assert_invalid(chains: LocalChains, tx, match: str) -> None:
     state = chains.states[CHAIN_PARAMETER]
     view = Overlay(Overlay(state))
     view.put(b"zprobe", b"1")
@@ -122,7 +122,7 @@ def assert_invalid(chains: LocalChains, tx, match: str) -> None:  # noqa: ANN001
     assert block.txs == () and [r[0] for r in rejected] == [tx]
 
 
-def snapshot_tx(chains: LocalChains, new: TensorRecord, base: bytes | None = None, signers=None,  # noqa: ANN001
+def snapshot_tx(chains: LocalChains, new: TensorRecord, base: bytes | None = None, signers=None,
                 message: bytes | None = None):
     if base is None:
         base = expert(chains, new.name).head
@@ -195,7 +195,7 @@ def test_delta_median_losses_of_accepting_votes(chains: LocalChains) -> None:
     claim_hash = codec.hash_of(claim)
     losses = [(2_000_000, 1_800_000), (2_100_000, 1_900_000), (1_900_000, 1_850_000), (2_050_000, 1_700_000)]
     votes = sorted(
-        (pol_vote(k, claim_hash, base=b, new=n) for k, (b, n) in zip(chains.keys, losses)),
+        (pol_vote(k, claim_hash, base=b, new=n) for k, (b, n) in zip(chains.keys, losses, strict=True)),
         key=lambda v: v.vote.validator,
     )
     advance(chains, [delta_tx(chains, claim, PolCertificate(tuple(votes)))])

@@ -38,7 +38,7 @@ operations = st.tuples(
 blocks_of_ops = st.lists(st.lists(operations, max_size=6), min_size=1, max_size=13)
 
 
-def make_tx(view: Overlay, op: tuple[str, int, int, int, int]):  # noqa: ANN201
+def make_tx(view: Overlay, op: tuple[str, int, int, int, int]):
     kind, sender, recipient, amount, offset = op
     key = SENDERS[sender]
     nonce = max(0, get_nonce(view, key.address) + offset)
@@ -148,7 +148,7 @@ change_batches = st.lists(
 @settings(deadline=None, max_examples=100)
 @given(st.dictionaries(keys, values, max_size=20), change_batches, st.randoms(use_true_random=False))
 def test_state_root_independent_of_insertion_order(
-    initial: dict[bytes, bytes], batches: list[dict[bytes, bytes | None]], rnd  # noqa: ANN001
+    initial: dict[bytes, bytes], batches: list[dict[bytes, bytes | None]], rnd
 ) -> None:
     state = State.from_items(CHAIN_REWARD, 0, bytes(32), 0, initial)
     expected = dict(initial)
@@ -178,7 +178,7 @@ def test_state_root_independent_of_insertion_order(
 
 @settings(deadline=None, max_examples=100)
 @given(st.dictionaries(keys, values, min_size=1, max_size=20), st.data())
-def test_state_root_changes_with_content(initial: dict[bytes, bytes], data) -> None:  # noqa: ANN001
+def test_state_root_changes_with_content(initial: dict[bytes, bytes], data) -> None:
     state = State.from_items(CHAIN_REWARD, 0, bytes(32), 0, initial)
     key = data.draw(st.sampled_from(sorted(initial)))
     value = data.draw(values.filter(lambda v: v != initial[key]))

@@ -1,5 +1,5 @@
 """Reward chain rules: transfers, stake, unstake and unbonding, epochs, rewards paid once, the
-supply equation. Slashing is in test_reward_slash.py, which shares the helpers here."""
+supply equation. Slashing is in test_reward_slash.py; both use the helpers of reward_support.py."""
 
 from __future__ import annotations
 
@@ -8,104 +8,44 @@ from dataclasses import replace
 import pytest
 
 from chain import codec
-from chain.commit import sign_vote
 from chain.errors import InvalidTransaction, MissingDependency
-from chain.payloads import DuplicateVoteEvidence, Reward, Slash, Stake, Transfer, Unstake
+from chain.payloads import Reward, Slash, Stake, Transfer, Unstake
 from chain.records import (
     EMPTY_ACCOUNT,
-    KEY_STAKERS,
     Earning,
-    Stakers,
     UnbondingQueue,
     account_key,
     paid_key,
     unbonding_key,
 )
 from chain.reward import get_account, get_supply, get_validator_set, validate_supply
-from chain.state import Overlay
-from chain.transition import apply_tx, get_nonce
+from chain.transition import get_nonce
 from chain.types import (
     CHAIN_DATASET,
     CHAIN_PARAMETER,
     CHAIN_REWARD,
-    STEP_PRECOMMIT,
-    Vote,
 )
-from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
-
-VKEYS = validator_keys(4)
-AKEYS = account_keys(3)
-FUNDS = 100_000
-STAKE = 10_000
+from genesis.testkit import LocalChains, account_keys, sign_tx, system_tx
+from tests.chain.reward_support import (
+    AKEYS,
+    FUNDS,
+    STAKE,
+    VKEYS,
+    account,
+    advance,
+    advance_to,
+    assert_invalid,
+    evidence,
+    make_chains,
+    net,
+    stakers,
+    tx_of,
+)
 
 
 @pytest.fixture
 def chains() -> LocalChains:
-    pact = make_pact(VKEYS, [(k.address, FUNDS) for k in AKEYS], stake=STAKE)
-    return LocalChains.create(pact, VKEYS)
-
-
-def net(chains: LocalChains) -> str:
-    return chains.pact.network_id
-
-
-def tx_of(chains: LocalChains, key, payload, nonce: int | None = None):  # noqa: ANN001
-    if nonce is None:
-        nonce = get_nonce(chains.states[CHAIN_REWARD], key.address)
-    return sign_tx(key, net(chains), CHAIN_REWARD, nonce, payload)
-
-
-def advance(chains: LocalChains, txs: list, earnings=None):  # noqa: ANN001
-    """One block that must keep every transaction; the state is audited after it."""
-    block, rejected = chains.advance(CHAIN_REWARD, txs, earnings)
-    assert not rejected, rejected
-    assert len(block.txs) == len(txs)
-    validate_supply(chains.states[CHAIN_REWARD])
-    return block
-
-
-def advance_to(chains: LocalChains, height: int) -> None:
-    while chains.states[CHAIN_REWARD].height < height:
-        advance(chains, [])
-
-
-def assert_invalid(chains: LocalChains, tx, match: str, earnings=None, exc=InvalidTransaction):  # noqa: ANN001
-    """apply_tx raises and leaves the view as it was; a proposer leaves the transaction out."""
-    state = chains.states[CHAIN_REWARD]
-    view = Overlay(Overlay(state))
-    view.put(b"zprobe", b"1")
-    before = dict(view.changes)
-    with pytest.raises(exc, match=match):
-        apply_tx(view, tx, CHAIN_REWARD, state.height + 1, chains.context(earnings))
-    assert view.changes == before
-    block, rejected = chains.propose(CHAIN_REWARD, [tx], earnings)
-    assert block.txs == ()
-    assert [r[0] for r in rejected] == [tx]
-
-
-def account(chains: LocalChains, key):  # noqa: ANN001
-    return get_account(chains.states[CHAIN_REWARD], key.address)
-
-
-def stakers(chains: LocalChains) -> tuple[bytes, ...]:
-    return codec.decode(Stakers, chains.states[CHAIN_REWARD].get(KEY_STAKERS)).addresses
-
-
-def conflicting_votes(key, chains: LocalChains, height: int = 5, round_: int = 0,  # noqa: ANN001
-                      step: int = STEP_PRECOMMIT, chain_id: int = CHAIN_PARAMETER,
-                      hashes: tuple[bytes, bytes] = (b"\x01" * 32, b"\x02" * 32)):
-    """Two signed votes of `key` for different blocks at one chain, height, round and step."""
-    return [
-        sign_vote(key, net(chains), Vote(chain_id, height, round_, step, h, key.address)) for h in hashes
-    ]
-
-
-def evidence(key, chains: LocalChains, **kw) -> DuplicateVoteEvidence:  # noqa: ANN001
-    a, b = conflicting_votes(key, chains, **kw)
-    return DuplicateVoteEvidence(a, b)
-
-
-# --- transfers -------------------------------------------------------------------------------
+    return make_chains()
 
 
 def test_transfer_moves_balance(chains: LocalChains) -> None:
@@ -278,7 +218,7 @@ def test_validator_set_recomputed_at_epoch_boundary(chains: LocalChains) -> None
     newcomer, leaver = AKEYS[0], VKEYS[0]
     genesis_set = get_validator_set(chains.states[CHAIN_REWARD])
     advance(chains, [tx_of(chains, newcomer, Stake(5_000)), tx_of(chains, leaver, Unstake(STAKE))])
-    for height in range(2, epoch):
+    for _height in range(2, epoch):
         advance(chains, [])
         assert chains.states[CHAIN_REWARD].height % epoch != 0
         assert get_validator_set(chains.states[CHAIN_REWARD]) == genesis_set
@@ -316,7 +256,7 @@ def test_validator_set_power_follows_stake_changes(chains: LocalChains) -> None:
 # --- rewards -----------------------------------------------------------------------------------
 
 
-def earnings_of(table: dict[tuple[int, bytes], Earning]):  # noqa: ANN201
+def earnings_of(table: dict[tuple[int, bytes], Earning]):
     return lambda chain_id, tx_hash: table.get((chain_id, tx_hash))
 
 

@@ -22,7 +22,7 @@ from chain.types import (
     make_validator_set,
 )
 from genesis.testkit import LocalChains, system_tx
-from tests.chain.test_reward import (  # the reward chain's helpers, shared with its other tests
+from tests.chain.reward_support import (
     AKEYS,
     STAKE,
     VKEYS,
@@ -30,13 +30,18 @@ from tests.chain.test_reward import (  # the reward chain's helpers, shared with
     advance,
     advance_to,
     assert_invalid,
-    chains,  # noqa: F401 - the fixture
     conflicting_votes,
     evidence,
+    make_chains,
     net,
     stakers,
     tx_of,
 )
+
+
+@pytest.fixture
+def chains() -> LocalChains:
+    return make_chains()
 
 
 def test_slash_burns_share_of_stake(chains: LocalChains) -> None:

@@ -68,7 +68,7 @@ def reward_txs(chains: LocalChains, height: int) -> list:
     return txs
 
 
-def dataset_tx(chains: LocalChains):  # noqa: ANN201
+def dataset_tx(chains: LocalChains):
     cid = crypto.cid_raw(b"store-test-corpus")
     report = AuditReport(cid, 100, PACT.params.dataset.audit_version,
                          tuple(AuditCheck(n, True, "") for n in REQUIRED_CHECKS))

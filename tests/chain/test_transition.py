@@ -410,7 +410,7 @@ def test_invalid_reward_next_validators_not_the_state_set(chains: LocalChains) -
         apply_block(chains.states[CHAIN_REWARD], block, chains.context())
 
 
-def dataset_block(chains: LocalChains, next_set) -> Block:  # noqa: ANN001
+def dataset_block(chains: LocalChains, next_set) -> Block:
     state = chains.states[CHAIN_DATASET]
     block, _ = build_block(state, [], chains.context(), VKEYS[0].address, state.time_ms + 1, None, next_set)
     return block

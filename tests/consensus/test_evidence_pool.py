@@ -47,7 +47,7 @@ def equivocation(
     return DuplicateVoteEvidence(a, b)
 
 
-def slashed(state, *evidence: DuplicateVoteEvidence):  # noqa: ANN001, ANN201
+def slashed(state, *evidence: DuplicateVoteEvidence):
     changes = {slashed_key(evidence_key(ev)): (1).to_bytes(8, "big") for ev in evidence}
     return state.with_changes(changes, state.height, state.head, state.time_ms)
 

@@ -16,7 +16,7 @@ from consensus.proposer import compute_proposer, compute_slots_won
 
 def make_set(powers: list[int]) -> ValidatorSet:
     keys = [PrivateKey.from_label(f"proposer-{i}") for i in range(len(powers))]
-    return make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, powers)])
+    return make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, powers, strict=True)])
 
 
 def naive_sequence(powers: list[int], slots: int) -> list[int]:

@@ -166,7 +166,7 @@ def test_total_stored_is_capped(keys: Keys, vals: ValidatorSet) -> None:
 
 
 def test_unequal_power_quorum(keys: Keys) -> None:
-    vals = make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, [70, 10, 10, 10])])
+    vals = make_validator_set(0, [(k.public_key, p) for k, p in zip(keys, [70, 10, 10, 10], strict=True)])
     heavy = next(k for k in keys if vals.get(k.address).power == 70)
     vs = VoteSet(CHAIN, HEIGHT, vals)
     vs.add(vote(heavy, 0, STEP_PRECOMMIT, BLOCK_A), 0)

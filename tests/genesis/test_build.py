@@ -42,7 +42,7 @@ from genesis.corpus import (
 from genesis.devnet import PREBUILT_DIR, build_devnet_pact, load_prebuilt
 from gpu.model import MoEConfig, init_seeded
 from gpu.tokenizer import TokenizerConfig, get_vocab_size, load_tokenizer_block
-from gpu.train import TrainConfig, evaluate_loss
+from gpu.train import TrainConfig
 
 TINY_SPEC = ModelSpec("tiny", "0.1.0", 300, 16, 2, 2, 4, 2, 32, 16, 5)
 TINY_BUILD = BuildConfig(

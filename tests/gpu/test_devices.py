@@ -52,7 +52,7 @@ def fake_nvml(gpus: Sequence[dict], init_error: bool = False) -> types.ModuleTyp
     def shutdown() -> None:
         nvml.shutdowns += 1  # type: ignore[attr-defined]
 
-    def field(name: str):  # noqa: ANN202
+    def field(name: str):
         def get(handle: int) -> object:
             value = gpus[handle][name]
             if value is None:

@@ -68,7 +68,7 @@ def test_quick_run_writes_every_section_with_numeric_ratios(tmp_path: Path) -> N
         rows = table_rows(markdown, name)
         assert rows, f"section {name} has no table rows"
         assert len(rows) == len(section["rows"])
-        for cells, row in zip(rows, section["rows"]):
+        for cells, row in zip(rows, section["rows"], strict=True):
             assert len(cells) == 7, cells
             assert cells[0] == f"`{row['name']}`"
             ratio = float(cells[4])
@@ -89,13 +89,13 @@ def test_only_runs_the_named_sections(tmp_path: Path, capsys: pytest.CaptureFixt
     calls = []
 
     @bench.section("probe-a", "Probe A")
-    def probe_a(run) -> None:  # noqa: ANN001
+    def probe_a(run) -> None:
         calls.append("a")
         ours, base = run.time_pair(lambda: None, lambda: None, repeat=2, number=10)
         run.time_row("probe.a", "nothing", ours, base, "nothing either")
 
     @bench.section("probe-b", "Probe B")
-    def probe_b(run) -> None:  # noqa: ANN001
+    def probe_b(run) -> None:
         calls.append("b")
         run.skip("no accelerator here")
 
@@ -120,7 +120,7 @@ def test_unknown_section_is_a_usage_error() -> None:
 
 def test_a_failing_section_is_reported_and_fails_the_run(tmp_path: Path) -> None:
     @bench.section("probe-broken", "Broken")
-    def broken(run) -> None:  # noqa: ANN001
+    def broken(run) -> None:
         raise RuntimeError("boom")
 
     try:

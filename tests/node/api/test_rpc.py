@@ -31,13 +31,6 @@ from chain.payloads import Transfer
 from chain.store import ChainStore
 from chain.types import CHAIN_REWARD
 from genesis.testkit import account_keys, make_pact, sign_tx, validator_keys
-from node.cli.remote import register
-from node.api.config import COOKIE_FILE, RPCConfig
-from node.app.config import CONFIG_FILE, NODE_INFO_FILE, NodeConfig, save_config
-from node.cli.connect import find_rpc
-from node.engine.config import EngineConfig
-from node.engine.engine import Engine
-from node.api.server import RPCLimits, RPCServer
 from node.api.client import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -50,7 +43,14 @@ from node.api.client import (
     RPCError,
     RPCUnavailable,
 )
+from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.methods import METHODS
+from node.api.server import RPCLimits, RPCServer
+from node.app.config import CONFIG_FILE, NODE_INFO_FILE, NodeConfig, save_config
+from node.cli.connect import find_rpc
+from node.cli.remote import register
+from node.engine.config import EngineConfig
+from node.engine.engine import Engine
 from p2p.sim import SimNetworkHub
 
 HTTP_TIMEOUT_S = 10.0
@@ -77,7 +77,8 @@ class Node:
         return "Basic " + base64.b64encode(self.cookie_path.read_bytes()).decode()
 
 
-def http_request(url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http_request(url: str, method: str, path: str, body: bytes = b"",
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=HTTP_TIMEOUT_S)
     try:

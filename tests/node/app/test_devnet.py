@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 DEADLINE_S = 90.0
 
 
-def wait_for(what: str, condition, deadline: float):  # noqa: ANN001, ANN201
+def wait_for(what: str, condition, deadline: float):
     """Poll a condition across processes until it holds or the deadline passes."""
     while True:
         value = condition()
@@ -30,7 +30,7 @@ def wait_for(what: str, condition, deadline: float):  # noqa: ANN001, ANN201
         time.sleep(0.2)
 
 
-def client_of(data_dir: Path):  # noqa: ANN201
+def client_of(data_dir: Path):
     from node.api.client import RPCClient
     from node.cli.connect import find_rpc
 
@@ -194,9 +194,9 @@ def test_late_non_validator_fast_syncs_to_the_same_state(tmp_path: Path) -> None
     from chain.blobs import BlobStore
     from node.api.config import RPCConfig
     from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, load_config, save_config
-    from node.sync.config import SyncConfig
     from node.app.datadir import init_data_dir
     from node.app.devnet import DEVNET_PACT_FILE
+    from node.sync.config import SyncConfig
 
     dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
     procs = start_nodes(dirs)

@@ -9,7 +9,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.core.feed import Event, Feed, Penalized, PeerAhead, RoundStarted, Subscription, TxAdmitted
+from node.core.feed import Event, Feed, PeerAhead, Penalized, RoundStarted, Subscription, TxAdmitted
 
 DEADLINE_S = 5.0
 

@@ -16,15 +16,14 @@ import trio.testing
 
 from chain import crypto
 from chain.commit import sign_vote
+from chain.context import Context
 from chain.kv import MemoryKV
 from chain.payloads import DuplicateVoteEvidence, Transfer
 from chain.reward import get_account
 from chain.state import State
 from chain.store import ChainStore
-from chain.context import Context
 from chain.transition import build_block
-from chain.types import (CHAIN_PARAMETER, CHAIN_REWARD, Block, BlockHeader, CommitCertificate, Transaction,
-                         ValidatorSet)
+from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, Block, BlockHeader, CommitCertificate, Transaction, ValidatorSet
 from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, CommitSig, SignedVote, Vote
 from consensus.mempool import Mempool
 from consensus.messages import NO_POL_ROUND, Proposal, sign_proposal
@@ -36,7 +35,7 @@ from node.core.ports import ImportReport
 from node.engine.config import EngineConfig
 from node.engine.ports import BlockBuilder, ChainPort
 from node.engine.runner import ChainRunner
-from node.engine.signing import OwnVoteLog, SignGuard, Signer
+from node.engine.signing import OwnVoteLog, Signer, SignGuard
 from node.engine.validators import KnownValidatorSets
 from node.engine.wire import TOPIC_PROPOSALS, TOPIC_VOTES, ProposalMsg, VoteMsg
 from p2p.network import PeerId, PeerUnreachable, Verdict

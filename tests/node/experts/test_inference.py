@@ -22,10 +22,10 @@ from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
 from gpu.model import MoEConfig, init_seeded
 from gpu.weights import encode_block, make_tensor_record
 from node.experts.config import ExpertsConfig
+from node.experts.inference import InlineCompute
 from node.experts.service import ExpertService
 from node.experts.weights import StaticModelView
 from node.experts.wire import ForwardItem, ForwardOutput, ForwardRequest, encode_rows
-from node.experts.inference import InlineCompute
 from p2p.network import RemoteError
 from p2p.sim import SimNetworkHub
 
@@ -60,7 +60,7 @@ def ring(i: int, n_layers: int = SPEC.n_layers, n_experts: int = SPEC.n_experts)
     return tuple(f"layer{layer}.expert{(i + r) % n_experts}" for layer in range(n_layers) for r in range(2))
 
 
-def make_service(net, view, blobs, serve, cls=ExpertService, **config) -> ExpertService:  # noqa: ANN001
+def make_service(net, view, blobs, serve, cls=ExpertService, **config) -> ExpertService:
     settings = {"spot_check": 0.0, "local_fallback": False, "request_timeout_s": 2.0, **config}
     return cls(net, PrivateKey.from_label(f"node-{net.local_id}"), view, blobs,
                ExpertsConfig(serve=serve, **settings), network_id=NETWORK, clock=net,

@@ -14,8 +14,10 @@ from chain.crypto import PrivateKey
 from chain.errors import ConfigError
 from chain.tensors import ModelSpec
 from node.app.config import NodeConfig, load_config, save_config
-from node.experts.config import ExpertsConfig
 from node.app.devnet import assign_experts
+from node.experts.config import ExpertsConfig
+from node.experts.plan import LOCAL, NoServingNode, build_layer_plan, compute_routes
+from node.experts.registry import BENCH_STRIKES, ExpertRegistry
 from node.experts.wire import (
     AnnouncementBody,
     ExpertAnnouncement,
@@ -24,8 +26,6 @@ from node.experts.wire import (
     sign_announcement,
     validate_announcement,
 )
-from node.experts.registry import BENCH_STRIKES, ExpertRegistry
-from node.experts.plan import LOCAL, NoServingNode, build_layer_plan, compute_routes
 
 H1, H2 = b"\x01" * 32, b"\x02" * 32
 NETWORK = "testnet"
@@ -35,7 +35,7 @@ def announcement(node: str, offers: list[tuple[int, int, bytes]], time_ms: int =
                  ttl_ms: int = 30_000, key: PrivateKey | None = None) -> ExpertAnnouncement:
     key = key or PrivateKey.from_label(node)
     body = AnnouncementBody(node, key.public_key, time_ms, ttl_ms, 0, load,
-                            tuple(ExpertOffer(l, e, h) for l, e, h in sorted(offers)))
+                            tuple(ExpertOffer(layer, e, h) for layer, e, h in sorted(offers)))
     return sign_announcement(body, key, NETWORK)
 
 
@@ -132,7 +132,7 @@ NODES = ["n0", "n1", "n2", "n3", "n4"]
 
 
 @st.composite
-def routing_cases(draw):  # noqa: ANN001, ANN201
+def routing_cases(draw):
     n_experts = draw(st.integers(1, 8))
     k = draw(st.integers(1, n_experts))
     rows = draw(st.integers(1, 12))
@@ -145,7 +145,7 @@ def routing_cases(draw):  # noqa: ANN001, ANN201
 
 
 @given(routing_cases())
-def test_plan_covers_every_routed_token_exactly_once(case) -> None:  # noqa: ANN001
+def test_plan_covers_every_routed_token_exactly_once(case) -> None:
     choices, served, candidates = case
     plan = build_layer_plan(0, compute_routes(choices), served, candidates)
     pairs = [(row, e) for t in plan.tasks for e, rows in t.experts.items() for row in rows]
@@ -165,7 +165,7 @@ def test_plan_covers_every_routed_token_exactly_once(case) -> None:  # noqa: ANN
 def test_devnet_assignment_spreads_experts_with_two_replicas(nodes: int, n_experts: int) -> None:
     spec = ModelSpec("m", "0.1.0", 256, 16, 2, 2, n_experts, 1, 16, 8, 1)
     served = assign_experts(spec, nodes)
-    every = {f"layer{l}.expert{e}" for l in range(2) for e in range(n_experts)}
+    every = {f"layer{layer}.expert{e}" for layer in range(2) for e in range(n_experts)}
     assert all(set(s) < every for s in served), "no node holds them all"
     for name in every:
         assert sum(name in s for s in served) == 2

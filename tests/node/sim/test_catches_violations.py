@@ -12,7 +12,7 @@ from node.sim.simulation import SimConfig, run_sim
 MAX_SEEDS = 40
 
 
-def first_safety_violation(make_config, seeds: range) -> dict | None:  # noqa: ANN001
+def first_safety_violation(make_config, seeds: range) -> dict | None:
     for seed in seeds:
         report = run_sim(make_config(seed))
         if not report["safety"]:

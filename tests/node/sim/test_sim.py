@@ -70,7 +70,7 @@ def test_cli_exit_code_and_replay_line_on_failure(monkeypatch: pytest.MonkeyPatc
     from node.cli.main import main
     from node.sim import checks
 
-    def broken(stores, heights, submitted, datasets, liveness_bound, violations):  # noqa: ANN001
+    def broken(stores, heights, submitted, datasets, liveness_bound, violations):
         violations.append(checks.Violation("liveness", "injected for the test"))
         return False
 

@@ -16,17 +16,18 @@ from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
 from genesis.history import TEST_KEYS, TEST_PAYER, ChainHistory, make_test_history, make_test_pact
 from node.sync.fastsync import FastSyncError, SnapshotClient
+from node.sync.snapshots import SnapshotServer
 from node.sync.wire import (
+    PROTOCOL_BLOCKS,
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
     PROTOCOL_TRUST_PATH,
+    BlocksResponse,
     BucketHashesResponse,
     BucketsResponse,
     StateEntry,
     TrustPathResponse,
 )
-from node.sync.snapshots import SnapshotServer
-from node.sync.wire import PROTOCOL_BLOCKS, BlocksResponse
 
 KEYS = TEST_KEYS
 PAYER = TEST_PAYER
@@ -44,7 +45,7 @@ def served(reward_blocks: int = 35) -> ChainHistory:
     return _SERVED[reward_blocks]
 
 
-def direct_request(server: SnapshotServer, tamper=None):  # noqa: ANN001, ANN201
+def direct_request(server: SnapshotServer, tamper=None):
     """A `Request` that calls the server's handlers in process; `tamper(protocol, response)`
     may replace a decoded response before it is encoded back."""
     types = {PROTOCOL_TRUST_PATH: TrustPathResponse, PROTOCOL_BUCKET_HASHES: BucketHashesResponse,
@@ -61,7 +62,7 @@ def direct_request(server: SnapshotServer, tamper=None):  # noqa: ANN001, ANN201
     return request
 
 
-def fresh_client(source: ChainHistory, tamper=None) -> tuple[SnapshotClient, ChainStore]:  # noqa: ANN001
+def fresh_client(source: ChainHistory, tamper=None) -> tuple[SnapshotClient, ChainStore]:
     store = ChainStore.open(MemoryKV(), _pact())
     genesis_sets = ChainHistory(store, KEYS).sets
     server = SnapshotServer(source.store, source.sets.get)
@@ -99,13 +100,13 @@ async def test_snapshot_of_a_chain_at_an_epoch_boundary() -> None:
     follower.grow_reward(1)  # decided by the set named at boundary 30
 
 
-def _drop_step(protocol, resp):  # noqa: ANN001, ANN202
+def _drop_step(protocol, resp):
     if protocol == PROTOCOL_TRUST_PATH and len(resp.steps) > 1:
         return TrustPathResponse(resp.steps[:1] + resp.steps[2:])
     return None
 
 
-def _forge_set(protocol, resp):  # noqa: ANN001, ANN202
+def _forge_set(protocol, resp):
     if protocol == PROTOCOL_TRUST_PATH and resp.steps:
         step = resp.steps[0]
         vs = step.next_set
@@ -114,7 +115,7 @@ def _forge_set(protocol, resp):  # noqa: ANN001, ANN202
     return None
 
 
-def _weak_commit(protocol, resp):  # noqa: ANN001, ANN202
+def _weak_commit(protocol, resp):
     if protocol == PROTOCOL_TRUST_PATH and resp.steps:
         step = resp.steps[-1]
         commit = dataclasses.replace(step.commit, signatures=step.commit.signatures[:2])
@@ -122,7 +123,7 @@ def _weak_commit(protocol, resp):  # noqa: ANN001, ANN202
     return None
 
 
-def _other_block(protocol, resp):  # noqa: ANN001, ANN202
+def _other_block(protocol, resp):
     if protocol == PROTOCOL_BLOCKS and resp.blocks and resp.blocks[0].header.chain_id == CHAIN_REWARD:
         block = resp.blocks[0]
         header = dataclasses.replace(block.header, state_root=bytes(32))
@@ -130,7 +131,7 @@ def _other_block(protocol, resp):  # noqa: ANN001, ANN202
     return None
 
 
-def _bad_hashes(protocol, resp):  # noqa: ANN001, ANN202
+def _bad_hashes(protocol, resp):
     if protocol == PROTOCOL_BUCKET_HASHES and resp.hashes:
         return BucketHashesResponse((bytes(32),) + tuple(resp.hashes[1:]))
     return None
@@ -143,7 +144,7 @@ def _bad_hashes(protocol, resp):  # noqa: ANN001, ANN202
     (_other_block, "differs"),
     (_bad_hashes, "state root"),
 ], ids=["dropped-boundary", "forged-set", "weak-commit", "altered-header", "bucket-hashes"])
-async def test_a_lying_peer_is_caught_and_nothing_is_written(tamper, reason) -> None:  # noqa: ANN001
+async def test_a_lying_peer_is_caught_and_nothing_is_written(tamper, reason) -> None:
     client, store = fresh_client(served(), tamper)
     with pytest.raises(FastSyncError, match=reason) as err:
         await client.sync_chains(await client.get_offers(), log=lambda line: None)
@@ -154,14 +155,14 @@ async def test_a_lying_peer_is_caught_and_nothing_is_written(tamper, reason) -> 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bucket=st.integers(0, N_BUCKETS - 1), kind=st.sampled_from(["value", "drop", "move", "extra"]),
        data=st.data())
-async def test_any_altered_bucket_is_caught(bucket: int, kind: str, data) -> None:  # noqa: ANN001
+async def test_any_altered_bucket_is_caught(bucket: int, kind: str, data) -> None:
     source = served()
     state = source.store.state(CHAIN_REWARD)
     nonempty = [i for i in range(N_BUCKETS) if state.bucket(i)]
     if kind in ("value", "drop", "move"):
         bucket = data.draw(st.sampled_from(nonempty))
 
-    def tamper(protocol, resp):  # noqa: ANN001, ANN202
+    def tamper(protocol, resp):
         if protocol != PROTOCOL_BUCKETS:
             return None
         out = []

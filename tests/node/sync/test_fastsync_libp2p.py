@@ -13,21 +13,21 @@ from chain import codec
 from chain.kv import MemoryKV
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
+from genesis.history import TEST_KEYS, ChainHistory, make_test_history, make_test_pact
 from node.sync.fastsync import run_fast_sync
+from node.sync.snapshots import MAX_SNAPSHOT_REQUEST_BYTES, SnapshotServer
 from node.sync.wire import (
+    PROTOCOL_BLOCKS,
     PROTOCOL_BUCKET_HASHES,
     PROTOCOL_BUCKETS,
+    PROTOCOL_HANDSHAKE,
     PROTOCOL_SNAPSHOTS,
     PROTOCOL_TRUST_PATH,
     BucketsResponse,
     StateEntry,
 )
-from node.sync.snapshots import MAX_SNAPSHOT_REQUEST_BYTES, SnapshotServer
-from node.sync.wire import PROTOCOL_BLOCKS, PROTOCOL_HANDSHAKE
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
 from p2p.network import protocol_name
-
-from genesis.history import TEST_KEYS, ChainHistory, make_test_history, make_test_pact
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _corrupt_first_entry(data: bytes) -> bytes:
 
 
 @asynccontextmanager
-async def serving(server: SnapshotServer, network_id: str, corrupt: bool = False):  # noqa: ANN201
+async def serving(server: SnapshotServer, network_id: str, corrupt: bool = False):
     cfg = Libp2pConfig(seed=bytes([7]) * 32, listen="/ip4/127.0.0.1/tcp/0")
     async with Libp2pNetwork.open(cfg) as net:
         for name in (PROTOCOL_SNAPSHOTS, PROTOCOL_TRUST_PATH, PROTOCOL_BUCKET_HASHES, PROTOCOL_BUCKETS, PROTOCOL_BLOCKS,
