@@ -223,7 +223,7 @@ def test_late_non_validator_fast_syncs_to_the_same_state(tmp_path: Path) -> None
                           st["chains"]["reward"]["height"] >= top else None)(late_rpc.call("blyan_status")), deadline)
         assert status["is_validator"] is False
         # Fast: it holds no block below its snapshot, and the recipient's balance came with the state.
-        assert late_rpc.call("blyan_getBlock", ["reward", 1]) is None
+        assert late_rpc.call("blyan_getBlock", ["reward", 1]) is None, (late / "node.log").read_text()[-3000:]
         assert client_of(dirs[0]).call("blyan_getBlock", ["reward", 1]) is not None
         assert late_rpc.call("blyan_getAccount", [crypto.format_address(to)])["balance"] == 6
         height = status["chains"]["reward"]["height"]
