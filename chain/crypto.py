@@ -29,6 +29,8 @@ KIND_PROPOSAL = "proposal"
 KIND_POL_VOTE = "pol-vote"
 KIND_ATTESTATION = "attestation"
 KIND_ANNOUNCE = "announce"
+KIND_MANIFEST = "manifest"
+"""A contributor's training manifest (`chain.learning.SignedManifest`)."""
 
 
 def sha256(data: bytes) -> bytes:

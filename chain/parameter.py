@@ -6,6 +6,7 @@ An expert's head is the hash of its last block: the genesis `TensorRecord`, then
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import replace
 
@@ -13,14 +14,16 @@ from chain import codec, commit, crypto
 from chain.context import Context, TxEnv
 from chain.errors import InvalidSignature, InvalidTransaction
 from chain.payloads import CommitSnapshot, DeltaClaim, PolCertificate, SnapshotClaim, SubmitDelta
-from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
+from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key, manifest_key
 from chain.rules import ChainRules
 from chain.state import Overlay
 from chain.tensors import MAX_SUBTILES_PER_TILE, TensorRecord
 from chain.types import CHAIN_PARAMETER, ValidatorSet
 
-COMPRESSIONS = ("none", "int8", "topk", "lowrank")
 MAX_DELTAS_BEFORE_SNAPSHOT = 4096
+COMPRESSION_STAGES = frozenset({"dense", "topk", "lowrank", "int8", "int4", "int2"})
+"""Stages of a compression pipeline (`gpu.delta.CompressionConfig.method`)."""
+_STAGE = re.compile(r"([a-z0-9]+)(?:\(([a-z_]+=[0-9]+(?:,[a-z_]+=[0-9]+)*)\))?")
 
 
 def get_expert(view: Overlay, name: str) -> ExpertState | None:
@@ -85,30 +88,57 @@ def is_accepting_vote(base_loss: int, new_loss: int, replay_ok: bool, ctx: Conte
     return replay_ok and new_loss < base_loss and base_loss - new_loss >= needed
 
 
+def is_compression_method(method: str) -> bool:
+    """Stages joined by "+", each a known name with optional integer parameters:
+    "topk(chunk=4096,density=20000)+int2", "lowrank(rank=8)+int8", "dense"."""
+    stages = method.split("+")
+    for stage in stages:
+        m = _STAGE.fullmatch(stage)
+        if m is None or m[1] not in COMPRESSION_STAGES:
+            return False
+    return True
+
+
+def validate_delta_claim(view: Overlay, claim: DeltaClaim) -> list[ExpertState]:
+    """The claim's own rules; returns the state of each block it changes, in its order."""
+    names = [change.name for change in claim.blocks]
+    if names != sorted(set(names)):
+        raise InvalidTransaction("delta blocks not sorted by name or repeated")
+    if view.get(manifest_key(claim.manifest_hash)) is not None:
+        raise InvalidTransaction("a delta of this training manifest was accepted already")
+    if not is_compression_method(claim.compression):
+        raise InvalidTransaction(f"unknown compression {claim.compression!r}")
+    if claim.delta_size == 0 or claim.raw_size == 0 or claim.ratio_ppm == 0 or claim.ratio_ppm > 1_000_000:
+        raise InvalidTransaction("delta sizes and ratio must be positive, ratio at most 1")
+    states = []
+    for change in claim.blocks:
+        expert = get_expert(view, change.name)
+        if expert is None:
+            raise InvalidTransaction(f"no expert {change.name!r} (nor module of that name)")
+        if change.base != expert.head:
+            raise InvalidTransaction(f"delta base of {change.name} is not its head (trained on a stale base)")
+        if claim.round_id <= expert.last_round:
+            raise InvalidTransaction(f"round {claim.round_id} not after {expert.last_round} of {change.name}")
+        if len(expert.deltas) >= MAX_DELTAS_BEFORE_SNAPSHOT:
+            raise InvalidTransaction(f"{change.name} needs a snapshot before more deltas")
+        states.append(expert)
+    return states
+
+
 def apply_delta(view: Overlay, env: TxEnv, p: SubmitDelta) -> None:
     claim: DeltaClaim = p.claim
-    expert = get_expert(view, claim.expert)
-    if expert is None:
-        raise InvalidTransaction(f"no expert {claim.expert!r}")
-    if claim.base != expert.head:
-        raise InvalidTransaction("delta base is not the expert's head (trained on a stale base)")
-    if claim.round_id <= expert.last_round:
-        raise InvalidTransaction(f"round {claim.round_id} not after {expert.last_round}")
-    if claim.compression not in COMPRESSIONS:
-        raise InvalidTransaction(f"unknown compression {claim.compression!r}")
-    if claim.delta_size == 0 or claim.ratio_ppm == 0 or claim.ratio_ppm > 1_000_000:
-        raise InvalidTransaction("delta size and ratio must be positive, ratio at most 1")
-    if len(expert.deltas) >= MAX_DELTAS_BEFORE_SNAPSHOT:
-        raise InvalidTransaction("expert needs a snapshot before more deltas")
+    states = validate_delta_claim(view, claim)
     claim_hash = codec.hash_of(claim)
     base_loss, new_loss = validate_pol_certificate(p.certificate, claim_hash, env.ctx, env.ctx.validators)
-    view.put_record(
-        expert_key(claim.expert),
-        replace(
-            expert, head=claim_hash, deltas=(*expert.deltas, claim_hash),
-            version=bump_version(expert.version, 2), last_round=claim.round_id,
-        ),
-    )
+    for change, expert in zip(claim.blocks, states, strict=True):
+        view.put_record(
+            expert_key(change.name),
+            replace(
+                expert, head=claim_hash, deltas=(*expert.deltas, claim_hash),
+                version=bump_version(expert.version, 2), last_round=claim.round_id,
+            ),
+        )
+    view.put(manifest_key(claim.manifest_hash), claim_hash)
     view.put_record(delta_key(claim_hash), AcceptedDelta(claim, env.height, base_loss, new_loss))
     view.put_record(earning_key(env.tx_hash), Earning(claim.contributor, env.ctx.params.rewards.delta_reward, "delta"))
 

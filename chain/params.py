@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain.codec import U8, U32, U64, Seq, Str, wire
+from chain.codec import U8, U16, U32, U64, Seq, Str, wire
 
 TIER_REJECT = 0
 TIER_EXPERIMENTAL = 1
@@ -79,12 +79,35 @@ class DatasetParams:
 
 @wire
 class PolParams:
-    """When a Proof-of-Learning vote accepts a delta."""
+    """How a validator checks a delta (Proof-of-Learning) and when its vote accepts it."""
 
     min_improvement_ppm: U32
     """Smallest relative validation-loss improvement a delta must show, in millionths."""
     replay_tolerance_ppm: U32
-    """Largest relative distance of replayed weights from a claimed checkpoint."""
+    """Largest relative l2 distance of replayed weights from a claimed checkpoint (another
+    machine kind; on the claimed one a replay must be bit-exact)."""
+    replay_linf_ppm: U32
+    """Largest absolute difference of one replayed weight from the claimed one, millionths."""
+    replay_min_cosine_ppm: U32
+    """Smallest cosine similarity of replayed and claimed weights, millionths."""
+    checkpoint_every: U32
+    """k: steps between checkpoints a manifest must declare."""
+    top_segments: U8
+    """Q: replayed segments chosen among those with the largest updates."""
+    random_segments: U8
+    """Replayed segments chosen at random (by a seed of the claim and the validator's key)."""
+    max_steps: U32
+    """Most optimizer steps a manifest may declare (bounds a validator's work)."""
+    eval_windows: U32
+    """Validation windows scored, in the validation set's order."""
+    eval_seq_len: U16
+    """Tokens per validation window."""
+    max_delta_norm_ppm: U32
+    """Largest l2 norm of a delta relative to the base weights' norm, millionths."""
+    max_compression_error_ppm: U32
+    """Largest relative l2 error a compressed delta may declare, millionths."""
+    min_dataset_tier: U8
+    """Lowest tier of a dataset that training may use (TIER_*)."""
 
 
 @wire

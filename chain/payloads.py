@@ -19,22 +19,39 @@ MAX_AUDIT_CHECKS = 32
 # --- proofs carried by transactions ---------------------------------------------------------
 
 
+MAX_BLOCKS_PER_DELTA = 16
+
+
+@wire
+class BlockChange:
+    """One block a delta changes."""
+
+    name: Str(64)
+    """Expert or module name, e.g. "layer0.expert3"."""
+    base: Hash32
+    """Head of the block the delta was trained on (compare-and-swap)."""
+    result_root: Hash32
+    """Merkle root of the block's weights after base + decode(delta)."""
+
+
 @wire
 class DeltaClaim:
     """What a weight delta claims: the thing PoL validators vote on."""
 
-    expert: Str(64)
-    """Expert or module name, e.g. "layer0.expert3"."""
-    base: Hash32
-    """Head of the expert the delta was trained on."""
+    manifest_hash: Hash32
+    """hash_of(TrainingManifest) of the training that made it (`chain.learning`)."""
+    blocks: Seq(BlockChange, MAX_BLOCKS_PER_DELTA, 1)
+    """Blocks changed, sorted by name."""
     round_id: U64
     """Training round."""
     delta_blob: Hash32
     """Blob id (SHA-256) of the compressed delta."""
     delta_size: U64
     """Size of the delta blob in bytes."""
-    compression: Str(32)
-    """How the delta is compressed: "none", "int8", "topk", "lowrank"."""
+    raw_size: U64
+    """Dense float32 size of the delta."""
+    compression: Str(96)
+    """The compression pipeline and its parameters, e.g. "topk(chunk=4096,density=20000)+int2"."""
     ratio_ppm: U32
     """Compressed size over dense size, parts per million."""
     contributor: Address

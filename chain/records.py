@@ -77,6 +77,20 @@ def expert_key(name: str) -> bytes:
     return b"e" + name.encode()
 
 
+def is_expert_key(key: bytes) -> bool:
+    return key[:1] == b"e" and len(key) > 1
+
+
+def parse_expert_key(key: bytes) -> str:
+    """The block name of an `expert_key`."""
+    return key[1:].decode()
+
+
+def manifest_key(manifest_hash: bytes) -> bytes:
+    """Marks a training manifest whose delta was accepted: never accepted twice."""
+    return b"M" + manifest_hash
+
+
 def delta_key(claim_hash: bytes) -> bytes:
     return b"D" + claim_hash
 

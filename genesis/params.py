@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from chain.params import (
+    TIER_SILVER,
     ChainParams,
     ConsensusParams,
     DatasetParams,
@@ -41,7 +42,21 @@ def devnet_params() -> ChainParams:
             audit_version=AUDIT_VERSION,
             max_dataset_bytes=1 << 30,
         ),
-        pol=PolParams(min_improvement_ppm=1_000, replay_tolerance_ppm=10_000),
+        pol=PolParams(
+            min_improvement_ppm=1_000,
+            replay_tolerance_ppm=10_000,
+            replay_linf_ppm=10_000,
+            replay_min_cosine_ppm=999_000,
+            checkpoint_every=16,
+            top_segments=1,
+            random_segments=1,
+            max_steps=20_000,
+            eval_windows=64,
+            eval_seq_len=128,
+            max_delta_norm_ppm=500_000,
+            max_compression_error_ppm=990_000,
+            min_dataset_tier=TIER_SILVER,
+        ),
         rewards=RewardParams(delta_reward=100, dataset_rewards=(0, 10, 25, 50)),
     )
 

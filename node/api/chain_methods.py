@@ -10,8 +10,9 @@ from chain.errors import DecodingError
 from chain.reward import get_account
 from chain.transition import get_nonce
 from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Block, Transaction
-from node.api.params import bad_params, parse_address_param, parse_chain, parse_hex, to_json
+from node.api.params import bad_params, parse_address_param, parse_chain, parse_hex
 from node.api.services import Services
+from node.core.jsonable import to_json
 
 
 def get_status(services: Services, args: dict[str, Any]) -> dict[str, Any]:

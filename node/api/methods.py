@@ -14,6 +14,7 @@ from node.api.chain_methods import (
     send_transaction,
 )
 from node.api.expert_methods import MAX_GENERATE_TOKENS, MAX_PROMPT_CHARS, generate, get_experts
+from node.api.learning_methods import get_ledger_view
 from node.api.params import Method, Param
 from node.api.services import Services
 
@@ -87,6 +88,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
         "type": "object", "properties": {
             "node": {"type": "string"}, "tier": {"type": "integer"}, "load": {"type": "integer"},
             "serving": {"type": "array"}, "registry": {"type": "array"}}}, get_experts, target="experts"),
+    Method("blyan_getLedgerView", "What learning reads of the chains: every block's head, weights root and "
+           "record, datasets with status, tier and role, the validation set, accepted manifests.", (), {
+        "type": "object", "properties": {
+            "blocks": {"type": "object"}, "datasets": {"type": "array"},
+            "validation": {"type": "array", "items": {"type": "string"}},
+            "accepted_manifests": {"type": "array", "items": HASH_HEX}}}, get_ledger_view),
     Method("rpc.discover", "This OpenRPC document.", (), {"type": "object"}, discover),
 )}
 

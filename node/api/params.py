@@ -113,14 +113,3 @@ def parse_address_param(value: Any) -> bytes:
         return parse_address(value)
     except ValueError as err:
         raise bad_params(str(err)) from err
-
-
-def to_json(value: Any) -> Any:
-    """A wire object as JSON: bytes as hex, nested objects as dicts of their fields."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: to_json(getattr(value, name)) for name in value.__dataclass_fields__}
-    return value

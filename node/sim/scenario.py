@@ -23,7 +23,7 @@ SIM_EXPERT = TensorRecord(
     size=4096, merkle_root=hashlib.sha256(b"sim-expert-root").digest(), tile_size=4 * 1024 * 1024,
     subtile_size=256 * 1024, tensors=(TensorInfo("w1", "F32", (32, 32)),),
 )
-"""The simulation's model has one expert (its weights are never loaded: deltas name blobs)."""
+"""The simulation's model has one expert (its weights are never loaded: no deltas are submitted)."""
 CLIENTS = 8
 CLIENT_BALANCE = 10**12
 VALIDATOR_STAKE = 1_000_000

@@ -20,7 +20,7 @@ import trio
 from chain import codec, crypto
 from chain.kv import MemoryKV
 from chain.store import ChainStore
-from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, Transaction
+from chain.types import CHAIN_DATASET, Transaction
 from node.core.feed import Feed
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
@@ -29,7 +29,7 @@ from node.sim import checks
 from node.sim.byzantine import Behaviour, ByzantineNetwork, InvalidBlockBuilder, spam
 from node.sim.checks import Checker, Violation
 from node.sim.faults import run_faults
-from node.sim.operators import audit_and_vote, make_delta_submission
+from node.sim.operators import audit_and_vote
 from node.sim.scenario import SIM_NETWORK, SimConfig, make_sim_pact
 from node.sim.workload import Workload
 from node.sync.config import SyncTiming
@@ -190,8 +190,6 @@ class Simulation:
             roll = rng.random()
             if roll < 0.08 and now < stop - 5.0:
                 w.submit_dataset(self, client, rng)
-            elif roll < 0.14 and not w.clients[0].pending:
-                self._submit_delta(rng)
             elif len(client.pending) < 4:
                 w.submit_transfer(self, client, rng)
             if now >= resubmit_at:
@@ -204,16 +202,6 @@ class Simulation:
             await trio.sleep(RESUBMIT_EVERY_S)
             w.resubmit(self, rng)
             self._operate(rng)
-
-    def _submit_delta(self, rng: random.Random) -> None:
-        live = self.live_honest()
-        if not live:
-            return
-        contributor = self.workload.clients[0]
-        voters = [n.key for n in self.honest_validators()]
-        tx = make_delta_submission(live[0].engine.store.state(CHAIN_PARAMETER), contributor, voters, rng)
-        self.workload.track(contributor, tx)
-        self.submit(tx, rng)
 
     def _operate(self, rng: random.Random) -> None:
         """The validators' operators audit pending datasets, then vote a tier (scripted)."""

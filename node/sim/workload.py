@@ -1,5 +1,6 @@
 """The clients of a simulation: wallets that sign transfers and resubmit them until final,
-contributors that submit datasets and deltas, and (optionally) validator-set rotation.
+contributors that submit datasets, and (optionally) validator-set rotation (no deltas: see
+`node.sim.operators`).
 
 Every choice is drawn from the run's seeded RNG, so the workload is part of the run's pure
 function of its seed. What the validators' operators do in answer (audits, quality votes, PoL

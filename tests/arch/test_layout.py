@@ -19,13 +19,14 @@ WINGS: dict[str, set[str]] = {
     "sync": {"core"},  # status, handshake, blocks by range, snapshots, fast sync, catch-up
     "experts": {"core"},  # expert serving, inference, tiles
     "api": {"core"},  # JSON-RPC, metrics; sees the node and services only by interface
+    "pol": {"core"},  # Proof-of-Learning: bundles, the contributor's training, the verifier
     "sim": {"core", "engine", "sync"},  # the simulation harness, byzantine substitutes
-    "app": {"core", "engine", "sync", "experts", "api"},  # daemon wiring, data dir, devnet
-    "cli": {"core", "app", "api", "sim"},  # the `blyan` command line
+    "app": {"core", "engine", "sync", "experts", "api", "pol"},  # daemon wiring, data dir, devnet
+    "cli": {"core", "app", "api", "sim", "pol"},  # the `blyan` command line
 }
-"""Inner arrows of `node/`: cli -> app -> {engine, sync, experts, api}; services never import the
-engine but get its interface (`node.core.ports.NodeHandle`). A new wing (pol, data, anchor)
-is added here with its arrows."""
+"""Inner arrows of `node/`: cli -> app -> {engine, sync, experts, api, pol}; services never import
+the engine but get its interface (`node.core.ports.NodeHandle`). A new wing (data, anchor) is
+added here with its arrows."""
 NODE_TOP_LEVEL = {"__init__.py", "__main__.py"}
 
 
@@ -92,11 +93,11 @@ def test_cycle_finder_finds_a_lazy_cycle(tmp_path: Path) -> None:
 
 def test_inner_checker_flags_a_service_importing_the_engine() -> None:
     graph = {"node.api.server": {"node.engine.engine"}, "node.engine.runner": {"node.sync.catchup"},
-             "node.app.daemon": {"node.engine.engine"}, "node.pol.service": set()}
+             "node.app.daemon": {"node.engine.engine"}, "node.anchor.service": set()}
     problems = inner_violations(graph)
     assert any("node.api.server imports node.engine.engine" in p for p in problems)
     assert any("node.engine.runner imports node.sync.catchup" in p for p in problems)
-    assert any("wing 'pol' is not in the map" in p for p in problems)
+    assert any("wing 'anchor' is not in the map" in p for p in problems)
     assert not any("node.app.daemon" in p for p in problems)
 
 

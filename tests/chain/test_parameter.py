@@ -12,6 +12,7 @@ from chain.errors import InvalidTransaction
 from chain.pact import GenesisValidator
 from chain.parameter import bump_version, is_accepting_vote
 from chain.payloads import (
+    BlockChange,
     CommitSnapshot,
     DeltaClaim,
     PolCertificate,
@@ -22,7 +23,7 @@ from chain.payloads import (
     SubmitDelta,
     Transfer,
 )
-from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key
+from chain.records import AcceptedDelta, Earning, ExpertState, delta_key, earning_key, expert_key, manifest_key
 from chain.reward import get_account, validate_supply
 from chain.state import Overlay
 from chain.tensors import (
@@ -75,13 +76,19 @@ def expert(chains: LocalChains, name: str = EXPERT) -> ExpertState:
     return codec.decode(ExpertState, chains.states[CHAIN_PARAMETER].get(expert_key(name)))
 
 
-def claim_on(chains: LocalChains, name: str = EXPERT, **overrides: object) -> DeltaClaim:
+def claim_on(chains: LocalChains, name: str = EXPERT, base: bytes | None = None, **overrides: object) -> DeltaClaim:
+    """A claim on one block; its manifest hash follows from its delta blob, round and base."""
     current = expert(chains, name)
     claim = DeltaClaim(
-        expert=name, base=current.head, round_id=current.last_round + 1, delta_blob=b"\xdd" * 32,
-        delta_size=1_000, compression="int8", ratio_ppm=250_000, contributor=TRAINER.address,
+        manifest_hash=bytes(32), blocks=(BlockChange(name, current.head if base is None else base, b"\x77" * 32),),
+        round_id=current.last_round + 1, delta_blob=b"\xdd" * 32, delta_size=1_000, raw_size=4_000,
+        compression="int8", ratio_ppm=250_000, contributor=TRAINER.address,
     )
-    return replace(claim, **overrides)
+    claim = replace(claim, **overrides)
+    if "manifest_hash" not in overrides:
+        unique = claim.delta_blob + claim.round_id.to_bytes(8, "big") + claim.blocks[0].base
+        claim = replace(claim, manifest_hash=codec.sha256(unique))
+    return claim
 
 
 def pol_vote(key, claim_hash: bytes, base: int = BASE_LOSS, new: int = NEW_LOSS,
@@ -207,7 +214,7 @@ def test_delta_chain_of_two_on_new_head(chains: LocalChains) -> None:
     first = claim_on(chains)
     advance(chains, [delta_tx(chains, first)])
     second = claim_on(chains, delta_blob=b"\xee" * 32)
-    assert second.base == codec.hash_of(first)
+    assert second.blocks[0].base == codec.hash_of(first)
     advance(chains, [delta_tx(chains, second)])
     state = expert(chains)
     assert state.deltas == (codec.hash_of(first), codec.hash_of(second))
@@ -330,7 +337,8 @@ def test_invalid_delta_bad_vote_signature(chains: LocalChains, forgery: str) -> 
 
 
 def test_invalid_delta_unknown_expert(chains: LocalChains) -> None:
-    claim = replace(claim_on(chains), expert="layer9.expert9")
+    claim = claim_on(chains)
+    claim = replace(claim, blocks=(BlockChange("layer9.expert9", claim.blocks[0].base, bytes(32)),))
     assert_invalid(chains, delta_tx(chains, claim), "no expert 'layer9.expert9'")
 
 
@@ -359,6 +367,28 @@ def test_invalid_delta_round_zero_on_genesis(chains: LocalChains) -> None:
 )
 def test_invalid_delta_shape(chains: LocalChains, field: str, value: object, match: str) -> None:
     assert_invalid(chains, delta_tx(chains, claim_on(chains, **{field: value})), match)
+
+
+def test_delta_on_two_blocks_moves_both_heads(chains: LocalChains) -> None:
+    one = claim_on(chains)
+    two = claim_on(chains, "layer0.expert1")
+    claim = replace(one, blocks=(one.blocks[0], two.blocks[0]))
+    advance(chains, [delta_tx(chains, claim)])
+    assert expert(chains).head == expert(chains, "layer0.expert1").head == codec.hash_of(claim)
+    assert chains.states[CHAIN_PARAMETER].get(manifest_key(claim.manifest_hash)) == codec.hash_of(claim)
+
+
+def test_invalid_delta_of_an_accepted_manifest(chains: LocalChains) -> None:
+    first = claim_on(chains)
+    advance(chains, [delta_tx(chains, first)])
+    again = claim_on(chains, manifest_hash=first.manifest_hash, delta_blob=b"\xee" * 32)
+    assert_invalid(chains, delta_tx(chains, again), "accepted already")
+
+
+def test_invalid_delta_blocks_unsorted_or_repeated(chains: LocalChains) -> None:
+    one, two = claim_on(chains), claim_on(chains, "layer0.expert1")
+    for blocks in ((two.blocks[0], one.blocks[0]), (one.blocks[0], one.blocks[0])):
+        assert_invalid(chains, delta_tx(chains, replace(one, blocks=blocks)), "not sorted by name or repeated")
 
 
 def test_invalid_delta_sent_to_reward_chain(chains: LocalChains) -> None:
@@ -393,7 +423,7 @@ def test_delta_after_snapshot_builds_on_snapshot_head(chains: LocalChains) -> No
     advance(chains, [delta_tx(chains, claim_on(chains))])
     advance(chains, [snapshot_tx(chains, tensor(blob=9))])
     claim = claim_on(chains)
-    assert claim.base == expert(chains).head
+    assert claim.blocks[0].base == expert(chains).head
     advance(chains, [delta_tx(chains, claim)])
     assert expert(chains).version == "1.1.1"
 

@@ -221,8 +221,9 @@ def test_devnet_pact_valid() -> None:
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
 
 
-DEVNET_GENESIS_HASH = "8190d98cab0a2257a9882e218b157f941dd4d0d707a44df484f643c12aaf86d0"
-"""blyan-pact/2 (ChainParams grouped by concern); it changes only when the devnet genesis does."""
+DEVNET_GENESIS_HASH = "27b314c9dc260e737364aeb748935583eb3068feab028e9de79b962b8ab8bd9c"
+"""blyan-pact/3 (ChainParams grouped by concern; PoL parameters for replay and evaluation); it
+changes only when the devnet genesis does."""
 
 
 def test_devnet_genesis_hash_pinned() -> None:
