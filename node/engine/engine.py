@@ -256,10 +256,14 @@ class Engine:
         verdict = runner.classify_height(vote.height, peer)
         if verdict is not Verdict.ACCEPT:
             return verdict
-        try:
-            validate_signed_vote(msg.signed, self.network_id, runner.validators)
-        except BlyanError as err:
-            self.penalize(peer, f"vote: {err}")
+        for signers in runner.candidate_sets(vote.height):
+            try:
+                validate_signed_vote(msg.signed, self.network_id, signers)
+                break
+            except BlyanError as err:
+                error = err
+        else:
+            self.penalize(peer, f"vote: {error}")
             return Verdict.REJECT
         return runner.enqueue(("vote", peer, msg.signed))
 

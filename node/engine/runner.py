@@ -148,12 +148,27 @@ class ChainRunner:
         verdict = self.classify_height(p.height, peer)
         if verdict is not Verdict.ACCEPT:
             return verdict
-        try:
-            validate_signed_proposal(msg.signed, self.port.network_id, self.validators)
-        except InvalidProposal as err:
-            self.port.penalize(peer, str(err))
+        for signers in self.candidate_sets(p.height):
+            try:
+                validate_signed_proposal(msg.signed, self.port.network_id, signers)
+                break
+            except InvalidProposal as err:
+                error = err
+        else:
+            self.port.penalize(peer, str(error))
             return Verdict.REJECT
         return self.enqueue(("proposal", peer, msg))
+
+    def candidate_sets(self, height: int) -> list[ValidatorSet]:
+        """The sets that may sign a message of `height`: ours; for the next height also the
+        newest when an epoch boundary is passing (which one decides it is not known yet, and a
+        new validator's message is no offence). The machine counts only its own set's votes."""
+        sets = [self.validators]
+        if height > self.height:
+            newest = self.port.get_current_validators()
+            if newest.epoch > self.validators.epoch:
+                sets.append(newest)
+        return sets
 
     def enqueue(self, event: tuple) -> Verdict:
         try:

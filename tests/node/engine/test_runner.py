@@ -23,10 +23,20 @@ from chain.reward import get_account
 from chain.state import State
 from chain.store import ChainStore
 from chain.transition import build_block
-from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, Block, BlockHeader, CommitCertificate, Transaction, ValidatorSet
+from chain.types import (
+    CHAIN_PARAMETER,
+    CHAIN_REWARD,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    Transaction,
+    ValidatorSet,
+    make_validator_set,
+)
 from chain.votes import NIL, STEP_PRECOMMIT, STEP_PREVOTE, CommitSig, SignedVote, Vote
 from consensus.mempool import Mempool
 from consensus.messages import NO_POL_ROUND, Proposal, sign_proposal
+from consensus.proposer import compute_proposer
 from consensus.tendermint import Step
 from genesis.history import ChainHistory
 from genesis.testkit import account_keys, certify, make_pact, sign_tx, validator_keys
@@ -350,6 +360,23 @@ async def test_receive_proposal_far_future_ignored_without_penalty() -> None:
     port, runner = fresh()
     assert runner.receive_proposal(PEER, proposal_msg(port, runner, height=5)) is Verdict.IGNORE
     assert port.penalties == [] and port.ahead == [(PEER, 4)]
+
+
+@pytest.mark.parametrize(("signer_label", "verdict"), [("next-epoch-validator", Verdict.ACCEPT),
+                                                      ("stranger", Verdict.REJECT)])
+async def test_receive_proposal_next_height_at_an_epoch_boundary(signer_label: str, verdict: Verdict) -> None:
+    """While an epoch boundary passes, the next height may be signed by the newest set: its new
+    validator's proposal is no offence (kept for that height); a stranger's still is."""
+    port, runner = fresh()
+    newcomer = crypto.PrivateKey.from_label("next-epoch-validator")
+    newest = make_validator_set(runner.validators.epoch + 1, [(VKEY.public_key, 10), (newcomer.public_key, 10)])
+    port.get_current_validators = lambda: newest  # type: ignore[method-assign]
+    signer = crypto.PrivateKey.from_label(signer_label)
+    block = proposal_msg(port, runner).block
+    round_ = next(r for r in range(8) if compute_proposer(newest, 2, r) == newcomer.address)  # its turn
+    p = Proposal(CHAIN_REWARD, 2, round_, block.hash(), NO_POL_ROUND, signer.address)
+    assert runner.receive_proposal(PEER, ProposalMsg(sign_proposal(signer, NID, p), block)) is verdict
+    assert (port.penalties == []) is (verdict is Verdict.ACCEPT)
 
 
 # --- blocks from catch-up -------------------------------------------------------------------------
