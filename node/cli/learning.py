@@ -121,7 +121,7 @@ def train(data_dir: Path, out: Path, blocks: tuple[str, ...], datasets: tuple[st
         plan = make_training_plan(materials, options)
         tracker = _open_tracker(mlflow_uri, plan) if mlflow_uri else None
         result = train_bundle(materials, plan, key, out, residual_dir=data_dir / LEARNING_DIR,
-                              progress=_progress_printer(not as_json, tracker))
+                              progress=_progress_printer(not as_json, tracker, options.batch_size * options.seq_len))
     except (BlyanError, ValueError, OSError) as err:
         _fail(str(err))
     summary = _train_summary(result)
@@ -148,7 +148,7 @@ def _train_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def _progress_printer(show: bool, tracker: Any) -> Any:
+def _progress_printer(show: bool, tracker: Any, tokens_per_step: int) -> Any:
     last = [0.0]
 
     def progress(step: int, steps: int, loss: float, seconds: float) -> None:
@@ -158,7 +158,8 @@ def _progress_printer(show: bool, tracker: Any) -> Any:
             return
         last[0] = seconds
         rate = step / seconds if seconds > 0 else None
-        click.echo(f"  train {format_progress(step, steps, rate, 'steps')}, loss {loss:.4f}", err=True)
+        tokens = f", {rate * tokens_per_step:,.0f} tokens/s" if rate else ""
+        click.echo(f"  train {format_progress(step, steps, rate, 'steps')}{tokens}, loss {loss:.4f}", err=True)
 
     return progress
 

@@ -45,13 +45,22 @@ from gpu.delta import (
     is_finite,
     read_method,
 )
-from gpu.finetune import chain_batch_hash, checkpoint_weights, compare_weights, evaluate_windows, replay_segment
+from gpu.finetune import (
+    InvalidCheckpoint,
+    chain_batch_hash,
+    checkpoint_weights,
+    compare_weights,
+    evaluate_windows,
+    replay_segment,
+    validate_stream,
+)
 from gpu.model import MoEModel
 from gpu.weights import decode_block
 from node.pol.bundle import Bundle
 from node.pol.contributor import compute_env, compute_result_roots, finetune_config_of
 from node.pol.data import Materials, build_stream, load_base_model, load_tokenizer, validation_stream
 
+MAX_REPLAY_THREADS = 256
 LOSS_TOLERANCE = 0.01
 """Replayed segment losses elsewhere than the claimed environment: within 1% of the claim."""
 
@@ -116,7 +125,7 @@ def _verify(m: Materials, bundle: Bundle, validator: bytes, out: Measurements, c
 
     started = time.perf_counter()
     blobs = [bundle.read_checkpoint(i) for i in range(len(man.checkpoints))]
-    weights = [checkpoint_weights(blob) for blob in blobs]
+    weights = [_read_weights(blob, i, base) for i, blob in enumerate(blobs)]
     if not _equal(weights[0], base):
         raise PolRejection(Reason.BASE_MISMATCH, "checkpoint 0 is not the base weights")
     out.update_norms = [_l2(weights[i + 1], weights[i]) for i in range(len(weights) - 1)]
@@ -125,6 +134,13 @@ def _verify(m: Materials, bundle: Bundle, validator: bytes, out: Measurements, c
     tokenizer = load_tokenizer(m)
     stream = build_stream(m, tokenizer, man.datasets)
     cfg = finetune_config_of(names, man.hyper, man.env.threads)
+    try:
+        if not 0 < man.env.threads <= MAX_REPLAY_THREADS:
+            raise ValueError(f"{man.env.threads} torch threads")
+        cfg.validate(model.cfg)
+        validate_stream(stream, model.cfg.vocab_size, cfg.seq_len)
+    except ValueError as err:
+        raise PolRejection(Reason.BAD_HYPERPARAMETERS, f"the training cannot be replayed as declared: {err}") from err
     out.same_environment = man.env == compute_env(man.env.threads)
     for i in chosen:
         checks.append(_replay(model, stream, cfg, man, blobs, weights, i, out, params))
@@ -197,7 +213,10 @@ def _check_compression(bundle: Bundle, m: Materials, true_delta: dict[str, Tenso
 def _replay(model: MoEModel, stream: Tensor, cfg: Any, man: TrainingManifest, blobs: list[bytes],
             weights: list[dict[str, Tensor]], i: int, out: Measurements, params: Any) -> SegmentCheck:
     start, end = man.checkpoints[i], man.checkpoints[i + 1]
-    replay = replay_segment(copy.deepcopy(model), stream, cfg, blobs[i], start.step, end.step)
+    try:
+        replay = replay_segment(copy.deepcopy(model), stream, cfg, blobs[i], start.step, end.step)
+    except InvalidCheckpoint as err:
+        raise PolRejection(Reason.BAD_BLOB, f"checkpoint {i}: {err}") from err
     link = start.batch_chain
     for h in replay.batch_hashes:
         link = chain_batch_hash(link, h)
@@ -218,6 +237,17 @@ def _replay(model: MoEModel, stream: Tensor, cfg: Any, man: TrainingManifest, bl
             not math.isclose(loss, claimed, rel_tol=LOSS_TOLERANCE):
         raise PolRejection(Reason.LOSS_MISMATCH, f"segment {i}: replayed loss {loss:.6f}, claimed {claimed:.6f}")
     return check
+
+
+def _read_weights(blob: bytes, index: int, base: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's weights, which must be the trained blocks' tensors (names, shapes, dtypes)."""
+    try:
+        weights = checkpoint_weights(blob)
+    except InvalidCheckpoint as err:
+        raise PolRejection(Reason.BAD_BLOB, f"checkpoint {index}: {err}") from err
+    if {k: (v.shape, v.dtype) for k, v in weights.items()} != {k: (v.shape, v.dtype) for k, v in base.items()}:
+        raise PolRejection(Reason.BAD_BLOB, f"checkpoint {index} does not hold the trained blocks' tensors")
+    return weights
 
 
 def _with_weights(model: MoEModel, weights: dict[str, Tensor]) -> MoEModel:
