@@ -110,19 +110,41 @@ class LedgerView:
             blocks = {}
             for name, b in data["blocks"].items():
                 record = codec.decode(TensorRecord, bytes.fromhex(b["record"]), max_size=64 * 1024)
+                if record.name != name:
+                    raise ValueError(f"block {name!r} holds the record of {record.name!r}")
                 blocks[name] = BlockView(name, _hash(b["head"]), _hash(b["weights_root"]), record,
-                                         int(b["deltas"]), int(b["last_round"]))
-            datasets = {d["cid"]: DatasetView(str(d["cid"]), int(d["status"]), int(d["tier"]), str(d["role"]),
-                                              int(d["size"])) for d in data["datasets"]}
-            validation = tuple(str(c) for c in data["validation"])
-            accepted = frozenset(_hash(h) for h in data["accepted_manifests"])
+                                         _count(b["deltas"]), _count(b["last_round"]))
+            datasets = {}
+            for d in data["datasets"]:
+                datasets[_text(d["cid"])] = DatasetView(_text(d["cid"]), _count(d["status"]), _count(d["tier"]),
+                                                        _text(d["role"]), _count(d["size"]))
+            validation = tuple(_text(c) for c in _list(data["validation"]))
+            accepted = frozenset(_hash(h) for h in _list(data["accepted_manifests"]))
         except (KeyError, TypeError, AttributeError, DecodingError) as err:
             raise ValueError(f"malformed ledger view: {err}") from err
         return cls(blocks, datasets, validation, accepted)
 
 
-def _hash(text: str) -> bytes:
-    raw = bytes.fromhex(text)
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def _list(value: object) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{value!r} is not a list")
+    return value
+
+
+def _hash(text: object) -> bytes:
+    raw = bytes.fromhex(_text(text))
     if len(raw) != 32:
         raise ValueError("a hash has 32 bytes")
     return raw

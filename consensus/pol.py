@@ -48,6 +48,10 @@ from chain.learning import (
 from chain.ledger import LedgerView
 from chain.params import PolParams
 
+MAX_BATCH_SIZE = 1024
+"""Sequences per step a manifest may declare: bounds the work of a replay before its batches
+are checked against the chain."""
+
 
 class Reason(enum.Enum):
     """Why a manifest is rejected: the first check that failed."""
@@ -174,6 +178,9 @@ def validate_hyperparameters(m: TrainingManifest, params: PolParams) -> None:
         raise PolRejection(Reason.BAD_HYPERPARAMETERS, f"{h.steps} steps, at most {params.max_steps}")
     if h.batch_size == 0 or h.seq_len < 2 or h.lr_e9 == 0:
         raise PolRejection(Reason.BAD_HYPERPARAMETERS, "empty batches or no learning rate")
+    if h.batch_size > MAX_BATCH_SIZE:
+        raise PolRejection(Reason.BAD_HYPERPARAMETERS, f"batches of {h.batch_size}, at most {MAX_BATCH_SIZE} "
+                           "(a validator replays them)")
     expected = compute_checkpoint_steps(h.steps, h.checkpoint_every)
     if [c.step for c in m.checkpoints] != expected:
         raise PolRejection(Reason.BAD_CHECKPOINTS, f"checkpoints at steps {[c.step for c in m.checkpoints][:8]}..., "
@@ -218,11 +225,11 @@ def choose_segments(seed: bytes, update_norms: Sequence[float], top: int, extra:
     updates (ties by index), then `extra` others drawn by `seed`; sorted, at most all of them."""
     n = len(update_norms)
     ranked = sorted(range(n), key=lambda i: (-update_norms[i], i))
-    chosen = set(ranked[: min(top, n)])
+    chosen = set(ranked[: min(top, n, MAX_SEGMENTS_CHECKED)])  # the largest first, within the cap
     rest = [i for i in range(n) if i not in chosen]
     rng = random.Random(int.from_bytes(seed, "big"))
-    chosen.update(rng.sample(rest, min(extra, len(rest))))
-    return sorted(chosen)[:MAX_SEGMENTS_CHECKED]
+    chosen.update(rng.sample(rest, min(extra, len(rest), MAX_SEGMENTS_CHECKED - len(chosen))))
+    return sorted(chosen)
 
 
 def judge_replay(distance: Distance, same_environment: bool, params: PolParams) -> bool:
@@ -277,6 +284,6 @@ def make_verdict(manifest: TrainingManifest, validator: bytes, rejection: PolRej
 
 
 def _ppm(value: float) -> int:
-    if value != value:  # NaN: as far as it can be
+    if value != value or value == float("inf"):  # NaN, infinity: as far as it can be
         return 2**32 - 1
     return max(0, min(2**32 - 1, round(value * PPM)))

@@ -70,11 +70,14 @@ def compute_norms(delta: dict[str, Tensor]) -> tuple[float, float]:
 
 
 def compute_relative_error(decoded: dict[str, Tensor], target: dict[str, Tensor]) -> float:
-    """||decoded - target|| / ||target|| over float32 tensors (0 for an all-zero target), exactly."""
+    """||decoded - target|| / ||target|| over float32 tensors, exactly: 0 when both are zero,
+    infinite when only the target is (nothing can be within any share of nothing)."""
     validate_same_tensors(decoded, target, "target")
     total = compute_scaled_sum_squares(target)
     err = compute_scaled_sum_squares({name: decoded[name] - target[name] for name in target})  # float32 diff
-    return math.sqrt(err / total) if total else 0.0  # int / int: correctly rounded
+    if not total:
+        return 0.0 if not err else math.inf
+    return math.sqrt(err / total)  # int / int: correctly rounded
 
 
 def compute_scaled_sum_squares(tensors: dict[str, Tensor]) -> int:

@@ -62,6 +62,8 @@ class Bundle:
         if actual != size:
             kind = "truncated" if actual < size else "oversized"
             raise PolRejection(Reason.BAD_BLOB, f"{what}: {kind} blob ({actual} bytes, {size} declared)")
+        if size == 0:
+            raise PolRejection(Reason.BAD_BLOB, f"{what}: an empty blob")
         try:
             data = file.read_bytes()
         except OSError as err:

@@ -117,6 +117,9 @@ def _verify(m: Materials, bundle: Bundle, validator: bytes, out: Measurements, c
     model = load_base_model(m)
     base = {f"{n}/{t}": v.detach().clone() for n in names for t, v in model.block_state_dict(n).items()}
     decoded = _decode(bundle, base)
+    raw = 4 * sum(t.numel() for t in base.values())
+    if man.delta.raw_bytes != raw:
+        raise PolRejection(Reason.BAD_MANIFEST, f"raw_bytes {man.delta.raw_bytes}: the trained tensors hold {raw}")
     out.delta_l2, _ = compute_norms(decoded)
     out.base_l2, _ = compute_norms(base)
     validate_delta_norm(out.delta_l2, out.base_l2, is_finite(decoded), params)
@@ -128,6 +131,9 @@ def _verify(m: Materials, bundle: Bundle, validator: bytes, out: Measurements, c
     weights = [_read_weights(blob, i, base) for i, blob in enumerate(blobs)]
     if not _equal(weights[0], base):
         raise PolRejection(Reason.BASE_MISMATCH, "checkpoint 0 is not the base weights")
+    if not is_fresh_checkpoint(blobs[0]):
+        raise PolRejection(Reason.BASE_MISMATCH, "checkpoint 0 does not start from a fresh optimizer "
+                           "(its moments or step are not zero)")
     out.update_norms = [_l2(weights[i + 1], weights[i]) for i in range(len(weights) - 1)]
     chosen = choose_segments(compute_segment_seed(bundle.manifest_hash, validator), out.update_norms,
                              params.top_segments, params.random_segments)
@@ -184,8 +190,12 @@ def _decode(bundle: Bundle, base: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _check_compression(bundle: Bundle, m: Materials, true_delta: dict[str, Tensor], same_environment: bool) -> None:
     """The delta is the compression of trained - base (plus the residual it says it carries, of a
-    round the chain accepted), by the method it names: on the claimed environment the blob must
-    be that compression byte for byte, so nothing else can ride in it."""
+    round the chain accepted), by the method it names: the blob must be that compression byte for
+    byte, so nothing else can ride in it. The trained weights are the bundle's last checkpoint, the
+    same bytes everywhere, and top-k and quantization are exact elementwise work, so this holds on
+    any machine; only a low-rank factorisation (an SVD) made on another machine kind may round
+    otherwise, and it must then decode within the replay tolerance of ours."""
+    tolerance_ppm = m.pact.params.pol.replay_tolerance_ppm
     d = bundle.manifest.delta
     residual = None
     if d.residual_from != bytes(32):
@@ -199,15 +209,20 @@ def _check_compression(bundle: Bundle, m: Materials, true_delta: dict[str, Tenso
             raise PolRejection(Reason.BAD_SHAPES, "the carried residual is not of the trained blocks' tensors")
     elif d.residual_blob != bytes(32) or d.residual_size or d.residual_root != bytes(32):
         raise PolRejection(Reason.BAD_MANIFEST, "a residual blob without the round it comes from")
-    if not same_environment:
-        return  # elsewhere the trained weights may round differently: the declared error bounds it
     try:
-        expected = compress_delta(true_delta, CompressionConfig.parse(d.method), residual)
+        method = CompressionConfig.parse(d.method)
+        expected = compress_delta(true_delta, method, residual)
     except (ValueError, InvalidDelta) as err:
         raise PolRejection(Reason.COMPRESSION_ERROR, f"cannot compress by {d.method!r}: {err}") from err
-    if expected.blob != bundle.read_delta():
-        raise PolRejection(Reason.COMPRESSION_ERROR, f"the delta is not the {d.method} compression of the trained "
-                           "weights minus the base")
+    blob = bundle.read_delta()
+    if expected.blob == blob:
+        return
+    if method.rank and not same_environment:  # an SVD elsewhere may round otherwise: nearly the same
+        drift = compute_relative_error(decode_delta(blob), decode_delta(expected.blob))
+        if drift * PPM <= tolerance_ppm:
+            return
+    raise PolRejection(Reason.COMPRESSION_ERROR, f"the delta is not the {d.method} compression of the trained "
+                       "weights minus the base")
 
 
 def _replay(model: MoEModel, stream: Tensor, cfg: Any, man: TrainingManifest, blobs: list[bytes],
@@ -248,6 +263,13 @@ def _read_weights(blob: bytes, index: int, base: dict[str, Tensor]) -> dict[str,
     if {k: (v.shape, v.dtype) for k, v in weights.items()} != {k: (v.shape, v.dtype) for k, v in base.items()}:
         raise PolRejection(Reason.BAD_BLOB, f"checkpoint {index} does not hold the trained blocks' tensors")
     return weights
+
+
+def is_fresh_checkpoint(blob: bytes) -> bool:
+    """Whether a checkpoint's optimizer state is the initial one: zero moments, step 0 (so the
+    training starts from the base alone, and nothing learned elsewhere rides in its momentum)."""
+    tensors = decode_block(blob)
+    return all(not bool(t.any()) for k, t in tensors.items() if "#" in k)
 
 
 def _with_weights(model: MoEModel, weights: dict[str, Tensor]) -> MoEModel:
