@@ -46,6 +46,7 @@ import bench_fastsync  # noqa: E402,F401 - registers its sections
 import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_infer  # noqa: E402,F401 - registers its sections
 import bench_net  # noqa: E402,F401 - registers its sections
+import bench_pol  # noqa: E402,F401 - registers its sections (learning, delta, pol)
 from benchlib import (  # noqa: E402 - the path above comes first
     DEFAULT_OUT,
     SECTIONS,
