@@ -39,7 +39,7 @@ from chain.types import (
     make_validator_set,
 )
 
-PACT_VERSION = "blyan-pact/3"
+PACT_VERSION = "blyan-pact/4"
 """Version 2: `ChainParams` grouped by concern (consensus, staking, dataset, pol, rewards)."""
 DATASET_ROLES = ("train", "validation")
 BYTE_VOCAB = 256

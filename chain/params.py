@@ -108,6 +108,17 @@ class PolParams:
     """Largest relative l2 error a compressed delta may declare, millionths."""
     min_dataset_tier: U8
     """Lowest tier of a dataset that training may use (TIER_*)."""
+    round_length: U32
+    """Parameter-chain heights per learning round: the claims certified in a round compete at
+    its close (`chain.rounds`)."""
+    reveal_window: U32
+    """Heights after a commitment within which its reveal must land."""
+    vote_window: U32
+    """Heights after a reveal within which the claim must be certified or rejected; it expires
+    after."""
+    max_open_claims: U16
+    """Commitments and undecided claims one contributor may hold at once (less for each claim
+    rejected beyond those accepted)."""
 
 
 @wire
@@ -115,7 +126,14 @@ class RewardParams:
     """What the reward chain pays for the other chains' work."""
 
     delta_reward: U64
-    """Reward for an accepted delta."""
+    """Base reward for an accepted delta."""
+    delta_gain_reward: U64
+    """Added per unit of relative validation-loss gain: a delta that improves the loss by g
+    (g = (base - new) / base) earns delta_reward + g * delta_gain_reward."""
+    delta_reward_cap: U64
+    """Most one accepted delta earns."""
+    pol_vote_reward: U64
+    """Paid to each validator whose PoL vote matched the decided outcome."""
     dataset_rewards: Seq(U64, 4, 4)
     """Reward per dataset tier (rejected, experimental, silver, gold)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from chain.codec import U8, U32, U64, Address, Hash32, Seq, Signature, Str, wire
+from chain.learning import LearningVerdict, SignedManifest
 from chain.tensors import TensorRecord
 from chain.votes import SignedVote
 
@@ -48,6 +49,8 @@ class DeltaClaim:
     """Blob id (SHA-256) of the compressed delta."""
     delta_size: U64
     """Size of the delta blob in bytes."""
+    delta_root: Hash32
+    """Merkle root of the delta blob (how peers prove its tiles)."""
     raw_size: U64
     """Dense float32 size of the delta."""
     compression: Str(96)
@@ -60,18 +63,15 @@ class DeltaClaim:
 
 @wire
 class PolVote:
-    """One validator's Proof-of-Learning verdict on a delta claim."""
+    """One validator's Proof-of-Learning vote on a revealed delta claim: the verdict it computed."""
 
     claim_hash: Hash32
     """hash_of(DeltaClaim)."""
-    base_loss_ppm: U64
-    """Validation loss of the base, in millionths."""
-    new_loss_ppm: U64
-    """Validation loss with the delta applied, in millionths."""
-    replay_ok: bool
-    """Whether the replayed training segments landed within tolerance."""
+    verdict: LearningVerdict
+    """What the validator's own run of the verifier measured and decided (`node.pol.verifier`);
+    `verdict.validator` is the signer's public key."""
     validator: Address
-    """Voter."""
+    """Voter (the address of `verdict.validator`)."""
 
 
 @wire
@@ -84,7 +84,9 @@ class SignedPolVote:
 
 @wire
 class PolCertificate:
-    """The accepting PoL votes of more than 2/3 of the power."""
+    """PoL votes of one claim, sorted by validator address: the accepting votes of more than 2/3
+    of the power (`CertifyDelta`), or rejecting votes that leave acceptance impossible
+    (`RejectDelta`)."""
 
     votes: Seq(SignedPolVote, MAX_POL_VOTES)
     """Votes, sorted by validator address."""
@@ -130,14 +132,48 @@ class AuditReport:
 
 
 @wire
-class SubmitDelta:
-    """Apply an accepted weight delta to an expert (compare-and-swap on its head)."""
+class CertifyDelta:
+    """System transaction: a revealed claim's accepting PoL votes; the claim waits for its
+    round's close (`chain.rounds`), where the best certified claim on each base is applied."""
 
     TAG: ClassVar[int] = 10
-    claim: DeltaClaim
-    """The delta."""
+    claim_hash: Hash32
+    """The revealed claim."""
     certificate: PolCertificate
-    """PoL votes accepting it."""
+    """Accepting votes of more than 2/3 of the power."""
+
+
+@wire
+class CommitDelta:
+    """A contributor commits to a claim before anyone can see it (commit, then reveal)."""
+
+    TAG: ClassVar[int] = 12
+    commitment: Hash32
+    """`chain.rounds.compute_commitment(hash_of(claim), sender address)`."""
+
+
+@wire
+class RevealDelta:
+    """The claim and its signed training manifest, once the commitment is final."""
+
+    TAG: ClassVar[int] = 13
+    claim: DeltaClaim
+    """The claim committed to; `claim.contributor` is the sender."""
+    manifest: SignedManifest
+    """The training manifest the claim names, signed by the sender's key."""
+    provider: Str(128)
+    """Peer id of the node that serves the bundle's blobs (a hint: blobs are verified)."""
+
+
+@wire
+class RejectDelta:
+    """System transaction: rejecting PoL votes of a revealed claim that leave it no quorum."""
+
+    TAG: ClassVar[int] = 14
+    claim_hash: Hash32
+    """The revealed claim."""
+    votes: PolCertificate
+    """Rejecting votes; the power not among them is not more than 2/3."""
 
 
 @wire
@@ -275,7 +311,10 @@ class Slash:
 # import `TxBody`'s module), so it is written out here; tests/chain/test_rules.py fails when it
 # and the tables (`RULES` in chain.parameter, chain.dataset, chain.reward) disagree.
 Payload = (
-    SubmitDelta
+    CertifyDelta
+    | CommitDelta
+    | RevealDelta
+    | RejectDelta
     | CommitSnapshot
     | SubmitDataset
     | AuditVerdict

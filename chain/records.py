@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from chain.codec import U8, U32, U64, Address, Hash32, PubKey, Seq, Str, wire
-from chain.payloads import DeltaClaim
+from chain.learning import SignedManifest
+from chain.payloads import MAX_POL_VOTES, DeltaClaim
 from chain.tensors import ModelSpec, TensorRecord
 
 MAX_STAKERS = 4096
@@ -93,6 +94,41 @@ def manifest_key(manifest_hash: bytes) -> bytes:
 
 def delta_key(claim_hash: bytes) -> bytes:
     return b"D" + claim_hash
+
+
+def commitment_key(commitment: bytes) -> bytes:
+    """A contributor's commitment to a claim not revealed yet."""
+    return b"C" + commitment
+
+
+def claim_key(claim_hash: bytes) -> bytes:
+    """A revealed claim and where it stands (`ClaimRecord`)."""
+    return b"K" + claim_hash
+
+
+def is_claim_key(key: bytes) -> bool:
+    return len(key) == 33 and key[:1] == b"K"
+
+
+def revealed_blob_key(delta_blob: bytes) -> bytes:
+    """Marks a delta blob revealed once: a copy of it revealed again is refused."""
+    return b"B" + delta_blob
+
+
+def contributor_key(address: bytes) -> bytes:
+    """A contributor's open, accepted and rejected claims (`ContributorRecord`)."""
+    return b"T" + address
+
+
+def due_key(height: int) -> bytes:
+    """What falls due at the end of a parameter-chain height (`DueAt`): commitments whose reveal
+    window closes, claims whose vote window closes."""
+    return b"Z" + height.to_bytes(8, "big")
+
+
+def round_key(round_id: int) -> bytes:
+    """The claims certified during a round, which compete at its close (`RoundRecord`)."""
+    return b"R" + round_id.to_bytes(8, "big")
 
 
 def dataset_key(tx_hash: bytes) -> bytes:
@@ -211,6 +247,86 @@ class AcceptedDelta:
     """Median base validation loss of the accepting votes."""
     new_loss_ppm: U64
     """Median new validation loss of the accepting votes."""
+
+
+CLAIM_VOTING = 0
+CLAIM_CERTIFIED = 1
+CLAIM_ACCEPTED = 2
+CLAIM_REJECTED = 3
+CLAIM_EXPIRED = 4
+CLAIM_STATUS_NAMES = {0: "voting", 1: "certified", 2: "accepted", 3: "rejected", 4: "expired"}
+MAX_CLAIMS_PER_ROUND = 256
+MAX_DUE_PER_HEIGHT = 4096
+
+
+@wire
+class Commitment:
+    """A commitment to a claim that is not revealed yet."""
+
+    sender: Address
+    """Who committed (only they can reveal)."""
+    height: U64
+    """Parameter-chain height that included it."""
+
+
+@wire
+class ClaimRecord:
+    """A revealed delta claim and where it stands."""
+
+    claim: DeltaClaim
+    """The claim."""
+    manifest: SignedManifest
+    """Its signed training manifest (what validators replay)."""
+    provider: Str(128)
+    """Peer id of the node serving the bundle's blobs (a hint)."""
+    status: U8
+    """CLAIM_*."""
+    commit_height: U64
+    """Height of the commitment."""
+    reveal_height: U64
+    """Height of the reveal."""
+    decided_height: U64
+    """Height of the certificate or the rejection (0: not yet)."""
+    applied_height: U64
+    """Height of the round close that applied it (0: not applied)."""
+    base_loss_ppm: U64
+    """Median base validation loss of the deciding votes (0: none)."""
+    new_loss_ppm: U64
+    """Median new validation loss of the deciding votes (0: none)."""
+    reason: Str(256)
+    """Why it was rejected or expired ("" otherwise)."""
+    voters: Seq(Address, MAX_POL_VOTES)
+    """Validators whose votes decided it, sorted."""
+
+
+@wire
+class ContributorRecord:
+    """What the parameter chain knows of a contributor's claims."""
+
+    open: U32
+    """Commitments and claims not decided yet."""
+    accepted: U32
+    """Claims applied."""
+    rejected: U32
+    """Claims rejected (by votes or by compare-and-swap at a round's close)."""
+
+
+@wire
+class DueAt:
+    """What falls due at the end of one height."""
+
+    commitments: Seq(Hash32, MAX_DUE_PER_HEIGHT)
+    """Commitments whose reveal window closes."""
+    claims: Seq(Hash32, MAX_DUE_PER_HEIGHT)
+    """Claims whose vote window closes."""
+
+
+@wire
+class RoundRecord:
+    """The claims certified during one learning round, in the order of their certificates."""
+
+    certified: Seq(Hash32, MAX_CLAIMS_PER_ROUND)
+    """Claim hashes."""
 
 
 # --- dataset chain --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from chain import rounds
 from chain.errors import BlyanError, InvalidSignature
 from chain.learning import (
     MANIFEST_VERSION,
@@ -258,9 +259,8 @@ def validate_compression(measured_error: float, declared_error_ppm: int) -> None
 
 
 def is_improvement(base_loss: int, new_loss: int, params: PolParams) -> bool:
-    """The chain's rule (`chain.parameter.is_accepting_vote`): the loss fell by the minimum share."""
-    needed = base_loss * params.min_improvement_ppm // PPM
-    return new_loss < base_loss and base_loss - new_loss >= needed
+    """The chain's rule (`chain.rounds.is_accepting_vote`): the loss fell by the minimum share."""
+    return rounds.is_improvement(base_loss, new_loss, params.min_improvement_ppm)
 
 
 def validate_improvement(base_loss: int, new_loss: int, params: PolParams) -> None:

@@ -56,8 +56,13 @@ def devnet_params() -> ChainParams:
             max_delta_norm_ppm=500_000,
             max_compression_error_ppm=990_000,
             min_dataset_tier=TIER_SILVER,
+            round_length=8,
+            reveal_window=32,
+            vote_window=600,
+            max_open_claims=4,
         ),
-        rewards=RewardParams(delta_reward=100, dataset_rewards=(0, 10, 25, 50)),
+        rewards=RewardParams(delta_reward=100, delta_gain_reward=100_000, delta_reward_cap=1_000, pol_vote_reward=5,
+                             dataset_rewards=(0, 10, 25, 50)),
     )
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from chain.blobs import BlobStore
 from chain.errors import CorruptBlob, StoreError
-from chain.parameter import get_expert
+from chain.heads import get_expert
 from chain.records import ExpertState
 from chain.state import Overlay
 from chain.store import ChainStore

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from chain import codec, merkle, tensors
 from chain.codec import decode, encode
 from chain.errors import DecodingError
+from chain.learning import SegmentCheck
 from chain.merkle import MerkleProof
 from chain.payloads import (
     AuditCheck,
     AuditVerdict,
-    PolVote,
     Transfer,
 )
 from chain.tensors import TensorInfo
@@ -171,14 +171,10 @@ def test_golden_bool_and_str8() -> None:
     expected = "93" + "a3" + b"pii".hex() + "c3" + "d920" + b"x".hex() * 32
     assert encode(check).hex() == expected
     assert decode(AuditCheck, bytes.fromhex(expected)) == check
-    vote = PolVote(
-        claim_hash=bytes(32), base_loss_ppm=0, new_loss_ppm=2**64 - 1, replay_ok=False,
-        validator=bytes(20),
-    )
-    expected = (
-        "95" + "c420" + "00" * 32 + "00" + "cf" + "ff" * 8 + "c2" + "c414" + "00" * 20
-    )
-    assert encode(vote).hex() == expected
+    check = SegmentCheck(index=0, exact=False, l2_ppm=2**32 - 1, linf_ppm=0, cosine_ppm=1)
+    expected = "95" + "00" + "c2" + "ce" + "ff" * 4 + "00" + "01"
+    assert encode(check).hex() == expected
+    assert decode(SegmentCheck, bytes.fromhex(expected)) == check
 
 
 def test_golden_merkle_proof() -> None:

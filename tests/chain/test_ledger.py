@@ -9,18 +9,19 @@ from collections.abc import Callable
 
 import pytest
 
-from chain import codec, crypto
+from chain import codec
 from chain.kv import MemoryKV
 from chain.ledger import LedgerView, read_ledger_view
 from chain.pact import GenesisPact
 from chain.params import TIER_GOLD, TIER_SILVER
-from chain.payloads import BlockChange, DeltaClaim, PolCertificate, PolVote, SignedPolVote, SubmitDelta
+from chain.payloads import DeltaClaim
 from chain.records import STATUS_APPROVED
 from chain.store import ChainStore
 from chain.tensors import TOKENIZER_BLOCK
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER
 from genesis.learningkit import LEARNING_CONTRIBUTOR, LEARNING_VALIDATOR, LearningWorld, make_learning_world
-from genesis.testkit import LocalChains, sign_tx
+from genesis.roundkit import accept_delta, make_manifest
+from genesis.testkit import LocalChains
 
 
 @pytest.fixture(scope="module")
@@ -157,21 +158,9 @@ def test_ledger_from_json_not_an_object(data: object) -> None:
 
 def _accept_delta(pact: GenesisPact, name: str) -> tuple[LocalChains, DeltaClaim]:
     chains = LocalChains.create(pact, [LEARNING_VALIDATOR])
-    state = chains.states[CHAIN_PARAMETER]
-    before = read_ledger_view(state, chains.states[CHAIN_DATASET])
-    claim = DeltaClaim(
-        manifest_hash=crypto.sha256(b"a training manifest"),
-        blocks=(BlockChange(name, before.blocks[name].head, b"\x77" * 32),), round_id=1,
-        delta_blob=b"\xdd" * 32, delta_size=1_000, raw_size=40_000, compression="topk(chunk=4096,density=20000)+int8",
-        ratio_ppm=25_000, contributor=LEARNING_CONTRIBUTOR.address,
-    )
-    vote = PolVote(codec.hash_of(claim), 2_000_000, 1_900_000, True, LEARNING_VALIDATOR.address)
-    signed = SignedPolVote(vote, LEARNING_VALIDATOR.sign(pact.network_id, crypto.KIND_POL_VOTE, codec.encode(vote)))
-    tx = sign_tx(LEARNING_CONTRIBUTOR, pact.network_id, CHAIN_PARAMETER, 0,
-                 SubmitDelta(claim, PolCertificate((signed,))))
-    block, rejected = chains.advance(CHAIN_PARAMETER, [tx])
-    assert not rejected and block.txs == (tx,), rejected
-    return chains, claim
+    before = read_ledger_view(chains.states[CHAIN_PARAMETER], chains.states[CHAIN_DATASET])
+    signed = make_manifest(LEARNING_CONTRIBUTOR, pact.network_id, [(name, before.blocks[name].head)], 1)
+    return chains, accept_delta(chains, LEARNING_CONTRIBUTOR, signed)
 
 
 def test_ledger_after_a_delta(world: LearningWorld, view: LedgerView) -> None:

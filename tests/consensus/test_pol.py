@@ -28,13 +28,15 @@ from chain.learning import (
     sign_manifest,
 )
 from chain.ledger import BlockView, DatasetView, LedgerView
-from chain.parameter import is_accepting_vote
 from chain.params import TIER_EXPERIMENTAL, TIER_GOLD, TIER_SILVER, PolParams
+from chain.payloads import PolVote
 from chain.records import STATUS_APPROVED, STATUS_PENDING, STATUS_REJECTED
+from chain.rounds import is_accepting_vote
 from chain.tensors import DEFAULT_SUBTILE_SIZE, DEFAULT_TILE_SIZE, KIND_EXPERT, KIND_TOKENIZER, TensorInfo, TensorRecord
 from consensus import pol
 from consensus.pol import Distance, PolRejection, Reason
 from genesis.params import devnet_params
+from genesis.roundkit import make_verdict
 from genesis.testkit import LocalChains, make_pact, validator_keys
 
 NETWORK = "pol-unit"
@@ -366,7 +368,10 @@ losses = st.integers(0, 2**40) | st.integers(0, 3_000_000)
 def test_is_improvement_agrees_with_the_chain(base: int, new: int, ppm: int) -> None:
     params = replace(PARAMS, min_improvement_ppm=ppm)
     ctx = replace(CONTEXT, params=replace(CONTEXT.params, pol=replace(CONTEXT.params.pol, min_improvement_ppm=ppm)))
-    assert pol.is_improvement(base, new, params) == is_accepting_vote(base, new, True, ctx)
+    key = validator_keys(1)[0]
+    vote = PolVote(bytes(32), make_verdict(key, bytes(32), base, new), key.address)
+    assert pol.is_improvement(base, new, params) == is_accepting_vote(vote, ctx)
+    assert not is_accepting_vote(replace(vote, verdict=replace(vote.verdict, accepted=False)), ctx)
 
 
 def test_is_improvement_threshold() -> None:

@@ -221,9 +221,9 @@ def test_devnet_pact_valid() -> None:
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
 
 
-DEVNET_GENESIS_HASH = "27b314c9dc260e737364aeb748935583eb3068feab028e9de79b962b8ab8bd9c"
-"""blyan-pact/3 (ChainParams grouped by concern; PoL parameters for replay and evaluation); it
-changes only when the devnet genesis does."""
+DEVNET_GENESIS_HASH = "88f0b24634d3e9e720a4b9499c717aa70b089929fd49d92a45c75ed49f7c120d"
+"""blyan-pact/4 (learning rounds: round, reveal and vote windows, open-claim quota, rewards by
+gain and for PoL votes); it changes only when the devnet genesis does."""
 
 
 def test_devnet_genesis_hash_pinned() -> None:

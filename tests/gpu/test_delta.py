@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from chain.errors import BlyanError
-from chain.parameter import is_compression_method
+from chain.heads import is_compression_method
 from chain.tensors import KIND_EXPERT
 from gpu.delta import (
     FULL_DENSITY,
