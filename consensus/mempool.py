@@ -2,10 +2,13 @@
 
 A transaction is admitted when it is well formed, signed, not a system transaction (those are
 made by the proposer, never gossiped), and its nonce is one the sender could still use: at or
-above the sender's nonce in the committed state and less than `max_nonce_gap` beyond it. Payload
-rules (balances, proofs) are not checked here: they depend on the transactions before it in a
-block, and `chain.transition.build_block` checks them; the engine drops what it rejects with
-`remove`.
+above the sender's nonce in the committed state and less than `max_nonce_gap` beyond it. A local
+submission (`add(..., check_state=True)`, the RPC) is also refused when its payload fails against
+the committed state after the sender's pending transactions before it (insufficient balance or
+stake, ...): its sender is told why, where a pending transaction that can never be final would
+only start an empty block. Gossip skips that check (a relayed transaction may follow ones this
+node has not seen); `drop_failing` prunes what fails once a block could take it, and
+`chain.transition.build_block` has the last word.
 
 Memory is bounded three ways: `max_txs` transactions, `max_bytes` encoded bytes, and
 `max_per_sender` transactions per sender. When the pool is full, a newcomer displaces the
@@ -30,9 +33,9 @@ from dataclasses import dataclass
 
 from chain import codec
 from chain.context import Context
-from chain.errors import InvalidTransaction
+from chain.errors import DecodingError, InvalidSignature, InvalidTransaction, MissingDependency
 from chain.state import Overlay, State
-from chain.transition import get_nonce, is_system_tx, validate_tx_envelope
+from chain.transition import apply_tx, get_nonce, is_system_tx, nonce_key, validate_tx_envelope
 from chain.types import Transaction
 
 logger = logging.getLogger(__name__)
@@ -66,7 +69,9 @@ class Outcome(enum.Enum):
     ADDED = "added"
     """Admitted (gossip: accept)."""
     DUPLICATE = "duplicate"
-    """Already held, or another transaction of the sender holds that nonce (ignore)."""
+    """Already held (ignore)."""
+    NONCE_TAKEN = "nonce taken"
+    """Another pending transaction of the sender holds that nonce (ignore)."""
     INVALID = "invalid"
     """Breaks a rule whoever relays it (gossip: reject, penalise the peer)."""
     NONCE_TOO_LOW = "nonce too low"
@@ -77,6 +82,9 @@ class Outcome(enum.Enum):
     """The pool is full and nothing could be displaced (ignore)."""
     SENDER_FULL = "sender full"
     """The sender already holds `max_per_sender` transactions (ignore)."""
+    FAILS_STATE = "fails against state"
+    """A local submission whose payload fails against the committed state after the sender's
+    pending transactions (insufficient balance or stake, ...); only with `check_state`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +164,9 @@ class Mempool:
 
     # --- admission --------------------------------------------------------------------------
 
-    def add(self, tx: Transaction, state: State | Overlay, ctx: Context) -> AddResult:
-        """Admit `tx` if it is valid and fits; `state` is the chain's committed state."""
+    def add(self, tx: Transaction, state: State | Overlay, ctx: Context, *, check_state: bool = False) -> AddResult:
+        """Admit `tx` if it is valid and fits; `state` is the chain's committed state. With
+        `check_state` (a local submission), also refuse a payload that fails against it."""
         encoded = codec.encode(tx)
         size = len(encoded)
         tx_hash = codec.sha256(encoded)
@@ -170,18 +179,29 @@ class Mempool:
         try:
             sender = validate_tx_envelope(tx, self.chain_id, ctx)
         except InvalidTransaction as err:
+            if isinstance(err.__cause__, InvalidSignature):
+                return AddResult(Outcome.INVALID, f"bad signature: not signed by its sender for network "
+                                                  f"{ctx.network_id!r}")
             return AddResult(Outcome.INVALID, err.reason)
         nonce = tx.body.nonce
         committed = get_nonce(state, sender)
         if nonce < committed:
-            return AddResult(Outcome.NONCE_TOO_LOW, f"nonce {nonce}, committed {committed}")
+            return AddResult(Outcome.NONCE_TOO_LOW, f"nonce {nonce} is used: the sender's next nonce is {committed}")
         if nonce >= committed + self.config.max_nonce_gap:
-            return AddResult(Outcome.NONCE_GAP, f"nonce {nonce}, committed {committed}")
+            return AddResult(Outcome.NONCE_GAP, f"nonce {nonce} is {nonce - committed} ahead of the sender's "
+                                                f"next nonce {committed} (at most {self.config.max_nonce_gap - 1})")
         held = self._senders.get(sender, {})
         if nonce in held:
-            return AddResult(Outcome.DUPLICATE, f"nonce {nonce} of the sender already pending")
+            return AddResult(Outcome.NONCE_TAKEN, f"nonce {nonce} is taken by pending transaction "
+                                                  f"{held[nonce].tx_hash.hex()}")
         if len(held) >= self.config.max_per_sender:
             return AddResult(Outcome.SENDER_FULL, f"sender holds {len(held)} transactions")
+        if check_state:
+            if not isinstance(state, State):
+                raise TypeError("check_state needs the committed State (its height), not an Overlay")
+            failure = self._failure_against(tx, sender, state, ctx)
+            if failure:
+                return AddResult(Outcome.FAILS_STATE, failure)
         victims = self._plan_evictions(sender, size)
         if victims is None:
             return AddResult(Outcome.FULL, f"{len(self)} transactions, {self._bytes} bytes")
@@ -191,6 +211,34 @@ class Mempool:
         self._insert(_Entry(tx, tx_hash, sender, nonce, size, self._next_seq))
         self._next_seq += 1
         return AddResult(Outcome.ADDED)
+
+    def _failure_against(self, tx: Transaction, sender: bytes, state: State, ctx: Context) -> str:
+        """Why `tx`'s payload fails on `state` after the sender's pending run before it; empty
+        when it applies or cannot be judged here yet (a missing dependency).
+
+        Pending transactions that fail end the run (they will be dropped). When the run stops
+        short of `tx`'s nonce (a gap), the payload is judged as if the gap were filled: the
+        nonce is set to `tx`'s, so only balances, stakes and the payload's own rules decide."""
+        view = Overlay(state)
+        height = state.height + 1
+        held = self._senders.get(sender, {})
+        for nonce in range(get_nonce(state, sender), tx.body.nonce):
+            if nonce not in held:
+                break
+            try:
+                apply_tx(view, held[nonce].tx, self.chain_id, height, ctx)
+            except (InvalidTransaction, DecodingError, MissingDependency):
+                break
+        view.put(nonce_key(sender), tx.body.nonce.to_bytes(8, "big"))  # the encoding apply_tx uses
+        try:
+            apply_tx(view, tx, self.chain_id, height, ctx)
+        except InvalidTransaction as err:
+            return err.reason
+        except DecodingError as err:
+            return str(err)
+        except MissingDependency:
+            return ""
+        return ""
 
     def _plan_evictions(self, sender: bytes, size: int) -> list[_Entry] | None:
         """Entries to evict so that a newcomer of `size` bytes from `sender` fits; None if none do.
@@ -301,3 +349,34 @@ class Mempool:
             return False
         self._drop(entry)
         return True
+
+    def drop_failing(self, state: State, ctx: Context, wanted: int) -> list[Transaction]:
+        """Up to `wanted` transactions that a block on `state` could take, in selection order;
+        each one met on the way that fails against `state` (after those before it) is dropped,
+        with a debug log naming the reason. One that lacks a dependency is kept but not
+        returned, and so are its sender's later ones: they may apply once another chain catches
+        up.
+
+        With `wanted=1` this is the "has work" question: a pool of failing transactions alone
+        gives none, so it never starts an empty block."""
+        view = Overlay(state)
+        height = state.height + 1
+        found: list[Transaction] = []
+        waiting: set[bytes] = set()  # senders whose earlier transaction lacks a dependency
+        for tx in self.select(state, len(self), 1 << 62):
+            if len(found) >= wanted:
+                break
+            entry = self._entries[tx.hash()]
+            if entry.sender in waiting:
+                continue
+            try:
+                apply_tx(view, tx, self.chain_id, height, ctx)
+            except (InvalidTransaction, DecodingError) as err:
+                logger.debug("mempool %d drops %s: %s", self.chain_id, entry.tx_hash.hex()[:16], err)
+                self._drop(entry)
+                continue
+            except MissingDependency:
+                waiting.add(entry.sender)
+                continue
+            found.append(tx)
+        return found

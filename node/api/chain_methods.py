@@ -10,7 +10,17 @@ from chain.errors import DecodingError
 from chain.reward import get_account
 from chain.transition import get_nonce
 from chain.types import CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, Block, Transaction
-from node.api.params import bad_params, parse_address_param, parse_chain, parse_hex
+from consensus.mempool import Outcome
+from node.api.client import (
+    TX_FAILS_STATE,
+    TX_INVALID,
+    TX_NONCE_GAP,
+    TX_NONCE_TAKEN,
+    TX_NONCE_TOO_LOW,
+    TX_POOL_FULL,
+    RPCError,
+)
+from node.api.params import bad_params, is_int, parse_address_param, parse_chain, parse_hex
 from node.api.services import Services
 from node.core.jsonable import to_json
 
@@ -60,6 +70,19 @@ def block_to_json(block: Block) -> dict[str, Any]:
     }
 
 
+REFUSAL_CODES: dict[Outcome, int] = {
+    Outcome.INVALID: TX_INVALID,
+    Outcome.NONCE_TOO_LOW: TX_NONCE_TOO_LOW,
+    Outcome.NONCE_GAP: TX_NONCE_GAP,
+    Outcome.NONCE_TAKEN: TX_NONCE_TAKEN,
+    Outcome.FAILS_STATE: TX_FAILS_STATE,
+    Outcome.FULL: TX_POOL_FULL,
+    Outcome.SENDER_FULL: TX_POOL_FULL,
+}
+"""The JSON-RPC error of each mempool outcome that refuses a transaction. The two others are
+answers, not errors: ADDED, and DUPLICATE (that very transaction is already pending)."""
+
+
 def send_transaction(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     node = services.node
     max_bytes = node.store.pact.params.consensus.max_tx_bytes
@@ -70,20 +93,40 @@ def send_transaction(services: Services, args: dict[str, Any]) -> dict[str, Any]
         raise bad_params(f"tx is not a canonical transaction: {err.reason}",
                          {"field": err.field, "reason": err.reason}) from err
     result = node.submit_tx(tx)
+    code = REFUSAL_CODES.get(result.outcome)
+    if code is not None:
+        raise RPCError(code, f"transaction refused: {result.outcome.value}: {result.reason}",
+                       {"outcome": result.outcome.value, "reason": result.reason, "tx_hash": tx.hash().hex()})
     return {"accepted": result.added, "outcome": result.outcome.value, "reason": result.reason,
             "tx_hash": tx.hash().hex()}
 
 
 def get_transaction(services: Services, args: dict[str, Any]) -> dict[str, Any]:
+    """Where a transaction is, by hash; `chain` narrows the search to one chain (optional)."""
     node = services.node
-    chain_id = parse_chain(args["chain"])
-    tx_hash = parse_hex("hash", args["hash"], 32)
-    location = node.store.get_tx_location(chain_id, tx_hash)
-    if location is not None:
-        return {"status": "final", "height": location.height, "index": location.index}
-    if node.is_pending(chain_id, tx_hash):
-        return {"status": "pending"}
+    tx_hash, chain_id = _parse_tx_query(args.get("hash"), args.get("chain"))
+    for c in CHAIN_IDS if chain_id is None else (chain_id,):
+        location = node.store.get_tx_location(c, tx_hash)
+        if location is not None:
+            return {"status": "final", "chain": CHAIN_NAMES[c], "height": location.height, "index": location.index}
+    for c in CHAIN_IDS if chain_id is None else (chain_id,):
+        if node.is_pending(c, tx_hash):
+            return {"status": "pending", "chain": CHAIN_NAMES[c]}
     return {"status": "unknown"}
+
+
+def _parse_tx_query(hash_arg: Any, chain_arg: Any) -> tuple[bytes, int | None]:
+    """The hash and the optional chain of a `blyan_getTransaction` call. Positional calls made
+    before the chain became optional put the chain first (`[chain, hash]`): a first param that
+    names a chain and a second that is a hash are read that way."""
+    if chain_arg is not None and _names_chain(hash_arg) and not _names_chain(chain_arg):
+        hash_arg, chain_arg = chain_arg, hash_arg
+    tx_hash = parse_hex("hash", hash_arg, 32)
+    return tx_hash, None if chain_arg is None else parse_chain(chain_arg)
+
+
+def _names_chain(value: Any) -> bool:
+    return (is_int(value) and value in CHAIN_NAMES) or (isinstance(value, str) and value in CHAIN_NAMES.values())
 
 
 def get_account_info(services: Services, args: dict[str, Any]) -> dict[str, Any]:

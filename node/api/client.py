@@ -27,6 +27,23 @@ INTERNAL_ERROR = -32603
 RATE_LIMITED = -32005
 """Too many requests from this client (HTTP 429)."""
 
+# `blyan_sendTransaction` refusals: the transaction cannot be final from the node's state (the
+# error's data names the mempool outcome, the reason and the transaction hash).
+TX_INVALID = -32020
+"""Malformed for its chain: wrong chain or payload, bad signature (or another network's), too large."""
+TX_NONCE_TOO_LOW = -32021
+"""The nonce is already used in the committed state."""
+TX_NONCE_GAP = -32022
+"""The nonce is too far ahead of the sender's committed nonce."""
+TX_NONCE_TAKEN = -32023
+"""Another pending transaction of the sender holds the nonce."""
+TX_FAILS_STATE = -32024
+"""The payload fails against the committed state: insufficient balance or stake, and the like."""
+TX_POOL_FULL = -32025
+"""The mempool, or the sender's share of it, is full."""
+TX_REFUSED = frozenset({TX_INVALID, TX_NONCE_TOO_LOW, TX_NONCE_GAP, TX_NONCE_TAKEN, TX_FAILS_STATE, TX_POOL_FULL})
+"""Every code with which a node refuses a transaction."""
+
 COOKIE_USER = "__cookie__"
 NODE_INFO_FILE = "node.json"
 """Written by the running daemon (`node.app.daemon`): holds the RPC URL actually bound."""

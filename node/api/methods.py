@@ -51,16 +51,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ), {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
         "chain": {"type": "string"}, "hash": HASH_HEX, "header": {"type": "object"},
         "txs": {"type": "array", "items": HASH_HEX}, "has_last_commit": {"type": "boolean"}}}]}, get_block),
-    Method("blyan_sendTransaction", "Submit a signed transaction (hex of its canonical encoding) to the mempool.", (
+    Method("blyan_sendTransaction", "Submit a signed transaction (hex of its canonical encoding) to the mempool. "
+           "One that cannot be final from the node's state is refused with an error naming why (-32020 invalid "
+           "or bad signature, -32021 nonce too low, -32022 nonce gap, -32023 nonce taken, -32024 fails against "
+           "state such as insufficient balance or stake, -32025 mempool full); the error's data holds outcome, "
+           "reason and tx_hash.", (
         Param("tx", HEX, "Hex of codec.encode(Transaction)."),
     ), {"type": "object", "properties": {
-        "accepted": {"type": "boolean"}, "outcome": {"type": "string"}, "reason": {"type": "string"},
-        "tx_hash": HASH_HEX}}, send_transaction),
-    Method("blyan_getTransaction", "Where a transaction is: final (height, index), pending or unknown.", (
-        Param("chain", CHAIN, "Chain name or id."),
+        "accepted": {"type": "boolean"}, "outcome": {"type": "string", "enum": ["added", "duplicate"]},
+        "reason": {"type": "string"}, "tx_hash": HASH_HEX}}, send_transaction),
+    Method("blyan_getTransaction", "Where a transaction is, by hash, on any chain: final (chain, height, index), "
+           "pending (chain) or unknown.", (
         Param("hash", HASH_HEX, "Transaction hash in hex."),
+        Param("chain", CHAIN, "Chain name or id: search only it (the older positional order [chain, hash] "
+              "is accepted too).", required=False),
     ), {"type": "object", "properties": {
-        "status": {"type": "string", "enum": ["final", "pending", "unknown"]},
+        "status": {"type": "string", "enum": ["final", "pending", "unknown"]}, "chain": {"type": "string"},
         "height": {"type": "integer"}, "index": {"type": "integer"}}}, get_transaction),
     Method("blyan_getAccount", "Balance, stake, unbonding and the nonce on each chain of an address.", (
         Param("address", ADDRESS, "Account address (bly1...)."),

@@ -23,7 +23,7 @@ from chain.crypto import KIND_TX, PrivateKey, format_address, load_key, parse_ad
 from chain.errors import BlyanError
 from chain.payloads import Stake, Transfer, Unstake
 from chain.types import CHAIN_NAMES, CHAIN_REWARD, Transaction, TxBody
-from node.api.client import RPCClient
+from node.api.client import TX_REFUSED, RPCClient, RPCError
 from node.app.config import KEY_FILE
 from node.cli.connect import find_rpc
 from node.core.progress import format_progress
@@ -85,13 +85,20 @@ def _signing_key(data_dir: Path | None, key_file: Path | None) -> PrivateKey:
 
 
 def send_signed(client: RPCClient, key: PrivateKey, payload: object, chain_id: int = CHAIN_REWARD) -> dict:
-    """Sign `payload` with the sender's next nonce and submit it; the node's answer."""
+    """Sign `payload` with the sender's next nonce and submit it; the node's answer. A refusal
+    (the transaction cannot be final: insufficient balance, nonce, signature...) exits 1 with
+    the node's message."""
     network = client.call("blyan_status")["network"]
     account = client.call("blyan_getAccount", [format_address(key.address)])
     nonce = account["nonces"][CHAIN_NAMES[chain_id]]["next_nonce"]
     body = TxBody(chain_id, key.public_key, nonce, payload)
     tx = Transaction(body, key.sign(network, KIND_TX, codec.encode(body)))
-    result = client.call("blyan_sendTransaction", [codec.encode(tx).hex()])
+    try:
+        result = client.call("blyan_sendTransaction", [codec.encode(tx).hex()])
+    except RPCError as err:
+        if err.code not in TX_REFUSED:
+            raise
+        _fail(f"{err.message} (tx {tx.hash().hex()}, nonce {nonce})")
     return {**result, "nonce": nonce}
 
 

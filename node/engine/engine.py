@@ -129,12 +129,17 @@ class Engine:
         return self.validator_sets.get(vs_hash)
 
     def submit_tx(self, tx: Transaction) -> AddResult:
-        """Admit a local transaction to its chain's mempool and gossip it (RPC entry point)."""
+        """Admit a local transaction to its chain's mempool and gossip it (RPC entry point).
+
+        Stricter than gossip: a transaction whose payload fails against the committed state
+        (insufficient balance or stake, ...) is refused with the reason, since it could never
+        be final and its sender is the one to tell."""
         chain_id = tx.body.chain_id
         if chain_id not in self.mempools:
-            return AddResult(Outcome.INVALID, f"unknown chain {chain_id}")
+            return AddResult(Outcome.INVALID, f"unknown chain {chain_id} (chains are {', '.join(map(str, CHAIN_IDS))})")
         runner = self.runners[chain_id]
-        result = self.mempools[chain_id].add(tx, self.store.state(chain_id), runner.current_context())
+        result = self.mempools[chain_id].add(tx, self.store.state(chain_id), runner.current_context(),
+                                             check_state=True)
         if result.added:
             self.feed.publish(TxAdmitted(chain_id, tx.hash(), True))
             self.spawn(self.publish, TOPIC_TXS, TxMsg(tx))

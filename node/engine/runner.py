@@ -20,12 +20,11 @@ from chain.errors import (
     BlyanError,
     DecodingError,
     InvalidBlock,
-    InvalidTransaction,
     MissingDependency,
     StoreError,
 )
-from chain.state import Overlay, State
-from chain.transition import apply_block, apply_tx
+from chain.state import State
+from chain.transition import apply_block
 from chain.types import CHAIN_NAMES, Block, CommitCertificate, ValidatorSet
 from chain.votes import SignedVote, Vote
 from consensus.messages import InvalidProposal, Proposal, validate_signed_proposal
@@ -123,8 +122,13 @@ class ChainRunner:
         return self.port.make_context(self.validators, self.prev_validators)
 
     def has_work(self) -> bool:
-        """A transaction a block could take, or system work: else no height starts here."""
-        return self.port.mempool.has_ready(self.state) or self.port.has_system_work()
+        """System work, or a pending transaction a block could take: else no height starts here.
+        Pending transactions that fail against the state are dropped on the way, so that they
+        never start a height whose block would be empty."""
+        if self.port.has_system_work():
+            return True
+        pool = self.port.mempool
+        return pool.has_ready(self.state) and bool(pool.drop_failing(self.state, self.current_context(), 1))
 
     # --- inputs (synchronous, non-blocking: called from gossip handlers) --------------------
 
@@ -401,17 +405,8 @@ class ChainRunner:
         """Drop what the new state made invalid (a vote on a decided dataset, an overdraft), so
         that stale transactions neither start heights nor fill blocks."""
         pool = self.port.mempool
-        if not len(pool):
-            return
-        view = Overlay(state)
-        ctx = self.current_context()
-        for tx in pool.select(state, len(pool), 1 << 40):
-            try:
-                apply_tx(view, tx, self.chain_id, state.height + 1, ctx)
-            except (InvalidTransaction, DecodingError):
-                pool.remove(tx.hash())
-            except MissingDependency:
-                continue
+        if len(pool):
+            pool.drop_failing(state, self.current_context(), len(pool))
 
     # --- blocks from catch-up ---------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chain import codec
-from chain.payloads import Reward, Transfer
+from chain.payloads import Reward, Stake, Transfer, Unstake
 from chain.state import Overlay, State
 from chain.transition import apply_tx, get_nonce
 from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, Transaction
@@ -96,7 +96,8 @@ def test_invalid_config_nonpositive() -> None:
 def test_add_result_flags() -> None:
     assert AddResult(Outcome.ADDED).added
     assert AddResult(Outcome.INVALID, "bad").is_invalid
-    for outcome in (Outcome.DUPLICATE, Outcome.NONCE_TOO_LOW, Outcome.FULL, Outcome.SENDER_FULL):
+    for outcome in (Outcome.DUPLICATE, Outcome.NONCE_TOO_LOW, Outcome.NONCE_GAP, Outcome.NONCE_TAKEN,
+                    Outcome.FULL, Outcome.SENDER_FULL, Outcome.FAILS_STATE):
         result = AddResult(outcome, "x")
         assert not result.added and not result.is_invalid
 
@@ -123,11 +124,12 @@ def test_add_duplicate() -> None:
     assert len(mp) == 1
 
 
-def test_add_same_nonce_other_transaction_is_duplicate() -> None:
+def test_add_same_nonce_other_transaction_is_nonce_taken() -> None:
     mp = pool()
     mp.add(transfer(0, 0), GENESIS, CTX)
     result = mp.add(transfer(0, 0, variant=1), GENESIS, CTX)
-    assert result.outcome is Outcome.DUPLICATE
+    assert result.outcome is Outcome.NONCE_TAKEN and transfer(0, 0).hash().hex() in result.reason
+    assert not result.is_invalid
     assert mp.pending_hashes() == [transfer(0, 0).hash()]
 
 
@@ -136,6 +138,12 @@ def test_invalid_bad_signature() -> None:
     forged = Transaction(tx.body, bytes(64 - 1) + b"\x01")
     result = pool().add(forged, GENESIS, CTX)
     assert result.is_invalid and "signature" in result.reason
+
+
+def test_invalid_signed_for_another_network() -> None:
+    tx = sign_tx(SENDERS[0], "another-network", CHAIN_REWARD, 0, Transfer(RECIPIENT, 1))
+    result = pool().add(tx, GENESIS, CTX, check_state=True)
+    assert result.is_invalid and "bad signature" in result.reason and repr(TEST_NETWORK) in result.reason
 
 
 def test_invalid_wrong_chain() -> None:
@@ -166,14 +174,16 @@ def test_invalid_too_large() -> None:
 def test_add_nonce_too_low() -> None:
     state = commit(GENESIS, [transfer(0, 0), transfer(0, 1)])
     mp = pool()
-    assert mp.add(transfer(0, 1, variant=1), state, CTX).outcome is Outcome.NONCE_TOO_LOW
+    result = mp.add(transfer(0, 1, variant=1), state, CTX)
+    assert result.outcome is Outcome.NONCE_TOO_LOW and "next nonce is 2" in result.reason
     assert mp.add(transfer(0, 2), state, CTX).added
 
 
 def test_add_nonce_gap() -> None:
     mp = pool(max_nonce_gap=3)
     assert mp.add(transfer(0, 2), GENESIS, CTX).added
-    assert mp.add(transfer(0, 3), GENESIS, CTX).outcome is Outcome.NONCE_GAP
+    result = mp.add(transfer(0, 3), GENESIS, CTX)
+    assert result.outcome is Outcome.NONCE_GAP and "at most 2" in result.reason
     state = commit(GENESIS, [transfer(0, 0)])
     assert mp.add(transfer(0, 3), state, CTX).added
 
@@ -475,3 +485,103 @@ def test_add_does_not_check_payload_rules() -> None:
     _, rejected = chains.advance(CHAIN_REWARD, mp.select(chains.states[CHAIN_REWARD], 10, 1 << 20))
     assert [tx for tx, _ in rejected] == [overdraft]
     assert mp.remove(overdraft.hash()) and len(mp) == 0
+
+
+# --- local admission against the state (check_state) and pruning what fails ----------------
+
+POOR = account_keys(1, "mempool-poor")[0]
+"""An account the genesis gives nothing."""
+
+
+def signed(key: object, nonce: int, payload: object) -> Transaction:
+    return sign_tx(key, TEST_NETWORK, CHAIN_REWARD, nonce, payload)
+
+
+def test_check_state_insufficient_balance() -> None:
+    mp = pool()
+    result = mp.add(signed(POOR, 0, Transfer(RECIPIENT, 5)), GENESIS, CTX, check_state=True)
+    assert result.outcome is Outcome.FAILS_STATE and "balance 0 below 5" in result.reason
+    assert not result.is_invalid and len(mp) == 0
+
+
+def test_check_state_insufficient_stake() -> None:
+    mp = pool()
+    unstake = mp.add(signed(SENDERS[0], 0, Unstake(1)), GENESIS, CTX, check_state=True)
+    assert unstake.outcome is Outcome.FAILS_STATE and "stake 0 below 1" in unstake.reason
+    stake = mp.add(signed(POOR, 0, Stake(1)), GENESIS, CTX, check_state=True)
+    assert stake.outcome is Outcome.FAILS_STATE and "balance 0 below 1" in stake.reason
+    assert len(mp) == 0
+
+
+def test_check_state_counts_the_senders_pending_transactions() -> None:
+    mp = pool()
+    assert mp.add(signed(SENDERS[0], 0, Stake(10)), GENESIS, CTX, check_state=True).added
+    assert mp.add(signed(SENDERS[0], 1, Unstake(10)), GENESIS, CTX, check_state=True).added  # stake pending
+    assert mp.add(signed(SENDERS[0], 2, Unstake(1)), GENESIS, CTX, check_state=True).outcome is Outcome.FAILS_STATE
+    rest = BALANCE - 10
+    over = mp.add(signed(SENDERS[0], 2, Transfer(RECIPIENT, rest + 1)), GENESIS, CTX, check_state=True)
+    assert over.outcome is Outcome.FAILS_STATE and f"balance {rest} below {rest + 1}" in over.reason
+    assert mp.add(signed(SENDERS[0], 2, Transfer(RECIPIENT, rest)), GENESIS, CTX, check_state=True).added
+
+
+def test_check_state_judges_a_nonce_gap_as_filled() -> None:
+    mp = pool()
+    over = mp.add(signed(SENDERS[0], 3, Transfer(RECIPIENT, BALANCE + 1)), GENESIS, CTX, check_state=True)
+    assert over.outcome is Outcome.FAILS_STATE
+    assert mp.add(signed(SENDERS[0], 3, Transfer(RECIPIENT, BALANCE)), GENESIS, CTX, check_state=True).added
+
+
+def test_check_state_leaves_state_and_pool_unchanged() -> None:
+    mp = pool()
+    mp.add(transfer(0, 0), GENESIS, CTX)
+    before = (mp.pending_hashes(), mp.total_bytes, GENESIS.root)
+    mp.add(signed(POOR, 0, Transfer(RECIPIENT, 5)), GENESIS, CTX, check_state=True)
+    assert (mp.pending_hashes(), mp.total_bytes, GENESIS.root) == before
+
+
+def test_drop_failing_drops_what_fails_and_finds_what_applies() -> None:
+    mp = pool()
+    overdraft = signed(POOR, 0, Transfer(RECIPIENT, 5))
+    later = signed(POOR, 1, Transfer(RECIPIENT, 5))
+    assert mp.add(overdraft, GENESIS, CTX).added and mp.add(later, GENESIS, CTX).added  # gossip: no state check
+    assert mp.add(transfer(0, 0), GENESIS, CTX).added
+    assert hashes(mp.drop_failing(GENESIS, CTX, 1)) == hashes([transfer(0, 0)])
+    assert overdraft.hash() not in mp and transfer(0, 0).hash() in mp
+    assert hashes(mp.drop_failing(GENESIS, CTX, len(mp))) == hashes([transfer(0, 0)])
+    assert later.hash() in mp  # a nonce gap now: kept, as gaps are, but no block could take it
+    mp.remove(transfer(0, 0).hash())
+    assert not mp.has_ready(GENESIS) and mp.drop_failing(GENESIS, CTX, 1) == []
+
+
+def test_drop_failing_of_failing_transactions_alone_finds_nothing() -> None:
+    mp = pool()
+    mp.add(signed(POOR, 0, Transfer(RECIPIENT, 5)), GENESIS, CTX)
+    mp.add(signed(SENDERS[1], 0, Unstake(3)), GENESIS, CTX)
+    assert mp.has_ready(GENESIS)
+    assert mp.drop_failing(GENESIS, CTX, 1) == [] and len(mp) == 0
+
+
+def test_drop_failing_judges_each_after_those_before_it() -> None:
+    mp = pool()
+    mp.add(signed(SENDERS[0], 0, Transfer(RECIPIENT, BALANCE)), GENESIS, CTX)
+    mp.add(signed(SENDERS[0], 1, Transfer(RECIPIENT, 1)), GENESIS, CTX)
+    kept = mp.drop_failing(GENESIS, CTX, len(mp))
+    assert len(kept) == 1 and len(mp) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 4]), st.integers(0, 3), st.sampled_from([1, BALANCE, 2 * BALANCE])),
+                max_size=12))
+def test_drop_failing_returns_a_block_that_applies_and_keeps_the_rest(moves: list[tuple[int, int, int]]) -> None:
+    """Whatever the pool holds (gossip admits overdrafts), what `drop_failing` finds applies in
+    order, nothing it dropped is still held, and the state is left unchanged."""
+    keys = {0: SENDERS[0], 1: SENDERS[1], 4: POOR}
+    mp = pool()
+    for sender, nonce, amount in moves:
+        mp.add(signed(keys[sender], nonce, Transfer(RECIPIENT, amount)), GENESIS, CTX)
+    before = set(mp.pending_hashes())
+    root = GENESIS.root
+    found = mp.drop_failing(GENESIS, CTX, len(mp))
+    commit(GENESIS, found)  # raises if any does not apply in this order
+    assert set(hashes(found)) <= set(mp.pending_hashes()) <= before
+    assert GENESIS.root == root
+    assert mp.drop_failing(GENESIS, CTX, len(mp)) == found  # nothing more to drop: deterministic

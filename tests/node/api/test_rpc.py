@@ -24,13 +24,16 @@ import trio
 from click.testing import CliRunner
 
 from chain import codec
-from chain.crypto import format_address, save_key
+from chain.crypto import PrivateKey, format_address, save_key
 from chain.errors import ConfigError
 from chain.kv import MemoryKV
-from chain.payloads import Transfer
+from chain.payloads import Stake, Transfer, Unstake
 from chain.store import ChainStore
-from chain.types import CHAIN_REWARD
+from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, Transaction
+from consensus.mempool import Outcome
+from genesis.history import ChainHistory
 from genesis.testkit import account_keys, make_pact, sign_tx, validator_keys
+from node.api.chain_methods import REFUSAL_CODES
 from node.api.client import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -38,6 +41,12 @@ from node.api.client import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     RATE_LIMITED,
+    TX_FAILS_STATE,
+    TX_INVALID,
+    TX_NONCE_GAP,
+    TX_NONCE_TAKEN,
+    TX_NONCE_TOO_LOW,
+    TX_REFUSED,
     RPCAuthError,
     RPCClient,
     RPCError,
@@ -56,6 +65,8 @@ from p2p.sim import SimNetworkHub
 HTTP_TIMEOUT_S = 10.0
 TEST_DEADLINE_S = 30.0
 FUNDED = 1_000_000
+UNFUNDED = account_keys(1, "rpc-unfunded")[0]
+"""An account the genesis gives nothing."""
 
 
 @dataclass
@@ -288,9 +299,120 @@ async def test_send_transaction_then_pending(node: Node) -> None:
     assert await call(node, "blyan_getTransaction", ["reward", tx_hash]) == {"status": "unknown"}
     result = await call(node, "blyan_sendTransaction", [tx_hex])
     assert result == {"accepted": True, "outcome": "added", "reason": "", "tx_hash": tx_hash}
-    assert await call(node, "blyan_getTransaction", {"chain": "reward", "hash": tx_hash}) == {"status": "pending"}
+    pending = {"status": "pending", "chain": "reward"}
+    assert await call(node, "blyan_getTransaction", {"chain": "reward", "hash": tx_hash}) == pending
+    assert await call(node, "blyan_getTransaction", [tx_hash]) == pending
+    assert await call(node, "blyan_getTransaction", {"hash": tx_hash}) == pending
     again = await call(node, "blyan_sendTransaction", [tx_hex])
     assert again["accepted"] is False and again["outcome"] == "duplicate"
+
+
+# --- refusals: a transaction that cannot be final is an error naming why -----------------------
+
+
+def signed_hex(key: PrivateKey, network: str, nonce: int, payload: object, chain_id: int = CHAIN_REWARD) -> str:
+    return codec.encode(sign_tx(key, network, chain_id, nonce, payload)).hex()
+
+
+async def refusal(node: Node, tx_hex: str) -> RPCError:
+    err = await call_error(node, "blyan_sendTransaction", [tx_hex])
+    assert err.code in TX_REFUSED and err.message.startswith("transaction refused: "), err
+    assert err.data["reason"] in err.message and err.data["outcome"] in err.message
+    assert bytes.fromhex(err.data["tx_hash"]) not in node.engine.mempools[CHAIN_REWARD]
+    return err
+
+
+def test_every_refusing_outcome_has_its_own_error_code() -> None:
+    answers = {Outcome.ADDED, Outcome.DUPLICATE}
+    assert set(REFUSAL_CODES) == set(Outcome) - answers
+    assert set(REFUSAL_CODES.values()) == TX_REFUSED
+
+
+async def test_send_transaction_refused_insufficient_balance(node: Node) -> None:
+    to = account_keys(2)[1].address
+    err = await refusal(node, signed_hex(UNFUNDED, node.engine.network_id, 0, Transfer(to, 5)))
+    assert err.code == TX_FAILS_STATE and "balance 0 below 5" in err.message
+    assert err.data["outcome"] == "fails against state"
+    assert len(node.engine.mempools[CHAIN_REWARD]) == 0
+
+
+async def test_send_transaction_refused_insufficient_stake(node: Node) -> None:
+    sender = account_keys(1)[0]
+    err = await refusal(node, signed_hex(sender, node.engine.network_id, 0, Unstake(1)))
+    assert err.code == TX_FAILS_STATE and "stake 0 below 1" in err.message
+    err = await refusal(node, signed_hex(sender, node.engine.network_id, 0, Stake(FUNDED + 1)))
+    assert err.code == TX_FAILS_STATE and f"balance {FUNDED} below {FUNDED + 1}" in err.message
+
+
+async def test_send_transaction_refused_nonce_too_low(node: Node) -> None:
+    sender = account_keys(1)[0]
+    to = account_keys(2)[1].address
+    ChainHistory(node.engine.store, validator_keys(1)).advance(
+        CHAIN_REWARD, [sign_tx(sender, node.engine.network_id, CHAIN_REWARD, 0, Transfer(to, 1))])
+    err = await refusal(node, signed_hex(sender, node.engine.network_id, 0, Transfer(to, 2)))
+    assert err.code == TX_NONCE_TOO_LOW and "next nonce is 1" in err.message
+
+
+async def test_send_transaction_refused_nonce_gap(node: Node) -> None:
+    sender = account_keys(1)[0]
+    gap = node.engine.config.mempool.max_nonce_gap
+    to = account_keys(2)[1].address
+    err = await refusal(node, signed_hex(sender, node.engine.network_id, gap, Transfer(to, 1)))
+    assert err.code == TX_NONCE_GAP and f"at most {gap - 1}" in err.message
+    within = await call(node, "blyan_sendTransaction", [signed_hex(sender, node.engine.network_id, gap - 1,
+                                                                   Transfer(to, 1))])
+    assert within["accepted"] is True
+
+
+async def test_send_transaction_refused_nonce_taken(node: Node) -> None:
+    tx_hex, tx_hash = transfer_hex(node, nonce=0, amount=5)
+    assert (await call(node, "blyan_sendTransaction", [tx_hex]))["accepted"]
+    other_hex, _ = transfer_hex(node, nonce=0, amount=6)
+    err = await refusal(node, other_hex)
+    assert err.code == TX_NONCE_TAKEN and tx_hash in err.message
+
+
+async def test_send_transaction_refused_bad_signature_or_other_network(node: Node) -> None:
+    sender = account_keys(1)[0]
+    to = account_keys(2)[1].address
+    err = await refusal(node, signed_hex(sender, "another-network", 0, Transfer(to, 1)))
+    assert err.code == TX_INVALID and "bad signature" in err.message
+    assert repr(node.engine.network_id) in err.message
+    tx = sign_tx(sender, node.engine.network_id, CHAIN_REWARD, 0, Transfer(to, 1))
+    forged = Transaction(tx.body, bytes(63) + b"\x01")
+    err = await refusal(node, codec.encode(forged).hex())
+    assert err.code == TX_INVALID and "bad signature" in err.message
+
+
+async def test_send_transaction_refused_wrong_chain(node: Node) -> None:
+    sender = account_keys(1)[0]
+    to = account_keys(2)[1].address
+    err = await call_error(node, "blyan_sendTransaction",
+                           [signed_hex(sender, node.engine.network_id, 0, Transfer(to, 1), CHAIN_PARAMETER)])
+    assert err.code == TX_INVALID and "Transfer is not a parameter payload" in err.message
+    err = await call_error(node, "blyan_sendTransaction",
+                           [signed_hex(sender, node.engine.network_id, 0, Transfer(to, 1), 7)])
+    assert err.code == TX_INVALID and "unknown chain 7" in err.message
+
+
+async def test_get_transaction_by_hash_alone_finds_final_on_its_chain(node: Node) -> None:
+    sender = account_keys(1)[0]
+    tx = sign_tx(sender, node.engine.network_id, CHAIN_REWARD, 0, Transfer(account_keys(2)[1].address, 1))
+    block, _ = ChainHistory(node.engine.store, validator_keys(1)).advance(CHAIN_REWARD, [tx])
+    final = {"status": "final", "chain": "reward", "height": block.header.height, "index": 0}
+    assert await call(node, "blyan_getTransaction", [tx.hash().hex()]) == final
+    assert await call(node, "blyan_getTransaction", ["reward", tx.hash().hex()]) == final  # older order
+    assert await call(node, "blyan_getTransaction", [tx.hash().hex(), "reward"]) == final
+    assert await call(node, "blyan_getTransaction", {"hash": tx.hash().hex(), "chain": "dataset"}) == {
+        "status": "unknown"}
+    assert await call(node, "blyan_getTransaction", ["00" * 32]) == {"status": "unknown"}
+
+
+async def test_get_transaction_invalid_params(node: Node) -> None:
+    for params in ([], [None], ["zz"], [5], {"chain": "reward"}, ["00" * 32, "moon"], [["x"], {"y": 1}],
+                   ["reward", "reward"]):
+        err = await call_error(node, "blyan_getTransaction", params)
+        assert err.code == INVALID_PARAMS, (params, err)
 
 
 async def test_get_account(node: Node) -> None:
@@ -421,6 +543,19 @@ async def test_cli_transfer_stake_and_account(node: Node, tmp_path: Path) -> Non
     assert json.loads(out)["nonces"]["reward"] == {"nonce": 0, "next_nonce": 2}
     code, out, err = await run_cli("unstake", "--amount", "1", "--key", str(key_file), *rpc_args(node))
     assert code == 0 and "accepted" in out, err
+
+
+async def test_cli_transfer_refused_exits_nonzero_with_the_reason(node: Node, tmp_path: Path) -> None:
+    key_file = tmp_path / "unfunded.key"
+    save_key(UNFUNDED, key_file)
+    to = format_address(account_keys(2)[1].address)
+    code, out, err = await run_cli("tx", "transfer", "--to", to, "--amount", "5", "--key", str(key_file),
+                                   *rpc_args(node))
+    assert code == 1 and out == "", (code, out, err)
+    assert err.startswith("error: transaction refused: fails against state: balance 0 below 5") and "nonce 0" in err
+    code, out, err = await run_cli("unstake", "--amount", "1", "--key", str(key_file), *rpc_args(node), "--json")
+    assert code == 1 and "stake 0 below 1" in err, (code, out, err)
+    assert len(node.engine.mempools[CHAIN_REWARD]) == 0
 
 
 async def test_cli_finds_node_by_data_dir(node: Node) -> None:

@@ -176,6 +176,19 @@ async def test_submit_tx_admits_local() -> None:
     assert engine.submit_tx(transfer(nonce=10_000)).outcome is Outcome.NONCE_GAP
 
 
+async def test_submit_tx_refuses_what_fails_against_state_where_gossip_admits_it() -> None:
+    """A local sender is told its transfer overdraws; a relayed one may follow transactions this
+    node has not seen, so gossip admits it (the runner drops it before it could start a height)."""
+    engine, net = make_engine()
+    events = engine.feed.subscribe("test", kinds=[TxAdmitted])
+    overdraft = transfer(amount=FUNDS + 1)
+    result = engine.submit_tx(overdraft)
+    assert result.outcome is Outcome.FAILS_STATE and f"balance {FUNDS} below {FUNDS + 1}" in result.reason
+    assert not engine.is_pending(CHAIN_REWARD, overdraft.hash()) and events.drain() == []
+    assert await engine.on_tx_gossip(PEER, codec.encode(TxMsg(overdraft))) is Verdict.ACCEPT
+    assert net.penalties == []
+
+
 # --- votes and proposals -----------------------------------------------------------------------
 
 

@@ -263,6 +263,33 @@ async def test_nonce_gap_tx_alone_is_no_work() -> None:
     assert port.committed[0][0].txs == (first, gap) and len(port.mempool) == 0
 
 
+async def test_failing_tx_alone_starts_no_height_and_is_dropped() -> None:
+    """An overdraft (admitted from gossip, which does not check balances) never becomes an
+    empty block: the "has work" question drops it, and no height starts."""
+    port = FakePort(MemoryKV())
+    async with running(port) as runner:
+        overdraft = transfer(0, amount=FUNDS + 1)
+        admit(port, runner, overdraft)
+        await trio.testing.wait_all_tasks_blocked()
+        assert overdraft.hash() not in port.mempool and len(port.mempool) == 0
+        assert not runner.started and not runner.has_work()
+        assert port.published == [] and port.written == [] and port.rounds == []
+
+
+async def test_proposer_drops_failing_tx_and_proposes_the_valid_one() -> None:
+    port = FakePort(MemoryKV())
+    async with running(port) as runner:
+        poor = account_keys(1, prefix="runner-poor")[0]
+        failing = sign_tx(poor, NID, CHAIN_REWARD, 0, Transfer(PAYEE.address, 5))
+        assert port.mempool.add(failing, port.get_state(), runner.current_context()).added
+        valid = transfer(0)
+        admit(port, runner, valid)
+        await port.until(lambda: bool(port.committed))
+    [(block, _)] = port.committed
+    assert block.txs == (valid,) and [p.block.txs for p in port.proposals()] == [(valid,)]
+    assert failing.hash() not in port.mempool and len(port.mempool) == 0
+
+
 # --- signing across restarts ----------------------------------------------------------------------
 
 
