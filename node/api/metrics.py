@@ -3,14 +3,15 @@
 What the engine reports on its feed (commits and block imports, rounds, signed votes, penalties)
 is counted as it arrives (`follow`, a task of the daemon; a scrape first takes what is still
 queued); what other parts own (peers, the network's gossip and request counters, sync targets,
-the feed's own subscribers) is read at scrape time from the callables the daemon hands in.
+the feed's own subscribers, the expected libp2p events its log router counted) is read at scrape
+time from the callables the daemon hands in.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +28,8 @@ SYNC_RATE_WINDOW_S = 10.0
 
 SyncProgress = Callable[[], dict[str, dict[str, int]]]
 """`SyncService.sync_progress`: per chain name, our height and the highest height peers reported."""
+Libp2pEvents = Callable[[], Mapping[str, int]]
+"""`Libp2pLogRouter.get_counts`: expected libp2p events (demoted log records) per kind."""
 FEED_QUEUE = 8192
 """Events waiting for the metrics task; beyond, they are dropped and counted."""
 
@@ -34,8 +37,9 @@ FEED_QUEUE = 8192
 class NodeMetrics:
     """Heights, peers, rounds, commits, penalties, block imports, sync and network traffic.
 
-    `peers`, `net_stats` (a network's `stats`, when it has one) and `sync_progress` (the
-    engine's) are read at each scrape; `clock` is a monotonic clock for the sync rate."""
+    `peers`, `net_stats` (a network's `stats`, when it has one), `sync_progress` (the
+    engine's) and `libp2p_events` (the daemon's libp2p log router's counts) are read at each
+    scrape; `clock` is a monotonic clock for the sync rate."""
 
     def __init__(
         self,
@@ -43,6 +47,7 @@ class NodeMetrics:
         net_stats: Callable[[], NetStats] | None = None,
         sync_progress: SyncProgress | None = None,
         clock: Callable[[], float] = time.monotonic,
+        libp2p_events: Libp2pEvents | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -70,6 +75,7 @@ class NodeMetrics:
         self._peer_count = peers
         self.net_stats = net_stats
         self.sync_progress = sync_progress
+        self.libp2p_events = libp2p_events
         self._clock = clock
         self._synced_at: dict[int, deque[float]] = {c: deque() for c in CHAIN_IDS}
         self.feed: Feed | None = None
@@ -186,6 +192,13 @@ class _ScrapeTimeCollector:
             for sub in m.feed.subscriptions():
                 dropped.add_metric([sub.name], sub.dropped)
             yield dropped
+        if m.libp2p_events is not None:
+            expected = CounterMetricFamily("blyan_libp2p_expected_events", "Expected network events py-libp2p "
+                                           "logged as errors (failed dials, closed or reset streams...), logged "
+                                           "here at DEBUG instead, by kind.", labels=["kind"])
+            for kind, value in sorted(m.libp2p_events().items()):
+                expected.add_metric([kind], value)
+            yield expected
 
 
 def _net_families(stats: NetStats) -> Iterator[Metric]:

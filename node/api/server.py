@@ -10,10 +10,11 @@ file is removed at shutdown. Routes:
 
 Transport failures get HTTP codes with a JSON-RPC error body: 401 (no or wrong cookie), 413
 (body over `max_body_bytes`), 429 (rate limit, code -32005). Everything else answers 200 with
-JSON-RPC errors: -32700 malformed JSON, -32600 invalid request (or batch empty / too big),
--32601 unknown method, -32602 bad params, -32603 internal error. The methods live in
-`node.api.methods` (declared with `node.api.params`, grouped by domain in `chain_methods` and
-`expert_methods`).
+JSON-RPC errors: -32700 malformed JSON or a body that is not UTF-8 (RFC 8259 §8.1), -32600
+invalid request (or batch empty / too big), -32601 unknown method, -32602 bad params, -32603
+internal error. The methods live in `node.api.methods` (declared with `node.api.params`, grouped
+by domain in `chain_methods` and `expert_methods`). A client that goes away before its request
+is read is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -226,12 +227,20 @@ class RPCServer:
             return self._json(error_response(RATE_LIMITED, "rate limit exceeded"), 429)
         if not self._is_authorized(request.headers.get("authorization")):
             return Response("unauthorized\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="jsonrpc"'})
-        body = await self._read_body(request)
+        try:
+            body = await self._read_body(request)
+        except ClientDisconnect:  # it cannot read an answer: nothing to report but the fact
+            logger.debug("RPC client %s disconnected before its request was read", client)
+            return Response(status_code=400)
         if body is None:
             message = f"request body over {self.limits.max_body_bytes} bytes"
             return self._json(error_response(INVALID_REQUEST, message), 413)
         try:
-            payload = json.loads(body)
+            text = body.decode("utf-8")  # json.loads(bytes) would also take UTF-16 and UTF-32
+        except UnicodeDecodeError:
+            return self._json(error_response(PARSE_ERROR, "parse error: the body is not UTF-8"))
+        try:
+            payload = json.loads(text)
         except (ValueError, RecursionError):
             return self._json(error_response(PARSE_ERROR, "parse error: malformed JSON"))
         if not isinstance(payload, list):

@@ -7,7 +7,9 @@
 
 SIGINT and SIGTERM cancel the nursery: the services stop, the libp2p host leaves its topics and
 peers, and LevelDB is closed; a block is always written in one batch, so nothing is half
-written. A second daemon on the same data dir gets `StoreLocked` with a clear message.
+written. A daemon started by a supervisor (`blyan devnet`) holds its lifeline
+(`node.app.lifeline`) and stops the same way when the supervisor dies. A second daemon on the
+same data dir gets `StoreLocked` with a clear message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -31,6 +34,8 @@ from node.api.metrics import NodeMetrics
 from node.api.server import RPCServer
 from node.app.config import BLOBS_DIR, KEY_FILE, NODE_INFO_FILE, TILE_HASHES_DIR, NodeConfig
 from node.app.datadir import open_store
+from node.app.lifeline import arm_orphan_alarm, take_lifeline_fd, watch_lifeline
+from node.app.logs import route_libp2p_logs
 from node.core.clock import WallClock
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
@@ -48,17 +53,11 @@ from p2p.network import Network
 logger = logging.getLogger(__name__)
 
 
-
 async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon for `data_dir` until cancelled."""
 
     data_dir = Path(data_dir)
-    # py-libp2p logs expected network events (a failed dial, a refused stream) at ERROR on a logger
-    # that does not propagate: route it through ours, at WARNING and above.
-    libp2p_logger = logging.getLogger("libp2p")
-    libp2p_logger.propagate = True
-    libp2p_logger.handlers.clear()
-    libp2p_logger.setLevel(logging.WARNING)
+    libp2p_log = route_libp2p_logs()  # its expected events (a failed dial...): DEBUG, and counted
     config, store = open_store(data_dir)
     try:
         key = load_key(data_dir / KEY_FILE)
@@ -67,7 +66,8 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
         async with Libp2pNetwork.open(net_config) as net:
             if config.sync.fast:
                 await _fast_sync(store, net, config.sync)
-            metrics = NodeMetrics(peers=lambda: len(net.peers()), net_stats=getattr(net, "stats", None))
+            metrics = NodeMetrics(peers=lambda: len(net.peers()), net_stats=getattr(net, "stats", None),
+                                  libp2p_events=libp2p_log.get_counts)
             metrics.set_heights({c: store.height(c) for c in CHAIN_IDS})
             engine_config = EngineConfig.from_params(store.pact.params, offload_writes=True)
             engine = Engine(store, key, net, WallClock(), engine_config, name=config.moniker)
@@ -126,11 +126,20 @@ def _write_node_info(data_dir: Path, peer_id: str, addrs: list[str], rpc_url: st
 
 
 async def run_until_signal(data_dir: Path) -> None:
-    """`blyan node run`: the daemon, stopped cleanly by SIGINT or SIGTERM."""
+    """`blyan node run`: the daemon, stopped cleanly by SIGINT, SIGTERM or a broken lifeline."""
+    lifeline = take_lifeline_fd()
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            if lifeline is not None:
+                nursery.start_soon(watch_lifeline, lifeline, partial(_on_orphaned, nursery.cancel_scope))
             await nursery.start(run_node, data_dir)
             async for signum in signals:
                 logger.info("signal %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _on_orphaned(scope: trio.CancelScope) -> None:
+    logger.warning("supervisor gone (lifeline closed): stopping")
+    arm_orphan_alarm()  # should the clean stop hang, the kernel ends this process
+    scope.cancel()

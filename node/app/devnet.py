@@ -2,11 +2,19 @@
 
 The validator keys are the public devnet keys (`genesis.devnet.dev_validator_key`): INSECURE by
 design, for a local network only.
+
+The supervisor owns its nodes' lives: SIGINT, SIGTERM or SIGHUP stops them all (SIGTERM each,
+a bounded wait, SIGKILL); should the supervisor die without that, SIGKILL included, each node
+sees its lifeline break (`node.app.lifeline`) and stops. Ports already taken are named, with the
+process holding them, before any node starts (`node.app.ports`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import signal
 import socket
 import subprocess
@@ -15,21 +23,30 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from chain import codec
 from chain.blobs import BlobStore
 from chain.crypto import save_key
+from chain.errors import ConfigError
 from chain.tensors import ModelSpec
 from genesis.devnet import build_devnet_pact, dev_validator_key, faucet_key
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.app.config import BLOBS_DIR, CONFIG_FILE, P2PConfig, load_config, save_config
 from node.app.datadir import init_data_dir
+from node.app.lifeline import Lifeline
+from node.app.ports import validate_ports_free
 from node.experts.config import ExpertsConfig
 from p2p.libp2p_identity import compute_peer_id
 
 logger = logging.getLogger(__name__)
 
 DEVNET_PACT_FILE = "devnet.pact"
+STOP_TIMEOUT_S = 30.0
+"""How long the nodes have to stop after SIGTERM before SIGKILL."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+WATCH_INTERVAL_S = 5.0
+"""The supervisor wakes on a signal or a child's exit; this is only a backstop."""
 
 
 def assign_experts(spec: ModelSpec, nodes: int, replicas: int = 2) -> list[tuple[str, ...]]:
@@ -103,18 +120,23 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
     return dirs
 
 
-def start_nodes(dirs: list[Path], log_level: str = "info") -> list[subprocess.Popen]:
+def start_nodes(dirs: list[Path], log_level: str = "info", lifeline: Lifeline | None = None) -> list[subprocess.Popen]:
+    """A daemon per data dir, each in its own session (a terminal's Ctrl-C reaches the supervisor,
+    which stops them in order) and each holding `lifeline` (default: this process's), so that
+    it stops when the process that started it dies, however it dies."""
+    lifeline = lifeline or Lifeline.of_this_process()
     procs = []
     for data_dir in dirs:
-        log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "node", "--log-level", log_level, "node", "run", "--data-dir", str(data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        with open(data_dir / "node.log", "ab") as log:  # the child has its own copy of the fd
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "node", "--log-level", log_level, "node", "run", "--data-dir", str(data_dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env=lifeline.child_env(), pass_fds=lifeline.pass_fds,
+            ))
     return procs
 
 
-def stop_nodes(procs: list[subprocess.Popen], timeout: float = 30.0) -> list[int]:
+def stop_nodes(procs: list[subprocess.Popen], timeout: float = STOP_TIMEOUT_S) -> list[int]:
     """SIGTERM every node (each stops cleanly), then wait; SIGKILL what outlives `timeout`."""
     for proc in procs:
         if proc.poll() is None:
@@ -125,9 +147,17 @@ def stop_nodes(procs: list[subprocess.Popen], timeout: float = 30.0) -> list[int
         try:
             codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
+            logger.warning("node pid %d still running %.0f s after SIGTERM: SIGKILL", proc.pid, timeout)
             proc.kill()
             codes.append(proc.wait())
     return codes
+
+
+def devnet_ports(nodes: int, base_port: int, rpc_base_port: int) -> dict[int, str]:
+    """Every port a devnet's nodes listen on: port -> what for."""
+    ports = {base_port + i: f"node{i} p2p" for i in range(nodes)}
+    ports.update({rpc_base_port + i: f"node{i} rpc" for i in range(nodes)})
+    return ports
 
 
 def describe(dirs: list[Path]) -> list[dict]:
@@ -144,31 +174,92 @@ def describe(dirs: list[Path]) -> list[dict]:
     return out
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo: Callable[[str], None],
+               stop_timeout: float = STOP_TIMEOUT_S) -> int:
+    """Prepare, start, print, and stay in the foreground until SIGINT, SIGTERM or SIGHUP (from a
+    terminal, `kill` or a service manager) or until a node dies; then stop every node: SIGTERM,
+    `stop_timeout`, SIGKILL. If this process dies without doing so (SIGKILL), the nodes' lifeline
+    breaks and they stop by themselves. Taken ports are reported before anything starts."""
+    if len(devnet_ports(nodes, base_port, rpc_base_port)) < 2 * nodes:
+        raise ConfigError(f"the p2p ports {base_port}.. and the rpc ports {rpc_base_port}.. of {nodes} nodes overlap")
+    validate_ports_free(devnet_ports(nodes, base_port, rpc_base_port),
+                        hint="Stop it, or choose other ports with --base-port and --rpc-base-port")
+    with StopSignals() as stop, contextlib.closing(Lifeline()) as lifeline:
+        dirs = prepare_devnet(root, nodes, base_port, rpc_base_port)
+        procs: list[subprocess.Popen] = []
+        try:
+            for data_dir in dirs:
+                if stop.received is None:  # a stop asked for while starting: start no more
+                    procs += start_nodes([data_dir], lifeline=lifeline)
+            if stop.received is None:
+                _print_devnet(root, dirs, echo)
+            return _supervise(procs, stop, echo)
+        finally:
+            codes = stop_nodes(procs, stop_timeout)
+            echo(f"devnet: stopped (exit codes {codes})")
 
 
-def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo: Callable[[str], None]) -> int:
-    """Prepare, start, print, and stay in the foreground until Ctrl-C, SIGTERM or a node dies;
-    then stop every node cleanly."""
-    signal.signal(signal.SIGTERM, _interrupt)  # a `kill` of the devnet stops its nodes too
-    dirs = prepare_devnet(root, nodes, base_port, rpc_base_port)
-    procs = start_nodes(dirs)
-    echo(f"devnet: {nodes} validators on 127.0.0.1 (dev keys, INSECURE), data in {root}")
+def _print_devnet(root: Path, dirs: list[Path], echo: Callable[[str], None]) -> None:
+    echo(f"devnet: {len(dirs)} validators on 127.0.0.1 (dev keys, INSECURE), data in {root}")
     for i, info in enumerate(describe(dirs)):
         echo(f"  node{i}  rpc {info['rpc']}  cookie {info['cookie']}  log {info['log']}")
     echo(f"  faucet key (funded, INSECURE): {Path(root) / 'faucet.key'}")
-    echo("Ctrl-C stops every node cleanly.")
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        dead = [i for i, p in enumerate(procs) if p.poll() is not None]
-        echo(f"devnet: node(s) {dead} exited; stopping the others (see their node.log)")
-        return 1
-    except KeyboardInterrupt:
-        echo("devnet: stopping")
-        return 0
-    finally:
-        codes = stop_nodes(procs)
-        echo(f"devnet: stopped (exit codes {codes})")
+    echo("Ctrl-C (or SIGTERM) stops every node cleanly.")
 
+
+def _supervise(procs: list[subprocess.Popen], stop: StopSignals, echo: Callable[[str], None]) -> int:
+    """Wait for a stop signal (0) or a node's exit (1)."""
+    while stop.received is None:
+        dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+        if dead:
+            echo(f"devnet: node(s) {dead} exited; stopping the others (see their node.log)")
+            return 1
+        stop.wait(WATCH_INTERVAL_S)
+    echo(f"devnet: {signal.Signals(stop.received).name}: stopping")
+    return 0
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP recorded (not raised: a signal never interrupts the stop of the
+    nodes half-way), and woken on, with SIGCHLD, through a self-pipe (`signal.set_wakeup_fd`).
+
+    SIGINT is handled even when this process started with it ignored, as a background job of a
+    script is: `kill -INT` of the devnet then stops it as Ctrl-C does."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._saved_wakeup = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._on_stop)
+        self._saved[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _on_child)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._saved_wakeup)
+        os.close(self._r)
+        os.close(self._w)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def wait(self, timeout: float) -> None:
+        """Until a signal arrives (a stop, or a child's exit) or `timeout` passes."""
+        ready, _, _ = select.select([self._r], [], [], timeout)
+        if ready:
+            try:
+                os.read(self._r, 512)
+            except BlockingIOError:
+                pass
+
+
+def _on_child(signum: int, frame: object) -> None:
+    """SIGCHLD: nothing to do here; its byte on the wakeup pipe ends `StopSignals.wait`."""

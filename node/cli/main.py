@@ -132,7 +132,9 @@ def node_run(data_dir: Path) -> None:
 @click.option("--base-port", default=30400, show_default=True, help="libp2p port of node 0 (node i: +i).")
 @click.option("--rpc-base-port", default=18600, show_default=True, help="RPC port of node 0 (node i: +i).")
 def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int) -> None:
-    """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys)."""
+    """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys).
+
+    Ctrl-C, SIGINT or SIGTERM stops every node cleanly; if this process dies, its nodes stop too."""
     from node.app.devnet import run_devnet  # libp2p (peer ids): only a devnet needs it
 
     try:

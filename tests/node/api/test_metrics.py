@@ -97,6 +97,17 @@ def test_no_network_counters_without_a_source() -> None:
     assert not any(name.startswith("blyan_gossip") for name, _ in scrape(NodeMetrics()))
 
 
+def test_libp2p_expected_events_by_kind() -> None:
+    counts = {"dial_failed": 2, "stream_reset": 0}
+    s = scrape(NodeMetrics(libp2p_events=lambda: counts))
+    assert value(s, "blyan_libp2p_expected_events_total", kind="dial_failed") == 2
+    assert value(s, "blyan_libp2p_expected_events_total", kind="stream_reset") == 0
+    counts["stream_reset"] = 5  # read at each scrape
+    assert value(scrape(NodeMetrics(libp2p_events=lambda: counts)), "blyan_libp2p_expected_events_total",
+                 kind="stream_reset") == 5
+    assert not any(name.startswith("blyan_libp2p") for name, _ in scrape(NodeMetrics()))
+
+
 async def test_counters_move_when_messages_flow_between_two_nodes() -> None:
     topic, echo = topic_name("testnet", "votes"), protocol_name("testnet", "echo")
 
