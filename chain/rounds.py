@@ -33,6 +33,7 @@ from chain.context import Context, TxEnv
 from chain.errors import InvalidSignature, InvalidTransaction
 from chain.heads import bump_version, validate_delta_claim
 from chain.learning import TrainingManifest, compute_manifest_hash, verify_manifest_signature
+from chain.params import PolParams
 from chain.payloads import (
     BlockChange,
     CertifyDelta,
@@ -98,7 +99,11 @@ def make_claim(man: TrainingManifest) -> DeltaClaim:
 
 def compute_round(height: int, ctx: Context) -> int:
     """The learning round a parameter-chain height belongs to (rounds count from 1)."""
-    return height // ctx.params.pol.round_length + 1
+    return compute_round_of(height, ctx.params.pol)
+
+
+def compute_round_of(height: int, params: PolParams) -> int:
+    return height // params.round_length + 1
 
 
 def is_round_close(height: int, ctx: Context) -> bool:

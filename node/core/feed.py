@@ -99,7 +99,21 @@ class PeerAhead:
     """A height it has finalized."""
 
 
-Event = Committed | VoteSigned | RoundStarted | Penalized | TxAdmitted | PeerAhead
+@dataclass(frozen=True, slots=True)
+class PolVerified:
+    """This validator ran the verifier on a revealed claim and signed its PoL vote."""
+
+    claim_hash: bytes
+    """The claim."""
+    accepted: bool
+    """The verdict."""
+    reason: str
+    """Why not ("" when accepted)."""
+    seconds: float
+    """Fetching and verifying."""
+
+
+Event = Committed | VoteSigned | RoundStarted | Penalized | TxAdmitted | PeerAhead | PolVerified
 
 # --- the feed ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What a service may ask of the node: the interface services act through.
 
-Services (sync, the JSON-RPC API, experts, the simulator's operators and checkers; PoL and data
+Services (sync, the JSON-RPC API, experts, PoL, the simulator's operators and checkers; data
 quality later) never reach into the engine. They subscribe to its `Feed` and act through a
 `NodeHandle`: read the chains, submit a transaction, hand over blocks fetched from peers. The
 engine implements it; a test can implement it with a fake.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from chain.state import State
 from chain.store import ChainStore
 from chain.types import Block, CommitCertificate, Transaction, ValidatorSet
 from consensus.mempool import AddResult
@@ -29,6 +30,19 @@ class ImportReport:
     needs_reward_height: int = 0
     """Non-zero when a block could not be checked because the validator set that decides it is
     not known yet: the reward chain must first reach this height."""
+
+
+class SystemSource(Protocol):
+    """A service that gives a chain's proposer system transactions (PoL certificates...).
+
+    Both calls are synchronous and quick: the runner asks them whenever it considers starting
+    a height and whenever it proposes."""
+
+    def make_system_txs(self, state: State) -> list[Transaction]:
+        """System transactions a block on `state` should carry now."""
+
+    def has_system_work(self, state: State) -> bool:
+        """Whether a block is wanted on `state` even with no pending transaction."""
 
 
 class NodeHandle(Protocol):
@@ -77,3 +91,9 @@ class NodeHandle(Protocol):
         """Check consecutive finalized blocks from a peer (each against its commit) and store
         them; a peer whose blocks are invalid is penalised. Consensus on the chain resumes once
         it reaches `target`, the height the peer reported."""
+
+    def add_system_source(self, chain_id: int, source: SystemSource) -> None:
+        """Ask `source` for system transactions whenever `chain_id` proposes."""
+
+    def poke(self, chain_id: int) -> None:
+        """A source has new work for `chain_id`: let its runner consider a height now."""

@@ -43,7 +43,7 @@ from chain.types import (
 from consensus.evidence import EvidencePool, make_slash_txs
 from consensus.mempool import AddResult, Mempool, Outcome
 from node.core.feed import Committed, Feed, PeerAhead, Penalized, RoundStarted, TxAdmitted
-from node.core.ports import ImportReport
+from node.core.ports import ImportReport, SystemSource
 from node.engine.config import EngineConfig
 from node.engine.earnings import PendingEarnings
 from node.engine.ports import BlockBuilder
@@ -113,6 +113,8 @@ class Engine:
         self.write_limiter = trio.CapacityLimiter(1)
         """One block write at a time (writes run in worker threads in the daemon)."""
         self._nursery: trio.Nursery | None = None
+        self.system_sources: dict[int, list[SystemSource]] = {c: [] for c in CHAIN_IDS}
+        """Services that give each chain's proposer system transactions (`add_system_source`)."""
         self.runners = {c: ChainRunner(_RunnerPort(self, c)) for c in CHAIN_IDS}
 
     # --- what services may ask (NodeHandle) ---------------------------------------------------
@@ -145,6 +147,13 @@ class Engine:
             self.spawn(self.publish, TOPIC_TXS, TxMsg(tx))
             runner.poke()
         return result
+
+    def add_system_source(self, chain_id: int, source: SystemSource) -> None:
+        self.system_sources[chain_id].append(source)
+
+    def poke(self, chain_id: int) -> None:
+        if chain_id in self.runners:
+            self.runners[chain_id].poke()
 
     def is_pending(self, chain_id: int, tx_hash: bytes) -> bool:
         return chain_id in self.mempools and tx_hash in self.mempools[chain_id]
@@ -342,15 +351,21 @@ class _RunnerPort:
         return self._engine.clock.now_ms()
 
     def get_system_txs(self) -> list[Transaction]:
-        if self.chain_id != CHAIN_REWARD:
-            return []
         e = self._engine
-        return make_slash_txs(e.evidence, self.get_state()) + e.earnings.make_reward_txs()
+        state = self.get_state()
+        txs = [tx for source in e.system_sources[self.chain_id] for tx in source.make_system_txs(state)]
+        if self.chain_id != CHAIN_REWARD:
+            return txs
+        return make_slash_txs(e.evidence, state) + e.earnings.make_reward_txs() + txs
 
     def has_system_work(self) -> bool:
+        e = self._engine
+        state = self.get_state()
+        if any(source.has_system_work(state) for source in e.system_sources[self.chain_id]):
+            return True
         if self.chain_id != CHAIN_REWARD:
             return False
-        return bool(self._engine.evidence.pending()) or bool(self._engine.earnings)
+        return bool(e.evidence.pending()) or bool(e.earnings)
 
     async def publish(self, topic: str, msg: object) -> None:
         await self._engine.publish(topic, msg)

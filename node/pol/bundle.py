@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from chain import codec
+from chain.blobs import BlobStore
 from chain.errors import DecodingError
 from chain.learning import MAX_MANIFEST_BYTES, Checkpoint, SignedManifest, TrainingManifest, compute_manifest_hash
 from chain.tensors import DEFAULT_SUBTILE_SIZE
@@ -31,8 +32,10 @@ BLOBS_DIR = "blobs"
 class Bundle:
     """A bundle on disk, read lazily."""
 
-    def __init__(self, path: Path, signed: SignedManifest) -> None:
+    def __init__(self, path: Path, signed: SignedManifest, blobs: BlobStore | None = None) -> None:
         self.path = Path(path)
+        self.blobs = blobs
+        """Where its blobs are, when not under `path` (a node's content-addressed store)."""
         self.signed = signed
         self.manifest: TrainingManifest = signed.manifest
         self.manifest_hash = compute_manifest_hash(signed.manifest)
@@ -54,7 +57,7 @@ class Bundle:
 
     def read_blob(self, blob_id: bytes, size: int, root: bytes, what: str) -> bytes:
         """The blob, checked against the declared size, SHA-256 and Merkle root."""
-        file = self.path / BLOBS_DIR / blob_id.hex()
+        file = self.blobs.path_of(blob_id) if self.blobs is not None else self.path / BLOBS_DIR / blob_id.hex()
         try:
             actual = file.stat().st_size
         except OSError as err:
@@ -81,6 +84,20 @@ class Bundle:
     def read_delta(self) -> bytes:
         d = self.manifest.delta
         return self.read_blob(d.blob_id, d.compressed_bytes, d.root, "delta")
+
+    def read_residual(self) -> bytes | None:
+        d = self.manifest.delta
+        if d.residual_blob == bytes(32):
+            return None
+        return self.read_blob(d.residual_blob, d.residual_size, d.residual_root, "residual")
+
+    def read_all(self) -> list[bytes]:
+        """Every blob the manifest names (checked), delta first."""
+        out = [self.read_delta()]
+        residual = self.read_residual()
+        if residual is not None:
+            out.append(residual)
+        return out + [self.read_checkpoint(i) for i in range(len(self.manifest.checkpoints))]
 
 
 def write_bundle(path: Path, signed: SignedManifest, blobs: list[bytes]) -> Path:
