@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chain.types import CHAIN_IDS, CHAIN_NAMES
+from node.api.attest_methods import get_attestation
 from node.api.chain_methods import (
     get_account_info,
     get_block,
@@ -16,6 +17,7 @@ from node.api.chain_methods import (
 from node.api.expert_methods import MAX_GENERATE_TOKENS, MAX_PROMPT_CHARS, generate, get_experts
 from node.api.learning_methods import get_ledger_view
 from node.api.params import Method, Param
+from node.api.pol_methods import get_claim, get_pol_votes, get_round, list_claims, submit_delta
 from node.api.services import Services
 
 OPENRPC_VERSION = "1.2.6"
@@ -100,6 +102,30 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             "blocks": {"type": "object"}, "datasets": {"type": "array"},
             "validation": {"type": "array", "items": {"type": "string"}},
             "accepted_manifests": {"type": "array", "items": HASH_HEX}}}, get_ledger_view),
+    Method("blyan_getAttestation", "An accepted claim's attestation: metrics, contributor, training, the PoL "
+           "certificate, the validator set and the commit of the block that certified it, with the canonical bytes "
+           "that check offline (`blyan attest verify`); -32030 when the claim is not accepted or not held.", (
+        Param("claim", HASH_HEX, "Claim hash in hex."),
+    ), {"type": "object", "properties": {"schema": {"type": "string"}, "canonical": {"type": "object"}}},
+        get_attestation),
+    Method("blyan_submitDelta", "Submit a training bundle (a directory on this node's machine, signed by this "
+           "node's key): its blobs are kept and served, its claim is committed, then revealed once the commitment "
+           "is final; -32031 with the reason when it cannot be submitted.", (
+        Param("bundle", {"type": "string"}, "Path of the bundle directory."),
+    ), {"type": "object", "properties": {"claim": HASH_HEX, "status": {"type": "string"}}}, submit_delta,
+        target="submissions"),
+    Method("blyan_getClaim", "A delta claim: committed or revealing (this node's own), voting, certified, "
+           "accepted, rejected or expired with the reason, its heights, losses and voters.", (
+        Param("claim", HASH_HEX, "Claim hash in hex."),
+    ), {"oneOf": [{"type": "null"}, {"type": "object"}]}, get_claim),
+    Method("blyan_listClaims", "Revealed claims, newest first, and this node's submissions not revealed yet.", (),
+           {"type": "array", "items": {"type": "object"}}, list_claims),
+    Method("blyan_getPolVotes", "The PoL votes on a claim: those in the certificate or rejection that decided it, "
+           "else the vote pool's, each with its verdict and signature.", (
+        Param("claim", HASH_HEX, "Claim hash in hex."),
+    ), {"type": "object", "properties": {"votes": {"type": "array"}}}, get_pol_votes),
+    Method("blyan_getRound", "The current learning round: height, round, when it closes, its certified claims, "
+           "and this node's PoL service.", (), {"type": "object"}, get_round),
     Method("rpc.discover", "This OpenRPC document.", (), {"type": "object"}, discover),
 )}
 

@@ -17,11 +17,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from chain.types import CHAIN_IDS, CHAIN_NAMES
-from node.core.feed import Committed, Event, Feed, Penalized, RoundStarted, Subscription, VoteSigned
+from node.core.feed import (
+    Committed,
+    Event,
+    Feed,
+    Penalized,
+    PolVerified,
+    RoundStarted,
+    Subscription,
+    VoteSigned,
+)
 from p2p.net_stats import NetStats
 
 IMPORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Histogram buckets of block import time, seconds (an empty block: ~1 ms; 200 txs: ~40 ms)."""
+POL_BUCKETS_S = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+"""Histogram buckets of a PoL verification, seconds (the devnet's 320-step bundle: ~15 s)."""
 
 SYNC_RATE_WINDOW_S = 10.0
 """Synced blocks per second are averaged over this many seconds of the recent past."""
@@ -72,6 +83,14 @@ class NodeMetrics:
             ["chain", "synced"], buckets=IMPORT_BUCKETS_S, registry=r)
         self.synced_blocks = Counter("blyan_blocks_synced_total", "Blocks imported from peers by sync.",
                                      ["chain"], registry=r)
+        self.pol_votes = Counter("blyan_pol_votes_signed_total", "PoL votes this validator computed and signed, "
+                                 "by verdict.", ["verdict"], registry=r)
+        self.pol_seconds = Histogram("blyan_pol_verify_seconds", "Fetching and verifying one revealed claim.",
+                                     buckets=POL_BUCKETS_S, registry=r)
+        self.pol_outcomes = Counter("blyan_pol_claims_decided_total", "Claims decided on the parameter chain, "
+                                    "by how (certified, rejected).", ["outcome"], registry=r)
+        self.pol_state: Callable[[], dict] | None = None
+        """The PoL service's `describe()` (queue length, refusals), read at each scrape."""
         self._peer_count = peers
         self.net_stats = net_stats
         self.sync_progress = sync_progress
@@ -87,7 +106,8 @@ class NodeMetrics:
     def subscribe(self, feed: Feed) -> Subscription:
         """Count what `feed` reports from now on (and its subscribers' lag at each scrape)."""
         self.feed = feed
-        self._sub = feed.subscribe("metrics", (Committed, RoundStarted, VoteSigned, Penalized), FEED_QUEUE)
+        self._sub = feed.subscribe("metrics", (Committed, RoundStarted, VoteSigned, Penalized, PolVerified),
+                                   FEED_QUEUE)
         return self._sub
 
     async def follow(self) -> None:
@@ -99,6 +119,10 @@ class NodeMetrics:
     def on_event(self, event: Event) -> None:
         if isinstance(event, Committed):
             self.on_commit(event.chain_id, event.block.header.height, len(event.block.txs))
+            for tx in event.block.txs:
+                name = type(tx.body.payload).__name__
+                if name in ("CertifyDelta", "RejectDelta"):
+                    self.pol_outcomes.labels("certified" if name == "CertifyDelta" else "rejected").inc()
             self.on_block_imported(event.chain_id, event.block.header.height, len(event.block.txs),
                                    event.seconds, event.synced)
         elif isinstance(event, RoundStarted):
@@ -107,6 +131,9 @@ class NodeMetrics:
             self.votes.inc()
         elif isinstance(event, Penalized):
             self.penalties.inc()
+        elif isinstance(event, PolVerified):
+            self.pol_votes.labels("accept" if event.accepted else "reject").inc()
+            self.pol_seconds.observe(event.seconds)
 
     # --- counting -------------------------------------------------------------------------------
 
@@ -192,6 +219,15 @@ class _ScrapeTimeCollector:
             for sub in m.feed.subscriptions():
                 dropped.add_metric([sub.name], sub.dropped)
             yield dropped
+        if m.pol_state is not None:
+            state = m.pol_state()
+            queue = GaugeMetricFamily("blyan_pol_queue", "Revealed claims waiting for this validator's verifier.")
+            queue.add_metric([], state["queue"])
+            yield queue
+            refused = CounterMetricFamily("blyan_pol_refused", "Claims not verified here because the PoL queue "
+                                          "was full.")
+            refused.add_metric([], state["refused_queue_full"])
+            yield refused
         if m.libp2p_events is not None:
             expected = CounterMetricFamily("blyan_libp2p_expected_events", "Expected network events py-libp2p "
                                            "logged as errors (failed dials, closed or reset streams...), logged "

@@ -55,7 +55,7 @@ from node.api.client import (
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.methods import METHODS
 from node.api.params import SERVICE_UNAVAILABLE, bind_params
-from node.api.services import ExpertsAPI, Services, SyncStatus
+from node.api.services import ExpertsAPI, PolAPI, Services, SubmissionsAPI, SyncStatus
 from node.core.ports import NodeHandle
 
 logger = logging.getLogger(__name__)
@@ -139,8 +139,10 @@ class RPCServer:
         limits: RPCLimits | None = None,
         experts: ExpertsAPI | None = None,
         sync: SyncStatus | None = None,
+        pol: PolAPI | None = None,
+        submissions: SubmissionsAPI | None = None,
     ) -> None:
-        self.services = Services(node, experts, sync)
+        self.services = Services(node, experts, sync, pol, submissions)
         """What the methods' handlers are given; `Method.target` names the one each needs."""
         self.cookie_path = Path(data_dir) / COOKIE_FILE
         self.config = config

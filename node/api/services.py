@@ -8,6 +8,7 @@ these interfaces (the engine is a `NodeHandle`), and a method whose service is a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from node.core.ports import NodeHandle
@@ -34,6 +35,24 @@ class ExpertsAPI(Protocol):
         """What this node serves and the registry of serving peers."""
 
 
+class PolAPI(Protocol):
+    """The PoL service: its vote pool (`pool.tally`, `pool.votes_of`) and its state."""
+
+    pool: Any
+
+    def describe(self) -> dict[str, Any]:
+        """Queue, verifications, own votes."""
+
+
+class SubmissionsAPI(Protocol):
+    """This node's delta submissions."""
+
+    submissions: dict[bytes, Any]
+
+    def submit(self, bundle_path: Path) -> Any:
+        """Check a bundle and commit it; raises `BlyanError` with the reason it is refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """The node and its services (None: not running on this node)."""
@@ -44,6 +63,11 @@ class Services:
     """The expert service (inference)."""
     sync: SyncStatus | None = None
     """The sync service (catch-up progress)."""
+    pol: PolAPI | None = None
+    """The PoL service (votes, verification)."""
+    submissions: SubmissionsAPI | None = None
+    """Delta submissions (commit, reveal)."""
 
     def get(self, name: str) -> object | None:
-        return {"node": self.node, "experts": self.experts, "sync": self.sync}.get(name)
+        return {"node": self.node, "experts": self.experts, "sync": self.sync, "pol": self.pol,
+                "submissions": self.submissions}.get(name)

@@ -28,6 +28,7 @@ from node.api.client import RPCClient
 from node.app.config import BLOBS_DIR, KEY_FILE, NODE_INFO_FILE, PACT_FILE
 from node.app.datadir import load_pact_file, open_store
 from node.cli.connect import find_rpc
+from node.cli.remote import rpc_options
 from node.core.progress import format_progress
 from node.pol.bundle import Bundle, describe_manifest
 from node.pol.data import MaterialMissing, Materials
@@ -287,3 +288,109 @@ def delta_inspect(bundle_dir: Path, as_json: bool) -> None:
         click.echo(f"{', '.join(out['blocks'])}: {out['method']}, {out['raw_bytes']} -> {out['compressed_bytes']} "
                    f"bytes ({out['ratio']:.1f}x), l2 {l2:.4g}, linf {linf:.4g}, "
                    f"{out['nonzero']}/{out['elements']} values non-zero")
+
+
+# --- blyan delta submit | list | status, blyan pol votes | round ----------------------------------
+
+
+@delta.command("submit")
+@click.argument("bundle_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@rpc_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (the claim hash under \"claim\").")
+def delta_submit(client: RPCClient, data_dir: Path | None, bundle_dir: Path, as_json: bool) -> None:
+    """Submit a bundle through the contributor's node: commit now, reveal once the commitment is final."""
+    result = client.call("blyan_submitDelta", {"bundle": str(Path(bundle_dir).resolve())})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"claim {result['claim']}: {result['status']} (round {result['round']}, "
+                   f"{', '.join(result['blocks'])}); follow it with `blyan delta status {result['claim'][:16]}...`")
+
+
+@delta.command("list")
+@rpc_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def delta_list(client: RPCClient, data_dir: Path | None, as_json: bool) -> None:
+    """Claims on the parameter chain, newest first, and this node's submissions."""
+    claims = client.call("blyan_listClaims")
+    if as_json:
+        click.echo(json.dumps(claims, indent=2))
+        return
+    if not claims:
+        click.echo("no claims")
+    for c in claims:
+        losses = ""
+        if c.get("base_loss") and c.get("new_loss"):
+            losses = f" loss {c['base_loss']:.4f} -> {c['new_loss']:.4f}"
+        blocks = ", ".join(b["name"] if isinstance(b, dict) else b for b in c.get("blocks", []))
+        reason = f" ({c['reason']})" if c.get("reason") else ""
+        click.echo(f"{c['claim'][:16]}  {c['status']:<10} round {c['round']:<4} {blocks}{losses}{reason}")
+
+
+@delta.command("status")
+@click.argument("claim")
+@rpc_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def delta_status(client: RPCClient, data_dir: Path | None, claim: str, as_json: bool) -> None:
+    """Where one claim stands: committed, revealed, voting, certified, accepted or rejected with reasons."""
+    result = client.call("blyan_getClaim", {"claim": _full_claim(client, claim)})
+    if result is None:
+        _fail(f"no claim {claim} on this node's chain nor among its submissions")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"claim {result['claim']}: {result['status']}")
+    for key in ("round", "commit_height", "reveal_height", "decided_height", "applied_height", "base_loss",
+                "new_loss", "reason"):
+        if result.get(key) not in (None, "", 0):
+            click.echo(f"  {key.replace('_', ' ')}: {result[key]}")
+    if "pool" in result:
+        p = result["pool"]
+        click.echo(f"  votes in the pool: {p['votes']} (accepting power {p['accepting_power']}, rejecting "
+                   f"{p['rejecting_power']}, of {p['total_power']})")
+
+
+def _full_claim(client: RPCClient, claim: str) -> str:
+    """A claim hash, or a unique prefix of one the node knows."""
+    claim = claim.lower().rstrip(".")
+    if len(claim) == 64:
+        return claim
+    matches = [c["claim"] for c in client.call("blyan_listClaims") if c["claim"].startswith(claim)]
+    if len(matches) != 1:
+        _fail(f"{claim!r} names {len(matches)} claims: give more of the hash")
+    return matches[0]
+
+
+@pol.command("votes")
+@click.argument("claim")
+@rpc_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def pol_votes(client: RPCClient, data_dir: Path | None, claim: str, as_json: bool) -> None:
+    """The validators' PoL votes on a claim, with what each measured."""
+    result = client.call("blyan_getPolVotes", {"claim": _full_claim(client, claim)})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"claim {result['claim'][:16]}: {result['status']}, votes from the {result['source']}")
+    for v in result["votes"]:
+        verdict = "accept" if v["accepted"] else f"reject ({v['reason']})"
+        segments = ", ".join(f"#{s['index']}{' exact' if s['exact'] else ''}" for s in v["segments"])
+        click.echo(f"  {v['validator']} power {v['power']}: {verdict}, loss {v['base_loss']:.4f} -> "
+                   f"{v['new_loss']:.4f}, segments {segments or 'none'}")
+
+
+@pol.command("round")
+@rpc_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def pol_round(client: RPCClient, data_dir: Path | None, as_json: bool) -> None:
+    """The current learning round and this node's PoL service."""
+    r = client.call("blyan_getRound")
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"round {r['round']} (height {r['height']}, closes at {r['closes_at']}); "
+               f"{len(r['certified'])} certified claim(s) wait for the close")
+    if "pol" in r:
+        p = r["pol"]
+        click.echo(f"  PoL: validator {p['validator']}, queue {p['queue']}/{p['queue_capacity']}, verified "
+                   f"{p['verified']}, refused (queue full) {p['refused_queue_full']}, last {p['last_seconds']} s")

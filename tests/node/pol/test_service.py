@@ -15,6 +15,7 @@ import trio.testing
 
 from chain import codec
 from chain.blobs import BlobStore
+from chain.crypto import format_address
 from chain.kv import MemoryKV
 from chain.payloads import CertifyDelta, RejectDelta
 from chain.records import (
@@ -31,6 +32,9 @@ from chain.rounds import compute_earning_id, make_claim
 from chain.state import Overlay
 from chain.store import ChainStore
 from chain.types import CHAIN_PARAMETER
+from node.api import pol_methods
+from node.api.client import RPCError
+from node.api.services import Services
 from node.core.feed import Committed, PolVerified
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
@@ -146,6 +150,21 @@ async def test_submitted_delta_is_verified_certified_and_becomes_the_head(
     assert net.stores[0].state(CHAIN_PARAMETER).root == net.stores[1].state(CHAIN_PARAMETER).root
     earned = compute_earning_id(claim_hash, CONTRIBUTOR.address, "delta")
     assert Overlay(net.stores[1].state(CHAIN_PARAMETER)).get(earning_key(earned)) is not None
+    # What the RPC shows of it, on the contributor's node and on the validator's.
+    mine = Services(node=net.engines[1], pol=net.pols[1], submissions=net.submissions)
+    shown = pol_methods.get_claim(mine, {"claim": claim_hash.hex()})
+    assert (shown["status"], shown["submission"]["status"], shown["voters"]) == (
+        "accepted", "revealed", [format_address(VALIDATOR.address)])
+    assert shown["new_loss"] < shown["base_loss"]
+    [listed] = pol_methods.list_claims(mine, {})
+    assert listed["claim"] == claim_hash.hex() and listed["status"] == "accepted"
+    votes = pol_methods.get_pol_votes(Services(node=net.engines[0], pol=net.pols[0]), {"claim": claim_hash.hex()})
+    assert votes["source"].startswith("certificate at height") and votes["votes"][0]["accepted"]
+    assert votes["votes"][0]["segments"]
+    current = pol_methods.get_round(mine, {})
+    assert current["certified"] == [] and current["pol"]["validator"] is False
+    with pytest.raises(RPCError, match="not a bundle"):
+        pol_methods.submit_delta(mine, {"bundle": str(tmp_path / "nothing")})
 
 
 async def test_forged_bundle_is_rejected_with_the_verifiers_reason(
