@@ -26,6 +26,12 @@ NODE_INFO_FILE = "node.json"
 """Written by the running daemon: peer id, listen addresses and the RPC URL actually bound (what
 `blyan devnet` bootstraps from, and where the CLI finds the node)."""
 TILE_HASHES_DIR = "tile-hashes"
+HEADS_FILE = "heads.json"
+"""Index of the blobs of heads with accepted deltas, built here (`node.experts.materialise`)."""
+POL_VOTES_DIR = "pol-votes"
+"""This validator's own PoL votes on open claims (`node.pol.service`)."""
+SUBMISSIONS_DIR = "submissions"
+"""This contributor's delta submissions between commit and reveal (`node.pol.submit`)."""
 """Subtile hashes of blobs once verified, so a later corruption is located to its tiles (and
 only those are fetched again)."""
 

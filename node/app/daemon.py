@@ -2,8 +2,10 @@
 
     store ─ Engine ──feed──> SyncService (status, handshake, blocks, snapshots, catch-up)
                │      ├────> NodeMetrics (/metrics)
-               │      └────> (PoL, data quality, dashboard: later services subscribe the same way)
-               └─ NodeHandle <── RPCServer, ExpertService
+               │      ├────> PolService (verify revealed claims, vote, pool votes -> certificates)
+               │      ├────> SubmissionService (this node's claims: commit, then reveal)
+               │      └────> (data quality, dashboard: later services subscribe the same way)
+               └─ NodeHandle <── RPCServer, ExpertService, PolService (system transactions)
 
 SIGINT and SIGTERM cancel the nursery: the services stop, the libp2p host leaves its topics and
 peers, and LevelDB is closed; a block is always written in one batch, so nothing is half
@@ -25,6 +27,7 @@ import trio
 
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey, load_key
+from chain.learning import TrainingManifest
 from chain.reward import get_validator_set
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_REWARD
@@ -32,16 +35,30 @@ from gpu.devices import compute_tier, discover_devices
 from gpu.loader import BlobLoader
 from node.api.metrics import NodeMetrics
 from node.api.server import RPCServer
-from node.app.config import BLOBS_DIR, KEY_FILE, NODE_INFO_FILE, TILE_HASHES_DIR, NodeConfig
+from node.app.config import (
+    BLOBS_DIR,
+    HEADS_FILE,
+    KEY_FILE,
+    NODE_INFO_FILE,
+    POL_VOTES_DIR,
+    SUBMISSIONS_DIR,
+    TILE_HASHES_DIR,
+    NodeConfig,
+)
 from node.app.datadir import open_store
 from node.app.lifeline import arm_orphan_alarm, take_lifeline_fd, watch_lifeline
 from node.app.logs import route_libp2p_logs
 from node.core.clock import WallClock
+from node.core.feed import Feed
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
+from node.experts.bundle_blobs import bundle_refs, fetch_blob
+from node.experts.materialise import Materialiser
 from node.experts.service import ExpertService
 from node.experts.tiles import TileService
-from node.experts.weights import ChainRecords, StoreModelView
+from node.experts.weights import ChainRecords, MaterialisedRecords, StoreModelView
+from node.pol.service import FetchBundle, PolService, make_store_materials
+from node.pol.submit import SubmissionService
 from node.sync.config import SyncConfig, SyncTiming
 from node.sync.fastsync import run_fast_sync
 from node.sync.service import SyncService
@@ -78,9 +95,11 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
                 nursery.start_soon(metrics.follow)
                 await nursery.start(engine.run)
                 await nursery.start(sync.run)
-                experts = await nursery.start(run_expert_service, net, key, store, data_dir, config)
+                experts = await nursery.start(run_expert_service, net, key, store, data_dir, config, engine.feed)
+                pol, submissions = await start_learning(nursery, engine, key, experts, data_dir, config)
+                metrics.pol_state = pol.describe
                 server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics.render, experts=experts,
-                                   sync=sync)
+                                   sync=sync, pol=pol, submissions=submissions)
                 rpc_url = await nursery.start(server.serve)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
@@ -103,19 +122,55 @@ async def _fast_sync(store: ChainStore, net: Network, sync: SyncConfig) -> None:
 
 
 async def run_expert_service(net: Network, key: PrivateKey, store: ChainStore, data_dir: Path, config: NodeConfig,
-                             *, task_status: trio.TaskStatus[ExpertService] = trio.TASK_STATUS_IGNORED) -> None:
-    """The daemon's expert service: the chain's model, the data dir's blobs, libp2p identities."""
+                             feed: Feed | None = None, *,
+                             task_status: trio.TaskStatus[ExpertService] = trio.TASK_STATUS_IGNORED) -> None:
+    """The daemon's expert service: the chain's model (every head with accepted deltas built
+    here: validators verify on it, contributors train on it), the data dir's blobs, libp2p
+    identities."""
     devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls
     tier = max(int(compute_tier(d)) for d in devices)
     logger.info("devices: %s; serving tier %d", ", ".join(d.name for d in devices), tier)
-    view = StoreModelView(store)
     blobs = BlobStore(Path(data_dir) / BLOBS_DIR)
+    heads = Materialiser(blobs, Path(data_dir) / HEADS_FILE)
+    view = StoreModelView(store, heads)
     loader = BlobLoader(hash_dir=Path(data_dir) / TILE_HASHES_DIR)
     tiles = TileService(store.pact.network_id, blobs, loader, ChainRecords(view))
     service = ExpertService(net, key, view, blobs, config.experts, network_id=store.pact.network_id,
                             clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
-                            loader=loader, tiles=tiles)
+                            loader=loader, tiles=tiles, materialiser=heads, feed=feed, materialise_all=True)
     await service.run(task_status=task_status)
+
+
+async def start_learning(nursery: trio.Nursery, engine: Engine, key: PrivateKey, experts: ExpertService,
+                         data_dir: Path, config: NodeConfig) -> tuple[PolService, SubmissionService]:
+    """Learning rounds: the PoL service (every node pools votes; validators verify) and this
+    node's submissions. Bundle blobs travel over the tile protocol, which the expert service
+    serves (a node serves every bundle blob it holds)."""
+    blobs = experts.blobs
+    fetch = make_bundle_fetcher(experts, engine.network)
+    materials = make_store_materials(engine, blobs, head_records=MaterialisedRecords(experts.view))
+    pol = PolService(engine, key, blobs, Path(data_dir) / POL_VOTES_DIR, materials, fetch=fetch, name=config.moniker)
+    await nursery.start(pol.run)
+    submissions = SubmissionService(engine, key, blobs, Path(data_dir) / SUBMISSIONS_DIR, name=config.moniker)
+    nursery.start_soon(submissions.follow)
+    return pol, submissions
+
+
+def make_bundle_fetcher(experts: ExpertService, net: Network) -> FetchBundle:
+    """Bring a manifest's blobs into the node's blob store from peers, tile by tile, each tile
+    proven against the root the manifest (on the chain) declares: the provider first when it is
+    connected, then every other peer (a validator that fetched a blob serves it too)."""
+
+    async def fetch(manifest: TrainingManifest, provider: str) -> None:
+        missing = [ref for ref in bundle_refs(manifest) if not experts.blobs.has(ref.blob_id)]
+        if not missing:
+            return
+        connected = net.peers()
+        peers = ([provider] if provider in connected else []) + [p for p in connected if p != provider]
+        for ref in missing:
+            await fetch_blob(experts.tiles, net, peers, ref, experts.blobs)
+
+    return fetch
 
 
 def _write_node_info(data_dir: Path, peer_id: str, addrs: list[str], rpc_url: str | None) -> None:

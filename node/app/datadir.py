@@ -10,20 +10,24 @@ from chain import codec, crypto
 from chain.blobs import BlobStore
 from chain.errors import ConfigError, DecodingError, StoreLocked
 from chain.kv import COL_GENESIS
+from chain.ledger import LedgerView
 from chain.leveldb import LevelDBKV
 from chain.pact import GenesisPact, compute_genesis_hash, validate_pact
 from chain.store import ChainStore
+from chain.tensors import TensorRecord
 from genesis.devnet import build_devnet_pact
 from node.app.config import (
     BLOBS_DIR,
     CHAINS_DIR,
     CONFIG_FILE,
+    HEADS_FILE,
     KEY_FILE,
     PACT_FILE,
     NodeConfig,
     load_config,
     save_config,
 )
+from node.experts.materialise import Materialiser
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +139,18 @@ def open_store(data_dir: Path) -> tuple[NodeConfig, ChainStore]:
         kv.close()
         raise
     return config, store
+
+
+def read_head_records(data_dir: Path, ledger: LedgerView) -> dict[str, TensorRecord]:
+    """The records of the blocks with accepted deltas whose weights the data dir's node built
+    (`node.experts.materialise`, indexed in `heads.json`) for the heads `ledger` names, each with
+    the chain's weights root; a block it has not built is absent (training and verification then
+    say so)."""
+    heads = Materialiser(BlobStore(Path(data_dir) / BLOBS_DIR), Path(data_dir) / HEADS_FILE)
+    out = {}
+    for name, block in ledger.blocks.items():
+        if block.deltas:
+            record = heads.lookup(name, block.head, block.weights_root)
+            if record is not None:
+                out[name] = record
+    return out

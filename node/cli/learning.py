@@ -26,7 +26,7 @@ from chain.pact import compute_genesis_hash
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER
 from node.api.client import RPCClient
 from node.app.config import BLOBS_DIR, KEY_FILE, NODE_INFO_FILE, PACT_FILE
-from node.app.datadir import load_pact_file, open_store
+from node.app.datadir import load_pact_file, open_store, read_head_records
 from node.cli.connect import find_rpc
 from node.cli.remote import rpc_options
 from node.core.progress import format_progress
@@ -54,7 +54,8 @@ def load_materials(data_dir: Path) -> Materials:
         except StoreError as err:
             raise MaterialMissing(f"blob {blob_id.hex()[:16]}: {err}") from err
 
-    return Materials(pact, compute_genesis_hash(pact), read_ledger(data_dir), get_blob)
+    ledger = read_ledger(data_dir)
+    return Materials(pact, compute_genesis_hash(pact), ledger, get_blob, read_head_records(data_dir, ledger))
 
 
 def read_ledger(data_dir: Path) -> LedgerView:

@@ -207,15 +207,25 @@ def _parse_seeds(text: str) -> range:
 @click.option("--seeds", default=None, help="Sweep the seeds A-B instead of one run.")
 @click.option("--duration", default=60.0, show_default=True, help="Simulated seconds.")
 @click.option("--tx-rate", default=2.0, show_default=True, help="Client transactions per simulated second.")
+@click.option("--deltas", default=0, show_default=True,
+              help="Learning: honest contributors, each training and submitting one real delta.")
+@click.option("--forgeries", default="", help="Learning: byzantine contributors, comma list of "
+              "validation_trained,wrong_result,copy_reveal,resign_copy.")
+@click.option("--byzantine-kinds", default=None, help="What the byzantine validators do (comma list; "
+              "false_pol_votes signs the opposite of its verifier's verdict) [default: the consensus ones].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: int, seeds: str | None,
-        duration: float, tx_rate: float, as_json: bool) -> None:
+        duration: float, tx_rate: float, deltas: int, forgeries: str, byzantine_kinds: str | None,
+        as_json: bool) -> None:
     """Run the deterministic network simulation and check its invariants."""
     kinds = tuple(k for k in faults.split(",") if k)
+    extra: dict = {"deltas": deltas, "forgeries": tuple(k for k in forgeries.split(",") if k)}
+    if byzantine_kinds:
+        extra["byzantine_kinds"] = tuple(k for k in byzantine_kinds.split(",") if k)
     try:
         configs = [
             SimConfig(seed=s, nodes=nodes, validators=validators or nodes, byzantine=byzantine, faults=kinds,
-                      duration=duration, tx_rate=tx_rate, liveness_bound=min(25.0, duration / 2))
+                      duration=duration, tx_rate=tx_rate, liveness_bound=min(25.0, duration / 2), **extra)
             for s in (_parse_seeds(seeds) if seeds else [seed])
         ]
     except ValueError as err:

@@ -1,6 +1,9 @@
 """The expert service of a node: serve experts to peers, announce them, and generate text.
 
-    service = ExpertService(net, key, view, blobs, config.experts, network_id=..., clock=...)
+    heads = Materialiser(blobs, data_dir / "heads.json")
+    view = StoreModelView(store, heads)
+    service = ExpertService(net, key, view, blobs, config.experts, network_id=..., clock=...,
+                            tiles=tiles, materialiser=heads, feed=engine.feed)
     await nursery.start(service.run)      # loads the served experts, then announces forever
     gen = await service.generate("Hello", max_tokens=16)
 
@@ -9,6 +12,13 @@ anything else (another expert, or other weights of it) is refused with `ExpertNo
 most `MAX_INFLIGHT` requests run at once (beyond: `Overloaded`); a malformed request costs its
 sender a penalty. Announcements are signed and bound to the sender's peer id (on libp2p), and
 expire unless renewed; a peer that disconnects leaves the registry until it announces again.
+
+Heads that move: when the parameter chain accepts deltas of blocks this node uses (the shared
+blocks, the experts it serves), `on_heads_moved` (called for each parameter block the engine
+commits when the service is given the engine's `feed`, or by the daemon) materialises their new
+weights (`node.experts.materialise`, fetching delta blobs from peers over the tile protocol),
+then serves the new versions and rebuilds the shared model; generations and forwards already
+running finish on the version they started with (models are replaced, never changed).
 """
 
 from __future__ import annotations
@@ -27,12 +37,16 @@ from chain import codec
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
 from chain.errors import ConfigError, StoreError
-from chain.records import ExpertState
+from chain.records import ExpertState, is_expert_key
 from chain.tensors import TOKENIZER_BLOCK, TensorRecord
+from chain.types import CHAIN_PARAMETER
 from gpu.loader import BlobLoader
 from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokenizer_block
+from node.core.feed import Committed, Feed, Subscription
+from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
+from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materialiser
 from node.experts.registry import ExpertRegistry
 from node.experts.tiles import RepairFailed, TileService
 from node.experts.weights import (
@@ -40,6 +54,7 @@ from node.experts.weights import (
     LocalExperts,
     ModelView,
     WeightsUnavailable,
+    block_names,
     build_shared_model,
     expert_name,
     get_expert_heads,
@@ -75,6 +90,9 @@ MAX_INFLIGHT = 16
 MAX_FUTURE_MS = 60_000
 """An announcement dated further ahead of our clock is ignored."""
 MALFORMED_PENALTY = 1.0
+FETCH_ATTEMPTS = 5
+"""Tries to fetch a missing delta blob from peers per head move, with backoff between them."""
+FEED_QUEUE = 256
 _EXPERT_NAME = re.compile(r"layer(\d+)\.expert(\d+)")
 
 
@@ -126,8 +144,8 @@ def choose_served(serve: tuple[str, ...], view: ModelView, blobs: BlobStore | No
     every = [(layer, e) for layer in range(spec.n_layers) for e in range(spec.n_experts)]
     if tuple(serve) == ("none",) or not serve:
         return []
-    if tuple(serve) == ("auto",):
-        return [k for k in every if is_loadable(view.get_state(expert_name(k)), blobs)]
+    if tuple(serve) == ("auto",):  # the experts whose weights are here, or can be built here
+        return [k for k in every if is_loadable(view, expert_name(k), blobs) or _is_buildable(view, k, blobs)]
     keys = []
     for name in serve:
         m = _EXPERT_NAME.fullmatch(name)
@@ -135,6 +153,12 @@ def choose_served(serve: tuple[str, ...], view: ModelView, blobs: BlobStore | No
             raise ConfigError(f"experts.serve: {name!r} is not an expert of this model (layerI.expertJ)")
         keys.append((int(m[1]), int(m[2])))
     return sorted(set(keys))
+
+
+def _is_buildable(view: ModelView, key: ExpertKey, blobs: BlobStore | None) -> bool:
+    """A head with deltas whose base blob is here (its deltas can be fetched and applied)."""
+    state = view.get_state(expert_name(key))
+    return state is not None and bool(state.deltas) and blobs is not None and blobs.has(state.record.blob_id)
 
 
 @dataclass(slots=True)
@@ -149,6 +173,7 @@ class ExpertService:
         config: ExpertsConfig, *, network_id: str, clock: Clock, compute: Compute | None = None,
         rng: random.Random | None = None, peer_binding: Callable[[PeerId, bytes], bool] | None = None,
         tier: int = 0, loader: BlobLoader | None = None, tiles: TileService | None = None,
+        materialiser: Materialiser | None = None, feed: Feed | None = None, materialise_all: bool = False,
     ) -> None:
         self.net, self.key, self.view, self.blobs, self.config = net, key, view, blobs, config
         self.network_id, self.clock, self.tier = network_id, clock, tier
@@ -159,6 +184,16 @@ class ExpertService:
         self.loader = loader
         self.tiles = tiles
         """Serves this node's verified tiles and repairs its blobs from peers (daemon only)."""
+        self.materialiser = materialiser
+        """Builds the weights of heads with deltas (the same object as the view's `heads`)."""
+        self.feed = feed
+        """The engine's commit feed: parameter blocks trigger `on_heads_moved`."""
+        self.materialise_all = materialise_all
+        """Materialise every block's head, not only those used here (validators and contributors
+        load the whole model: `node.pol.data.Materials.head_records`)."""
+        self.wanted: list[ExpertKey] = []
+        """The experts the config asks this node to serve."""
+        self._heads_lock = trio.Lock()
         self.local = LocalExperts(view, blobs, loader, cache_bytes=config.cache_mib << 20)
         self.inference = InferenceConfig(request_timeout_s=config.request_timeout_s,
                                          spot_check=config.spot_check, local_fallback=config.local_fallback)
@@ -177,7 +212,8 @@ class ExpertService:
         if self.tiles is not None:
             self.tiles.register(self.net)
         broken = []
-        for key in choose_served(self.config.serve, self.view, self.blobs):
+        self.wanted = choose_served(self.config.serve, self.view, self.blobs)
+        for key in self.wanted:
             try:
                 await self.compute.run(self.local.serve, key)
             except WeightsUnavailable as err:
@@ -191,11 +227,20 @@ class ExpertService:
         self.net.subscribe(self.topic, self.on_announcement, max_bytes=MAX_ANNOUNCEMENT_BYTES)
         self.net.set_request_handler(self.protocol, self.on_forward, MAX_FORWARD_BYTES)
         self.net.on_peer_event(self._on_peer_event)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._announce_loop)
-            if broken:
-                nursery.start_soon(self._repair_and_serve, broken)
-            task_status.started(self)
+        heads_feed = self.feed.subscribe("experts", (Committed,), maxlen=FEED_QUEUE) if self.feed else None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._announce_loop)
+                if broken:
+                    nursery.start_soon(self._repair_and_serve, broken)
+                if self.materialiser is not None:
+                    nursery.start_soon(self._heads_moved_task)  # heads may have moved while we were away
+                if heads_feed is not None:
+                    nursery.start_soon(self._follow_heads, heads_feed)
+                task_status.started(self)
+        finally:
+            if heads_feed is not None:
+                self.feed.unsubscribe(heads_feed)
 
     async def _repair_and_serve(self, broken: list[tuple[ExpertKey, TensorRecord]]) -> None:
         """Fetch the bad or missing tiles of experts we should serve from peers, each tile
@@ -220,6 +265,111 @@ class ExpertService:
             if broken:
                 await trio.sleep(delay)  # a retry interval, not a wait on a condition: peers may appear
                 delay = min(delay * 2, 30.0)
+
+    # --- heads that move ---------------------------------------------------------------
+
+    def used_blocks(self) -> list[str]:
+        """The blocks whose weights this node loads: the shared ones and the experts it serves
+        (every block with `materialise_all`)."""
+        if self.materialise_all:
+            return block_names(self.view.spec)
+        names = ["embed", "head"] + [f"layer{i}.{p}" for i in range(self.view.spec.n_layers)
+                                     for p in ("attn", "router")]
+        return names + [expert_name(k) for k in sorted(set(self.wanted) | set(self.local.served))]
+
+    async def _follow_heads(self, feed: Subscription) -> None:
+        async for event in feed:
+            if event.chain_id != CHAIN_PARAMETER or not any(is_expert_key(k) for k in event.changes):
+                continue
+            for _ in feed.drain():  # a burst of blocks: one pass over the newest heads
+                pass
+            await self._heads_moved_task()
+
+    async def _heads_moved_task(self) -> None:
+        try:
+            await self.on_heads_moved()
+        except Exception:  # the top of a task: a failed pass must not stop serving
+            logger.exception("materialising the new heads failed; retried at the next move")
+
+    async def on_heads_moved(self) -> None:
+        """Materialise the new heads of the blocks this node uses, then serve them: each served
+        expert whose head moved is loaded at its new weights, the shared model rebuilt, and an
+        announcement sent. One pass at a time; a head that cannot be built is logged and left
+        unserved until the next move."""
+        if self.materialiser is None:
+            return
+        async with self._heads_lock:
+            built = 0
+            for name in self.used_blocks():
+                state = self.view.get_state(name)
+                if state is None or not state.deltas or self.view.get_record(name, state) is not None:
+                    continue
+                if await self._materialise(name, state):
+                    built += 1
+            switched = []
+            for key in self.wanted:
+                state = self.view.get_state(expert_name(key))
+                if state is None or self.local.served.get(key) == state.head:
+                    continue
+                try:
+                    await self.compute.run(self.local.serve, key)
+                    switched.append(expert_name(key))
+                except ExpertError as err:
+                    logger.info("not serving %s at %s yet: %s", expert_name(key), state.head.hex()[:16], err)
+            if self._shared is not None:
+                try:
+                    await self.shared_model()
+                except ExpertError as err:
+                    logger.warning("the shared model stays at its old heads: %s", err)
+            if switched:
+                logger.info("heads moved: %d versions materialised; now serving %s", built, ", ".join(switched))
+                self._announce_now.set()
+            self._collect_garbage()
+
+    async def _materialise(self, name: str, state: ExpertState) -> bool:
+        """Build one head, fetching missing delta blobs from peers (bounded tries with backoff)."""
+        delay = 1.0
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                await self.compute.run(self.materialiser.materialise, name, state, self.view.get_accepted)
+                return True
+            except DeltaBlobMissing as err:
+                if self.tiles is None:
+                    logger.warning("cannot materialise %s: %s (no tile service to fetch it)", name, err)
+                    return False
+                claim = err.claim
+                ref = BlobRef(claim.delta_blob, claim.delta_size, claim.delta_root,
+                              f"delta {err.claim_hash.hex()[:16]}")
+                try:
+                    await fetch_blob(self.tiles, self.net, self.net.peers(), ref, self.materialiser.blobs)
+                    continue
+                except BlobUnavailable as fetch_err:
+                    logger.info("materialising %s: try %d of %d: %s", name, attempt + 1, FETCH_ATTEMPTS, fetch_err)
+            except MaterialiseError as err:
+                logger.error("refusing the new weights of %s: %s", name, err)
+                return False
+            if attempt + 1 < FETCH_ATTEMPTS:
+                await trio.sleep(delay)  # a retry interval: peers holding the blob may appear
+                delay = min(delay * 2, 30.0)
+        logger.warning("%s at %s not materialised: its delta blob is on no reachable peer", name,
+                       state.head.hex()[:16])
+        return False
+
+    def _collect_garbage(self) -> None:
+        """Drop materialised versions no block's head or served expert names any more."""
+        keep = set(self.local.served.values())
+        protect = set()
+        for name in block_names(self.view.spec):
+            state = self.view.get_state(name)
+            if state is not None:
+                keep.add(state.head)
+                protect.add(state.record.blob_id)
+        if self._shared is not None:
+            keep.update(self._shared.heads)
+        try:
+            self.materialiser.collect_garbage(keep, protect)
+        except StoreError as err:
+            logger.warning("materialised heads not collected: %s", err)
 
     async def _announce_loop(self) -> None:
         while True:

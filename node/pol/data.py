@@ -9,8 +9,8 @@ CIDv1 names the SHA-256 of its bytes); the bytes are UTF-8 text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from tokenizers import Tokenizer
@@ -20,7 +20,7 @@ from chain.crypto import digest_from_cid
 from chain.errors import BlyanError
 from chain.ledger import LedgerView
 from chain.pact import GenesisPact
-from chain.tensors import TOKENIZER_BLOCK
+from chain.tensors import TOKENIZER_BLOCK, TensorRecord
 from gpu.model import MoEConfig, MoEModel
 from gpu.tokenizer import InvalidTokenizer, encode_texts, get_eot_id, load_tokenizer_block
 from gpu.weights import decode_block
@@ -45,6 +45,24 @@ class Materials:
     """Heads, datasets, the validation set."""
     get_blob: GetBlob
     """Verified blob bytes by id."""
+    head_records: Mapping[str, TensorRecord] = field(default_factory=dict)
+    """Block name -> the record of its materialised current weights, for blocks with accepted
+    deltas (`node.experts.materialise`; a lazy Mapping will do). Checked against the ledger's
+    weights root before use."""
+
+
+def get_weights_blob_id(m: Materials, name: str) -> bytes:
+    """The blob holding block `name`'s weights at its head; `MaterialMissing` if none is here."""
+    block = m.ledger.blocks.get(name)
+    if block is None:
+        raise MaterialMissing(f"block {name} is not on the parameter chain")
+    if not block.deltas:
+        return block.record.blob_id
+    record = m.head_records.get(name)
+    if record is None or record.merkle_root != block.weights_root:
+        raise MaterialMissing(f"block {name} has {block.deltas} accepted deltas: its weights at head "
+                              f"{block.head.hex()[:16]} are not materialised here yet")
+    return record.blob_id
 
 
 def load_base_model(m: Materials) -> MoEModel:
@@ -52,13 +70,7 @@ def load_base_model(m: Materials) -> MoEModel:
     cfg = MoEConfig.from_spec(m.pact.model)
     model = MoEModel(cfg)
     for name in model.block_names():
-        block = m.ledger.blocks.get(name)
-        if block is None:
-            raise MaterialMissing(f"block {name} is not on the parameter chain")
-        if block.deltas:
-            raise MaterialMissing(f"block {name} has accepted deltas: their weights are not materialised "
-                                  "here yet (learning rounds on the network come next)")
-        model.load_block_state_dict(name, decode_block(m.get_blob(block.record.blob_id)))
+        model.load_block_state_dict(name, decode_block(m.get_blob(get_weights_blob_id(m, name))))
     return model.eval()
 
 
@@ -66,8 +78,7 @@ def load_block_weights(m: Materials, names: Sequence[str]) -> dict[str, Tensor]:
     """Tensors of the named blocks at their heads, as "<block>/<tensor>"."""
     out: dict[str, Tensor] = {}
     for name in names:
-        block = m.ledger.blocks[name]
-        for tensor, value in decode_block(m.get_blob(block.record.blob_id)).items():
+        for tensor, value in decode_block(m.get_blob(get_weights_blob_id(m, name))).items():
             out[f"{name}/{tensor}"] = value
     return out
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from chain.payloads import PolVote, RevealDelta, SignedPolVote
 from chain.records import CLAIM_VOTING, is_claim_key
 from chain.rounds import get_claim
 from chain.state import Overlay, State
+from chain.tensors import TensorRecord
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, Transaction
 from node.core.feed import Committed, PolVerified
 from node.core.ports import NodeHandle
@@ -73,8 +74,10 @@ class PolConfig:
     fetch_backoff_s: float = 2.0
 
 
-def make_store_materials(node: NodeHandle, blobs: BlobStore) -> MakeMaterials:
-    """Materials read from the node's store and blob store (heads without deltas)."""
+def make_store_materials(node: NodeHandle, blobs: BlobStore,
+                         head_records: Mapping[str, TensorRecord] | None = None) -> MakeMaterials:
+    """Materials read from the node's store and blob store; `head_records`: the blobs of heads
+    with accepted deltas built on this node (the expert service's, a live view)."""
     pact = node.store.pact
     genesis_hash = compute_genesis_hash(pact)
 
@@ -87,7 +90,7 @@ def make_store_materials(node: NodeHandle, blobs: BlobStore) -> MakeMaterials:
     def make() -> Materials:
         store = node.store
         ledger = read_ledger_view(store.state(CHAIN_PARAMETER), store.state(CHAIN_DATASET))
-        return Materials(pact, genesis_hash, ledger, get_blob)
+        return Materials(pact, genesis_hash, ledger, get_blob, head_records if head_records is not None else {})
 
     return make
 

@@ -6,13 +6,17 @@ A misbehaving node runs the same `Engine` as every other node; what changes is w
   votes, or equivocates (signs a second, conflicting vote for each of its votes, and prevotes and
   precommits every proposal it sees, by gossip or in answer to a proposal request);
 - `InvalidBlockBuilder` is a proposer strategy that builds blocks with a wrong state root;
-- `spam` floods the topics with garbage, as a task beside the engine.
+- `spam` floods the topics with garbage, as a task beside the engine;
+- `lie_about` is the verifier a validator with `false_pol_votes` hands its (honest) PoL service:
+  it runs the real verifier and signs the opposite verdict (accepting a forged bundle with a
+  made-up gain, rejecting an honest one).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +31,7 @@ from chain.errors import BlyanError, DecodingError
 from chain.state import State
 from chain.types import Block, CommitCertificate, Transaction, ValidatorSet
 from chain.votes import NIL, Vote
+from consensus.pol import PolRejection, Reason, make_verdict
 from node.engine.ports import BlockBuilder
 from node.engine.wire import (
     PROTOCOL_PROPOSAL,
@@ -67,13 +72,44 @@ class Behaviour:
     """Send nothing at all."""
     spam: bool = False
     """Flood topics with garbage."""
+    false_pol_votes: bool = False
+    """Sign PoL votes against the evidence: accept what the verifier rejects, and the reverse."""
 
     @property
     def is_honest(self) -> bool:
-        return not (self.equivocate or self.invalid_proposals or self.withhold_votes or self.silent or self.spam)
+        return not self.names()
 
     def names(self) -> list[str]:
-        return [n for n in ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam") if getattr(self, n)]
+        return [n for n in BEHAVIOURS if getattr(self, n)]
+
+
+BEHAVIOURS = ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam", "false_pol_votes")
+LIE = "a byzantine validator's verdict, against the evidence"
+LIED_GAIN = 10
+"""The made-up gain of a lying accepting verdict: new loss = base loss * (1 - 1/10)."""
+MADE_UP_BASE_LOSS = 4_000_000
+"""A base loss (micro-nats per token) for a lie about a bundle whose base was never measured."""
+Verify = Callable[[Any, Any, bytes], Any]
+"""`verify(materials, bundle, validator key) -> VerifyReport` (`node.pol.verifier.verify_bundle`)."""
+
+
+def lie_about(verify: Verify) -> Verify:
+    """A verifier that runs `verify` and reports the opposite verdict, signed by the same
+    validator: an honest bundle is rejected with a replay divergence, a forged one accepted with
+    a validation gain the chain's vote rule takes (an accepting vote)."""
+
+    def lying_verify(materials: Any, bundle: Any, validator: bytes) -> Any:
+        report = verify(materials, bundle, validator)
+        v = report.verdict
+        if report.accepted:
+            rejection = PolRejection(Reason.REPLAY_DIVERGED, LIE)
+            verdict = make_verdict(bundle.manifest, validator, rejection, v.base_loss, v.new_loss, v.segments)
+            return replace(report, verdict=verdict, rejection=rejection)
+        base = v.base_loss or MADE_UP_BASE_LOSS
+        verdict = make_verdict(bundle.manifest, validator, None, base, base - base // LIED_GAIN, v.segments)
+        return replace(report, verdict=verdict, rejection=None)
+
+    return lying_verify
 
 
 class ByzantineNetwork:

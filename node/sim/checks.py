@@ -9,23 +9,53 @@
   commit certificates;
 - **liveness**: every client transaction, and every dataset's approval and reward, is final on
   every honest node, and all honest nodes reach the same heights.
+
+Learning runs add:
+
+- **no forged delta accepted**: no claim of a byzantine contributor (nor a copy) is ever
+  certified or accepted, nor in any block's deltas, on any honest node;
+- **re-verify**: every delta the validity replay sees applied passes the real verifier again,
+  on its bundle from a node's blob store and against the chain as it was just before the close
+  that applied it (`Reverifier`);
+- **heads**: every honest node has the same head and delta list for every parameter block, and
+  materialises the same bytes for every head with deltas (`check_materialised`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from chain import codec
 from chain.commit import InvalidCommit, verify_commit
 from chain.context import Context
 from chain.errors import BlyanError, InvalidBlock, MissingDependency
 from chain.kv import MemoryKV
+from chain.ledger import LedgerView, read_ledger_view
 from chain.pact import GenesisPact
-from chain.records import STATUS_APPROVED, DatasetRecord, Earning, dataset_key, earning_key, paid_key
+from chain.records import (
+    CLAIM_ACCEPTED,
+    CLAIM_CERTIFIED,
+    STATUS_APPROVED,
+    AcceptedDelta,
+    ClaimRecord,
+    DatasetRecord,
+    Earning,
+    ExpertState,
+    dataset_key,
+    delta_key,
+    earning_key,
+    is_expert_key,
+    paid_key,
+    parse_expert_key,
+)
 from chain.reward import get_validator_set, validate_supply
+from chain.rounds import get_claim
+from chain.state import Overlay, State
 from chain.store import ChainStore
-from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_NAMES, CHAIN_REWARD, ValidatorSet
+from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_NAMES, CHAIN_PARAMETER, CHAIN_REWARD, ValidatorSet
 from node.core.feed import Feed, Penalized, RoundStarted, Subscription, VoteSigned
 
 CHECKER_QUEUE = 1 << 20
@@ -120,7 +150,13 @@ def check_ledgers(stores: dict[str, ChainStore], violations: list[Violation]) ->
     return ok
 
 
-def check_validity(pact: GenesisPact, stores: dict[str, ChainStore], violations: list[Violation]) -> bool:
+ImportHook = Callable[[int, State, ChainStore], None]
+"""Called after each block the validity replay imports: (chain id, that chain's state before
+the block, the replay's store)."""
+
+
+def check_validity(pact: GenesisPact, stores: dict[str, ChainStore], violations: list[Violation],
+                   on_import: ImportHook | None = None) -> bool:
     """Replay the longest honest chains from genesis through the chain rules and commits."""
     network_id = pact.network_id
     ref = max(stores.values(), key=lambda s: sum(s.height(c) for c in CHAIN_IDS))
@@ -154,12 +190,15 @@ def check_validity(pact: GenesisPact, stores: dict[str, ChainStore], violations:
                 if commit is not None:
                     verify_commit(chain_id, h, block.hash(), commit, vs, network_id)
                 ctx = Context(network_id, pact.params, vs, prev_vs, earnings=earning, next_validators=known.get)
+                before = replay.state(chain_id)
                 replay.import_block(block, ctx)
             except MissingDependency:
                 continue
             except (InvalidBlock, InvalidCommit) as err:
                 violations.append(Violation("validity", f"{CHAIN_NAMES[chain_id]} height {h}: {err}"))
                 return False
+            if on_import is not None:
+                on_import(chain_id, before, replay)
             if chain_id == CHAIN_REWARD:
                 remember()
                 try:
@@ -204,6 +243,135 @@ def check_liveness(stores: dict[str, ChainStore], heights: dict[str, int], submi
             violations.append(Violation("liveness", f"{node}: {len(missing)} of {len(submitted)} "
                                         f"transactions not final {liveness_bound:g}s after the last fault"))
     return ok
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+def check_no_forged_accepted(stores: dict[str, ChainStore], forged: dict[bytes, str],
+                             violations: list[Violation]) -> bool:
+    """No forged claim (`forged`: claim hash -> who made it) is certified, accepted or a delta
+    of any block on any honest node."""
+    ok = True
+    for node, store in stores.items():
+        view = Overlay(store.state(CHAIN_PARAMETER))
+        applied = {h for _, state in read_expert_states(store) for h in state.deltas}
+        for claim_hash, who in forged.items():
+            rec = get_claim(view, claim_hash)
+            status = rec.status if rec is not None else ""
+            if status in (CLAIM_CERTIFIED, CLAIM_ACCEPTED) or claim_hash in applied \
+                    or view.get(delta_key(claim_hash)) is not None:
+                ok = False
+                violations.append(Violation("no-forged-accepted", f"{node}: forged claim {claim_hash.hex()[:16]} of "
+                                            f"{who} is {status or 'applied'}"))
+    return ok
+
+
+def read_expert_states(store: ChainStore) -> list[tuple[str, ExpertState]]:
+    """Every parameter block's head record, by name."""
+    state = store.state(CHAIN_PARAMETER)
+    return sorted((parse_expert_key(k), codec.decode(ExpertState, v)) for k, v in state.items() if is_expert_key(k))
+
+
+def check_heads(stores: dict[str, ChainStore], violations: list[Violation]) -> bool:
+    """Every honest node has the same head and deltas for every parameter block."""
+    seen: dict[str, tuple[str, tuple[bytes, tuple[bytes, ...]]]] = {}
+    ok = True
+    for node, store in stores.items():
+        for name, state in read_expert_states(store):
+            mine = (state.head, tuple(state.deltas))
+            first = seen.setdefault(name, (node, mine))
+            if first[1] != mine:
+                ok = False
+                violations.append(Violation("heads", f"{node} {name}: head {state.head.hex()[:16]} "
+                                            f"({len(state.deltas)} deltas), {first[0]} has "
+                                            f"{first[1][0].hex()[:16]} ({len(first[1][1])} deltas)"))
+    return ok
+
+
+Materialise = Callable[[str, str, ExpertState, ChainStore], bytes | None]
+"""`materialise(node, block name, its state, the node's store)`: the blob id of the weights the
+node builds for the head (`node.experts.materialise`), None when it lacks a delta blob; raises
+`BlyanError` when the weights do not have the root the chain names."""
+
+
+def check_materialised(stores: dict[str, ChainStore], materialise: Materialise, violations: list[Violation]) -> int:
+    """Every honest node that holds the delta blobs builds the same bytes for every head with
+    deltas; the number of (node, head) pairs compared (-1: a violation)."""
+    seen: dict[tuple[str, bytes], tuple[str, bytes]] = {}
+    compared, ok = 0, True
+    for node, store in stores.items():
+        for name, state in read_expert_states(store):
+            if not state.deltas:
+                continue
+            try:
+                blob_id = materialise(node, name, state, store)
+            except BlyanError as err:
+                ok = False
+                violations.append(Violation("materialised", f"{node} {name} at {state.head.hex()[:16]}: {err}"))
+                continue
+            if blob_id is None:
+                continue
+            compared += 1
+            first = seen.setdefault((name, state.head), (node, blob_id))
+            if first[1] != blob_id:
+                ok = False
+                violations.append(Violation("materialised", f"{node} {name} at {state.head.hex()[:16]}: blob "
+                                            f"{blob_id.hex()[:16]}, {first[0]} built {first[1].hex()[:16]}"))
+    return compared if ok else -1
+
+
+Reverify = Callable[[LedgerView, ClaimRecord], Any]
+"""`reverify(ledger the claim was applied to, its record) -> VerifyReport` (`node.sim.learning`)."""
+
+
+class Reverifier:
+    """Re-verifies each delta the validity replay sees applied, against the ledger just before
+    the block that applied it (the heads its validators measured on)."""
+
+    def __init__(self, reverify: Reverify, violations: list[Violation]) -> None:
+        self.reverify = reverify
+        self.violations = violations
+        self.checked: list[str] = []
+        """Claims re-verified, in the order they were applied."""
+        self.ok = True
+
+    def on_import(self, chain_id: int, before: State, replay: ChainStore) -> None:
+        if chain_id != CHAIN_PARAMETER:
+            return
+        after = replay.state(CHAIN_PARAMETER)
+        changed = [i for i, (a, b) in enumerate(zip(before.bucket_hashes, after.bucket_hashes, strict=True)) if a != b]
+        applied = [k[1:] for i in changed for k in after.bucket(i)
+                   if k[:1] == b"D" and len(k) == 33 and before.get(k) is None]
+        if not applied:
+            return
+        ledger = read_ledger_view(before, replay.state(CHAIN_DATASET))
+        for claim_hash in sorted(applied):
+            self._check(claim_hash, Overlay(after), ledger, after.height)
+
+    def _check(self, claim_hash: bytes, view: Overlay, ledger: LedgerView, height: int) -> None:
+        rec = get_claim(view, claim_hash)
+        self.checked.append(claim_hash.hex())
+        try:
+            report = self.reverify(ledger, rec)
+            failure = "" if report.accepted else f"{report.verdict.reason}: {report.rejection}"
+        except BlyanError as err:
+            failure = f"cannot re-verify: {err}"
+        if failure:
+            self.ok = False
+            self.violations.append(Violation("reverify", f"delta {claim_hash.hex()[:16]} applied at parameter height "
+                                             f"{height} does not verify again: {failure}"))
+
+    def check_complete(self, store: ChainStore) -> bool:
+        """Every delta `store` holds accepted was re-verified."""
+        state = store.state(CHAIN_PARAMETER)
+        for key, raw in state.items():
+            if key[:1] == b"D" and len(key) == 33 and key[1:].hex() not in self.checked:
+                self.ok = False
+                accepted = codec.decode(AcceptedDelta, raw)
+                self.violations.append(Violation("reverify", f"delta {key[1:].hex()[:16]} (applied at parameter "
+                                                 f"height {accepted.height}) was never re-verified"))
+        return self.ok
 
 
 def compute_run_digest(digests: dict[str, str]) -> str:

@@ -5,9 +5,8 @@ This is a stand-in, named as such: no code of the project computes these verdict
 report and a quality tier drawn from its address (no audit program runs: the data-quality issue
 replaces this with the real audit service).
 
-The simulation submits no deltas: a delta needs Proof-of-Learning votes that a validator
-computed (`node.pol`), and the simulator does not run the verifier yet (Learning II wires it
-into every validator); it does not sign constant votes in their place.
+Deltas are not scripted: in a learning run every validator runs the PoL service with the real
+verifier and signs the votes it computed (`node.sim.learning`).
 """
 
 from __future__ import annotations

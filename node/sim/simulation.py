@@ -6,18 +6,27 @@ Each node is the daemon's own pair of an `Engine` and a `SyncService` over a `Si
 byzantine node gets substitutes (`node.sim.byzantine`), never another engine. The run is a pure
 function of its seed (`node.sim.scenario`); the report says whether every invariant held
 (`node.sim.checks`), and a failing seed replays exactly with the command in the report.
+
+A learning run (`SimConfig.deltas`, `forgeries`) adds to every node a PoL service and a blob
+store (in a temporary directory the run removes), and to the workload contributors who train
+real deltas and submit them (`node.sim.learning`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from chain import codec, crypto
+from chain.blobs import BlobStore
 from chain.kv import MemoryKV
 from chain.store import ChainStore
 from chain.types import CHAIN_DATASET, Transaction
@@ -36,6 +45,10 @@ from node.sync.config import SyncTiming
 from node.sync.service import SyncService
 from p2p.network import Network
 from p2p.sim import FaultConfig, SimNetwork, SimNetworkHub, run_simulation
+
+if TYPE_CHECKING:
+    from node.pol.submit import SubmissionService
+    from node.sim.learning import Learning
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +71,21 @@ class SimNode:
     scope: trio.CancelScope | None = None
     engine: Engine | None = None
     up: bool = True
+    dir: Path | None = None
+    """Learning runs: the node's directory (votes, submissions), kept across restarts."""
+    blobs: BlobStore | None = None
+    """Learning runs: the node's blob store, kept across restarts."""
+    submissions: dict[str, SubmissionService] = field(default_factory=dict)
+    """Learning runs: the SubmissionServices of the contributors it hosts, while it is up."""
+    ready: trio.Event = field(default_factory=trio.Event)
+    """Set once the node's services run; a crash replaces it."""
 
 
 class Simulation:
-    def __init__(self, cfg: SimConfig) -> None:
+    """One run. A learning run holds a temporary directory until `close` (`run_sim` calls it);
+    `workdir` puts it somewhere else, for a caller that wants to look at it afterwards."""
+
+    def __init__(self, cfg: SimConfig, workdir: Path | None = None) -> None:
         self.cfg = cfg
         self.pact, self.node_keys, client_keys = make_sim_pact(cfg)
         self.genesis_hash = codec.hash_of(self.pact)
@@ -82,6 +106,35 @@ class Simulation:
         self.workload = Workload(cfg, self.pact, client_keys)
         self.heal_time = 0.0
         self.hub: SimNetworkHub | None = None
+        self.workdir: Path | None = None
+        self._own_workdir = False
+        self.learning: Learning | None = None
+        if cfg.learning:
+            self._setup_learning(workdir)
+
+    def _setup_learning(self, workdir: Path | None) -> None:
+        from node.sim.learning import Learning
+
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="blyan-sim-")) if workdir is None else Path(workdir)
+        hosts = [i for i, n in enumerate(self.nodes) if n.name in self.honest]
+        self.learning = Learning(self.cfg, self.pact, self.workdir, hosts)
+        try:
+            for node in self.nodes:
+                node.dir = self.workdir / node.name
+                node.blobs = BlobStore(node.dir / "blobs")
+                for data in self.learning.genesis_blobs.values():
+                    node.blobs.put(data)
+            self.learning.prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Remove the run's temporary directory (a learning run's), if it made one."""
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -108,6 +161,9 @@ class Simulation:
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 await nursery.start(sync.run)
+                if self.learning is not None:
+                    await self.learning.run_node_services(node, self.nodes.index(node), engine, nursery)
+                node.ready.set()
                 if b.spam:
                     nursery.start_soon(spam, net, SIM_NETWORK, rng)
 
@@ -117,6 +173,8 @@ class Simulation:
 
     def crash(self, node: SimNode) -> None:
         node.up = False
+        node.submissions = {}
+        node.ready = trio.Event()
         if node.scope is not None:
             node.scope.cancel()
         self.hub.crash(node.name)
@@ -166,6 +224,8 @@ class Simulation:
                     for node in self.nodes:
                         hub.set_clock_skew(node.name, hub.rng.randrange(-2000, 2000))
                 nursery.start_soon(self._workload)
+                if self.learning is not None:
+                    nursery.start_soon(self.learning.run, self.nodes)
                 await run_faults(self, nursery)
                 hub.faults = FaultConfig(latency_ms=LATENCY_MS)
                 self.heal_time = trio.current_time()
@@ -223,14 +283,18 @@ class Simulation:
         stores = {n.name: ChainStore.open(n.kv) for n in self.nodes if n.name in self.honest}
         heights, digests, safety, state_roots = checks.check_agreement(stores, violations)
         ledger = checks.check_ledgers(stores, violations)
-        validity = checks.check_validity(self.pact, stores, violations)
+        reverifier = self._make_reverifier(violations)
+        validity = checks.check_validity(self.pact, stores, violations,
+                                         on_import=reverifier.on_import if reverifier is not None else None)
         w = self.workload
         liveness = checks.check_liveness(stores, heights, w.submitted, w.datasets, self.cfg.liveness_bound,
                                          violations)
         safety = safety and not any(v.invariant == "no-double-sign" for v in violations)
         lagged = not any(v.invariant == "checker" for v in violations)
         digest = checks.compute_run_digest(digests)
+        learning = self._check_learning(stores, reverifier, violations) if reverifier is not None else None
         ok = safety and liveness and ledger and state_roots and validity and lagged
+        ok = ok and (learning is None or learning["ok"])
         return {
             "seed": self.cfg.seed,
             "nodes": self.cfg.nodes,
@@ -254,6 +318,36 @@ class Simulation:
             "ok": ok,
             "violations": [{"invariant": v.invariant, "detail": v.detail} for v in violations[:20]],
             "replay": self.cfg.command(),
+            **({"learning": learning} if learning is not None else {}),
+        }
+
+    def _make_reverifier(self, violations: list[Violation]) -> checks.Reverifier | None:
+        """Learning runs: what re-verifies each delta the validity replay sees applied, with
+        the first honest node's blobs."""
+        if self.learning is None:
+            return None
+        ref = next(n for n in self.nodes if n.name in self.honest)
+        return checks.Reverifier(self.learning.make_reverify(ref.blobs, ref.key.public_key), violations)
+
+    def _check_learning(self, stores: dict[str, ChainStore], reverifier: checks.Reverifier,
+                        violations: list[Violation]) -> dict:
+        """No forged delta accepted, every accepted one re-verified (during the validity
+        replay), honest heads and the bytes materialised for them agree."""
+        ref = stores[next(n.name for n in self.nodes if n.name in self.honest)]
+        forged = checks.check_no_forged_accepted(stores, self.learning.forged, violations)
+        heads = checks.check_heads(stores, violations)
+        materialised = checks.check_materialised(stores, self.learning.make_materialise(self.nodes), violations)
+        reverified = reverifier.check_complete(ref)
+        claims = self.learning.describe(ref)
+        return {
+            "ok": forged and heads and materialised >= 0 and reverified,
+            "no_forged_accepted": forged,
+            "heads_agree": heads,
+            "materialised_compared": materialised,
+            "reverified": reverifier.checked,
+            "accepted": sum(c["status"] == "accepted" for c in claims),
+            "honest_accepted": sum(c["status"] == "accepted" and c["kind"] == "honest" for c in claims),
+            "claims": claims,
         }
 
 
@@ -261,6 +355,9 @@ def run_sim(cfg: SimConfig) -> dict:
     """One simulation, start to verdict; deterministic in `cfg`."""
     started = time.perf_counter()
     sim = Simulation(cfg)
-    report = run_simulation(sim.main, seed=cfg.seed)
+    try:
+        report = run_simulation(sim.main, seed=cfg.seed)
+    finally:
+        sim.close()
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
     return report

@@ -1,10 +1,10 @@
 """The clients of a simulation: wallets that sign transfers and resubmit them until final,
-contributors that submit datasets, and (optionally) validator-set rotation (no deltas: see
-`node.sim.operators`).
+contributors that submit datasets, and (optionally) validator-set rotation. Contributors of
+deltas are `node.sim.learning`'s.
 
 Every choice is drawn from the run's seeded RNG, so the workload is part of the run's pure
-function of its seed. What the validators' operators do in answer (audits, quality votes, PoL
-votes) lives in `node.sim.operators`.
+function of its seed. What the validators' operators do in answer (audits, quality votes) lives
+in `node.sim.operators`; PoL votes are the PoL service's (`node.sim.learning`).
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ WINGS: dict[str, set[str]] = {
     "core": set(),  # the seams every wing shares: feed, NodeHandle, clock, progress
     "engine": {"core"},  # consensus of the three chains; never imports sync or a service
     "sync": {"core"},  # status, handshake, blocks by range, snapshots, fast sync, catch-up
-    "experts": {"core"},  # expert serving, inference, tiles
+    "experts": {"core"},  # expert serving, inference, tiles, bundle blobs, materialised heads
     "api": {"core"},  # JSON-RPC, metrics; sees the node and services only by interface
     "pol": {"core"},  # Proof-of-Learning: bundles, the contributor's training, the verifier
-    "sim": {"core", "engine", "sync"},  # the simulation harness, byzantine substitutes
+    "sim": {"core", "engine", "sync", "pol", "experts"},  # the simulation harness, byzantine substitutes, learning
     "app": {"core", "engine", "sync", "experts", "api", "pol"},  # daemon wiring, data dir, devnet
     "cli": {"core", "app", "api", "sim", "pol"},  # the `blyan` command line
 }
