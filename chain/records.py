@@ -19,6 +19,9 @@ KEY_VALIDATORS = b"v"
 KEY_STAKERS = b"s"
 KEY_MODEL = b"m"
 KEY_VALIDATION_SET = b"V"
+KEY_MODEL_HEAD = b"H"
+"""Parameter chain: the model's head, the hash of the last claim applied (absent: the genesis
+model). Every claim is trained and verified on one model head; it applies only on that head."""
 
 
 def account_key(address: bytes) -> bytes:
@@ -267,6 +270,9 @@ class Commitment:
     """Who committed (only they can reveal)."""
     height: U64
     """Parameter-chain height that included it."""
+    model_head: Hash32
+    """The model's head when it was committed (`KEY_MODEL_HEAD`; zero: genesis): what the claim
+    was trained on. Its reveal is refused once the model has moved."""
 
 
 @wire
@@ -279,6 +285,8 @@ class ClaimRecord:
     """Its signed training manifest (what validators replay)."""
     provider: Str(128)
     """Peer id of the node serving the bundle's blobs (a hint)."""
+    model_head: Hash32
+    """The model's head it was trained and is verified on (zero: genesis)."""
     status: U8
     """CLAIM_*."""
     commit_height: U64

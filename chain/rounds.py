@@ -8,19 +8,23 @@ A contributor's claim goes through these states (`ClaimRecord.status`):
          RejectDelta(votes)           rejecting votes that leave no quorum: REJECTED
          (neither within `vote_window` heights of the reveal: EXPIRED)
       -> the close of the round the certificate landed in (the last height of a window of
-         `round_length` heights): the certified claims of the round are applied best first
-         (largest relative gain, then claim hash); a claim whose base is no longer the head of a
-         block it changes (another claim of the round was applied there) is REJECTED by
-         compare-and-swap. Applied: ACCEPTED, the blocks' heads move, the contributor and every
-         validator whose vote matched are paid.
+         `round_length` heights): the best certified claim of the round (largest relative gain,
+         then claim hash) is applied; every other one is REJECTED by compare-and-swap (without
+         cost to its contributor's quota). Applied: ACCEPTED, the blocks' heads and the model's
+         head move, the contributor and every validator whose vote matched are paid.
 
 Commit-then-reveal: a claim is bound to its sender before anyone can see its delta, and a delta
 blob can be revealed once; a copy seen in a reveal cannot be committed in time to be revealed
 first, nor revealed again under another name.
 
-The combination rule is "the best one" per base (genesis fixes it; a gain-weighted mean of the
-top claims is not built). Each claim was verified on its own base, so the head a round's close
-applies is exactly what the validators measured.
+The base of a claim is the whole model, not only the blocks it trains: a forward pass, in
+training, replay and evaluation, runs through every block, so a claim measured on one model says
+nothing of another. The chain keeps the model's head (`KEY_MODEL_HEAD`: the last claim applied);
+a commitment records it, a reveal is refused once it moved, a certificate for a claim whose model
+moved rejects the claim, and a round's close applies one claim: "the best one" (the combination
+rule; a gain-weighted mean of the top claims, which would need the combination itself measured
+before it becomes the head, is not built). So the head a round's close applies is exactly what
+the validators measured.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from chain.records import (
     CLAIM_EXPIRED,
     CLAIM_REJECTED,
     CLAIM_VOTING,
+    KEY_MODEL_HEAD,
     MAX_CLAIMS_PER_ROUND,
     MAX_DUE_PER_HEIGHT,
     AcceptedDelta,
@@ -161,6 +166,11 @@ def _add_due(view: Overlay, height: int, commitment: bytes | None = None, claim:
     view.put_record(due_key(height), due)
 
 
+def get_model_head(view: Overlay) -> bytes:
+    """The model's head: the last claim applied, or zero for the genesis model."""
+    return view.get(KEY_MODEL_HEAD) or bytes(32)
+
+
 def _change_open(view: Overlay, address: bytes, by: int, accepted: int = 0, rejected: int = 0) -> None:
     rec = get_contributor(view, address)
     view.put_record(contributor_key(address), ContributorRecord(
@@ -236,7 +246,7 @@ def apply_commit(view: Overlay, env: TxEnv, p: CommitDelta) -> None:
     if rec.open >= limit:
         raise InvalidTransaction(f"{rec.open} open claims: this contributor may hold {limit} "
                                  f"({rec.rejected} rejected, {rec.accepted} accepted)")
-    view.put_record(commitment_key(p.commitment), Commitment(env.sender, env.height))
+    view.put_record(commitment_key(p.commitment), Commitment(env.sender, env.height, get_model_head(view)))
     _add_due(view, env.height + env.ctx.params.pol.reveal_window, commitment=p.commitment)
     _change_open(view, env.sender, +1)
 
@@ -255,6 +265,9 @@ def validate_reveal(view: Overlay, env: TxEnv, p: RevealDelta) -> tuple[bytes, b
         raise InvalidTransaction("the reveal window of the commitment has closed")
     if claim.contributor != env.sender:
         raise InvalidTransaction("the claim's contributor is not its sender")
+    if pending.model_head != get_model_head(view):
+        raise InvalidTransaction("the model moved since the commitment (another claim was applied): "
+                                 "train again on the new heads")
     if get_claim(view, claim_hash) is not None:
         raise InvalidTransaction("this claim was revealed already")
     if view.get(revealed_blob_key(claim.delta_blob)) is not None:
@@ -284,7 +297,7 @@ def apply_reveal(view: Overlay, env: TxEnv, p: RevealDelta) -> None:
     view.delete(commitment_key(commitment))
     view.put(revealed_blob_key(p.claim.delta_blob), claim_hash)
     view.put_record(claim_key(claim_hash), ClaimRecord(
-        claim=p.claim, manifest=p.manifest, provider=p.provider, status=CLAIM_VOTING,
+        claim=p.claim, manifest=p.manifest, provider=p.provider, model_head=pending.model_head, status=CLAIM_VOTING,
         commit_height=pending.height, reveal_height=env.height, decided_height=0, applied_height=0,
         base_loss_ppm=0, new_loss_ppm=0, reason="", voters=(),
     ))
@@ -308,10 +321,9 @@ def apply_certify(view: Overlay, env: TxEnv, p: CertifyDelta) -> None:
         raise InvalidTransaction(f"accepting PoL votes hold {power} of {validators.total_power} power, not > 2/3")
     base, new = _median_losses(p.certificate)
     voters = tuple(sv.vote.validator for sv in p.certificate.votes)
-    stale = _stale_block(view, rec.claim)
-    if stale is not None:  # another claim moved the block since the reveal: it can never apply
-        _reject(view, p.claim_hash, rec, env.height, f"stale base: {stale} moved since the reveal", base, new, voters,
-                counts=False)
+    if rec.model_head != get_model_head(view):  # another claim moved the model since: it can never apply
+        _reject(view, p.claim_hash, rec, env.height, "stale base: the model moved since the reveal", base, new,
+                voters, counts=False)
         _pay_voters(view, p.claim_hash, voters, env.ctx)
         return
     round_id = compute_round(env.height, env.ctx)
@@ -390,22 +402,25 @@ def end_block(view: Overlay, height: int, ctx: Context) -> None:
 
 
 def close_round(view: Overlay, round_id: int, height: int, ctx: Context) -> None:
-    """Apply the round's certified claims, best first; one whose base moved is rejected."""
+    """Apply the round's best certified claim (largest gain, then claim hash); the others were
+    measured on a model that this one changes, so they are rejected (compare-and-swap)."""
     certified = view.get_record(round_key(round_id), RoundRecord)
     if certified is None:
         return
     view.delete(round_key(round_id))
     records = [(h, get_claim(view, h)) for h in certified.certified]
     order = sorted(records, key=lambda hr: (-compute_gain_ppm(hr[1].base_loss_ppm, hr[1].new_loss_ppm), hr[0]))
+    applied = None
     for claim_hash, rec in order:
-        stale = _stale_block(view, rec.claim)
-        if stale is not None:
-            _reject(view, claim_hash, rec, height,
-                    f"compare-and-swap: a better claim of round {round_id} changed {stale}",
-                    rec.base_loss_ppm, rec.new_loss_ppm, rec.voters, counts=False)
+        if applied is not None or rec.model_head != get_model_head(view) or _stale_block(view, rec.claim):
+            why = (f"a better claim of round {round_id} ({applied.hex()[:16]}) moved the model" if applied
+                   else "the model moved since the reveal")
+            _reject(view, claim_hash, rec, height, f"compare-and-swap: {why}", rec.base_loss_ppm, rec.new_loss_ppm,
+                    rec.voters, counts=False)
             _pay_voters(view, claim_hash, rec.voters, ctx)
             continue
         _apply_claim(view, claim_hash, rec, height, ctx)
+        applied = claim_hash
 
 
 def _apply_claim(view: Overlay, claim_hash: bytes, rec: ClaimRecord, height: int, ctx: Context) -> None:
@@ -416,6 +431,7 @@ def _apply_claim(view: Overlay, claim_hash: bytes, rec: ClaimRecord, height: int
             expert, head=claim_hash, deltas=(*expert.deltas, claim_hash),
             version=bump_version(expert.version, 2), last_round=max(expert.last_round, claim.round_id)))
     view.put(manifest_key(claim.manifest_hash), claim_hash)
+    view.put(KEY_MODEL_HEAD, claim_hash)
     view.put_record(delta_key(claim_hash), AcceptedDelta(claim, height, rec.base_loss_ppm, rec.new_loss_ppm))
     view.put_record(claim_key(claim_hash), replace(rec, status=CLAIM_ACCEPTED, applied_height=height))
     _change_open(view, claim.contributor, -1, accepted=1)

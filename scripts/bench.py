@@ -47,6 +47,7 @@ import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_infer  # noqa: E402,F401 - registers its sections
 import bench_net  # noqa: E402,F401 - registers its sections
 import bench_pol  # noqa: E402,F401 - registers its sections (learning, delta, pol)
+import bench_rounds  # noqa: E402,F401 - registers its sections (rounds)
 from benchlib import (  # noqa: E402 - the path above comes first
     DEFAULT_OUT,
     SECTIONS,

@@ -10,7 +10,7 @@ from chain.crypto import format_address
 from chain.errors import BlyanError
 from chain.payloads import CertifyDelta, RejectDelta, SignedPolVote
 from chain.records import CLAIM_STATUS_NAMES, ClaimRecord, RoundRecord, claim_key, is_claim_key, round_key
-from chain.rounds import compute_round_of
+from chain.rounds import compute_round_of, get_model_head
 from chain.state import Overlay
 from chain.types import CHAIN_PARAMETER
 from node.api.client import RPCError
@@ -102,6 +102,7 @@ def get_round(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     round_id = compute_round_of(height + 1, params)
     certified = Overlay(state).get_record(round_key(round_id), RoundRecord)
     out = {"height": height, "round": round_id, "round_length": params.round_length,
+           "model_head": get_model_head(Overlay(state)).hex(),
            "closes_at": round_id * params.round_length - 1, "reveal_window": params.reveal_window,
            "vote_window": params.vote_window,
            "certified": [h.hex() for h in certified.certified] if certified else []}
@@ -121,6 +122,7 @@ def describe_claim(claim_hash: bytes, rec: ClaimRecord, params: Any, brief: bool
         "base_loss": rec.base_loss_ppm / 1e6 if rec.base_loss_ppm else None,
         "new_loss": rec.new_loss_ppm / 1e6 if rec.new_loss_ppm else None,
         "reason": rec.reason, "voters": [format_address(v) for v in rec.voters],
+        "model_head": rec.model_head.hex(),
     }
     if not brief:
         out.update({"manifest_hash": c.manifest_hash.hex(), "delta_blob": c.delta_blob.hex(),

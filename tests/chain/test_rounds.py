@@ -37,6 +37,7 @@ from chain.rounds import (
     compute_gain_ppm,
     compute_round,
     get_contributor,
+    get_model_head,
     is_accepting_vote,
     is_round_close,
     make_claim,
@@ -487,12 +488,18 @@ def test_two_claims_on_one_base_the_best_applied_the_other_rejected_without_cost
     assert earning(chains, weak, chains.keys[0].address, "pol-vote") is not None
 
 
-def test_claims_on_different_blocks_in_one_round_both_applied(chains: LocalChains) -> None:
+def test_claims_on_different_blocks_in_one_round_only_the_best_applied(chains: LocalChains) -> None:
+    """A claim's base is the whole model (every block is in its forward pass): two claims of a
+    round on different blocks were each measured without the other, so only the best applies."""
     one = reveal(chains, manifest(chains, names=(EXPERT,), tag=b"one"))
     two = reveal(chains, manifest(chains, names=(OTHER,), tag=b"two"))
-    advance(chains, [certify_tx(one, votes(chains, one)), certify_tx(two, votes(chains, two))])
+    advance(chains, [certify_tx(one, votes(chains, one, new=1_990_000)), certify_tx(two, votes(chains, two))])
     advance_to_round_close(chains)
-    assert expert(chains).head == codec.hash_of(one) and expert(chains, OTHER).head == codec.hash_of(two)
+    assert expert(chains, OTHER).head == codec.hash_of(two)
+    assert expert(chains).head == codec.hash_of(TENSORS[0])
+    lost = claim_record(chains, one)
+    assert lost.status == CLAIM_REJECTED and "moved the model" in lost.reason
+    assert get_model_head(Overlay(chains.states[CHAIN_PARAMETER])) == codec.hash_of(two)
 
 
 def test_overlapping_claims_the_best_takes_both_blocks(chains: LocalChains) -> None:
@@ -502,6 +509,15 @@ def test_overlapping_claims_the_best_takes_both_blocks(chains: LocalChains) -> N
     advance_to_round_close(chains)
     assert expert(chains).head == expert(chains, OTHER).head == codec.hash_of(both)
     assert claim_record(chains, one).status == CLAIM_REJECTED
+
+
+def test_reveal_after_the_model_moved_refused(chains: LocalChains) -> None:
+    """Trained on a model that another claim has since changed (even on another block): its reveal
+    is refused, so no validator spends a verification on it."""
+    signed = manifest(chains, names=(OTHER,), key=RIVAL, tag=b"late")
+    advance(chains, [commit_tx(RIVAL, NET, 0, make_claim(signed.manifest))])
+    accept_delta(chains, TRAINER, manifest(chains, names=(EXPERT,), tag=b"first"))
+    refused(chains, reveal_tx(RIVAL, NET, 1, signed), "the model moved since the commitment")
 
 
 def test_claim_certified_after_its_base_moved_rejected_as_stale(chains: LocalChains) -> None:
@@ -518,7 +534,7 @@ def test_claim_certified_after_its_base_moved_rejected_as_stale(chains: LocalCha
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([(EXPERT,), (OTHER,), (EXPERT, OTHER)]),
                           st.integers(1_500_000, 1_997_000)), min_size=1, max_size=5))
-def test_round_close_applies_best_first_never_two_on_one_base(claims: list) -> None:
+def test_round_close_applies_the_one_best_claim(claims: list) -> None:
     chains = make_chains()
     revealed = []
     for i, (names, new) in enumerate(claims):
@@ -526,12 +542,9 @@ def test_round_close_applies_best_first_never_two_on_one_base(claims: list) -> N
         revealed.append((reveal(chains, manifest(chains, names=names, key=key, tag=b"p%d" % i), key=key), new))
     advance(chains, [certify_tx(c, votes(chains, c, new=new)) for c, new in revealed])
     advance_to_round_close(chains)
-    # The reference: best gain first (ties by claim hash), skipping any claim on a block taken.
-    taken: dict[str, bytes] = {}
-    for claim, _ in sorted(revealed, key=lambda cn: (cn[1], codec.hash_of(cn[0]))):
-        names = [b.name for b in claim.blocks]
-        if not any(n in taken for n in names):
-            taken.update((n, codec.hash_of(claim)) for n in names)
+    # The reference: the one claim with the best gain (ties by claim hash) applies, on its blocks.
+    best, _ = min(revealed, key=lambda cn: (cn[1], codec.hash_of(cn[0])))
+    taken = {b.name: codec.hash_of(best) for b in best.blocks}
     for claim, _ in revealed:
         status = claim_record(chains, claim).status
         assert status == (CLAIM_ACCEPTED if codec.hash_of(claim) in taken.values() else CLAIM_REJECTED)

@@ -56,6 +56,15 @@ def assert_learning_held(report: dict) -> None:
             assert claim["reason"], claim
 
 
+def assert_one_honest_applied(report: dict) -> None:
+    """Every honest claim of the round was trained on the genesis model: the best one applies, the
+    others lose the compare-and-swap (a claim's base is the whole model)."""
+    honest = [c for c in report["learning"]["claims"] if c["kind"] == "honest"]
+    assert report["learning"]["honest_accepted"] == 1, honest
+    for c in honest:
+        assert c["status"] == "accepted" or (c["status"] == "rejected" and "compare-and-swap" in c["reason"]), c
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_honest_deltas_are_verified_accepted_and_reverified(seed: int) -> None:
@@ -63,8 +72,8 @@ def test_honest_deltas_are_verified_accepted_and_reverified(seed: int) -> None:
     report = run_once(cfg)
     assert_learning_held(report)
     learning = report["learning"]
-    assert learning["honest_accepted"] == cfg.deltas  # each on its own expert: all apply
-    assert learning["materialised_compared"] >= 2 * cfg.deltas  # by the nodes that fetched the deltas
+    assert_one_honest_applied(report)
+    assert learning["materialised_compared"] >= 2  # by the nodes that fetched the applied delta
     assert report["heights"]["parameter"] >= LEARNING_ROUND_LENGTH - 1  # through the close of round 1
     assert f"--deltas {seed}" in report["replay"]
 
@@ -83,7 +92,7 @@ def test_byzantine_contributors_and_a_lying_validator_change_no_outcome(tmp_path
     assert "the claim's contributor is not its sender" in claims["copy_reveal"]["reason"]
     assert claims["resign_copy"]["status"] == "refused"
     assert "a copied delta" in claims["resign_copy"]["reason"]
-    assert report["learning"]["honest_accepted"] == BYZANTINE.deltas
+    assert_one_honest_applied(report)
     # The liar voted on everything; its votes never counted towards an outcome.
     liar = sim.nodes[0].key.address
     view = Overlay(ChainStore.open(sim.nodes[1].kv).state(CHAIN_PARAMETER))
@@ -91,7 +100,10 @@ def test_byzantine_contributors_and_a_lying_validator_change_no_outcome(tmp_path
         if c.claim_hash is None or c.kind == "resign_copy":
             continue
         rec = get_claim(view, c.claim_hash)
-        assert rec.status == (CLAIM_ACCEPTED if c.kind == "honest" else CLAIM_REJECTED)
+        if c.kind == "honest":  # the best one applied; the other lost the compare-and-swap
+            assert rec.status == CLAIM_ACCEPTED or "compare-and-swap" in rec.reason
+        else:
+            assert rec.status == CLAIM_REJECTED
         assert liar not in rec.voters and len(rec.voters) >= 2
 
 
@@ -125,7 +137,7 @@ def _sweep_config(seed: int) -> SimConfig:
 def test_honest_deltas_over_more_seeds(seed: int) -> None:
     report = run_sim(replace(LEARNING, seed=seed, deltas=1 + seed % 4))
     assert_learning_held(report)
-    assert report["learning"]["honest_accepted"] == 1 + seed % 4
+    assert_one_honest_applied(report)
 
 
 @pytest.mark.long
