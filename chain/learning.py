@@ -147,6 +147,10 @@ class TrainingManifest:
     """Signer; the reward goes to its address."""
     round_id: U64
     """Training round (after the blocks' last accepted round)."""
+    model_head: Hash32
+    """The model's head on the parameter chain when training started (the last claim applied;
+    zero: the genesis model). Every block is in the forward pass, so the whole model is the base:
+    a claim on a model that moved is stale."""
     blocks: Seq(BlockBase, MAX_TRAINED_BLOCKS, 1)
     """Blocks trained, sorted by name."""
     datasets: Seq(Str(128), MAX_DATASETS, 1)

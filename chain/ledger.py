@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from chain import codec
 from chain.errors import DecodingError
 from chain.records import (
+    KEY_MODEL_HEAD,
     KEY_VALIDATION_SET,
     STATUS_APPROVED,
     AcceptedDelta,
@@ -74,6 +75,8 @@ class LedgerView:
     """CIDs of the validation set, in its order."""
     accepted_manifests: frozenset[bytes]
     """Hashes of manifests whose delta the parameter chain accepted."""
+    model_head: bytes = bytes(32)
+    """The model's head: the last claim applied (zero: the genesis model)."""
 
     @property
     def tokenizer_head(self) -> bytes | None:
@@ -101,6 +104,7 @@ class LedgerView:
                          for _, d in sorted(self.datasets.items())],
             "validation": list(self.validation),
             "accepted_manifests": sorted(h.hex() for h in self.accepted_manifests),
+            "model_head": self.model_head.hex(),
         }
 
     @classmethod
@@ -120,9 +124,10 @@ class LedgerView:
                                                         _text(d["role"]), _count(d["size"]))
             validation = tuple(_text(c) for c in _list(data["validation"]))
             accepted = frozenset(_hash(h) for h in _list(data["accepted_manifests"]))
+            model_head = _hash(data["model_head"])
         except (KeyError, TypeError, AttributeError, DecodingError) as err:
             raise ValueError(f"malformed ledger view: {err}") from err
-        return cls(blocks, datasets, validation, accepted)
+        return cls(blocks, datasets, validation, accepted, model_head)
 
 
 def _count(value: object) -> int:
@@ -163,7 +168,8 @@ def read_ledger_view(parameter: State | Overlay, dataset: State | Overlay) -> Le
     raw = dataset.get(KEY_VALIDATION_SET) or b""
     refs = [raw[i:i + REF_BYTES] for i in range(0, len(raw), REF_BYTES)]
     validation = tuple(by_ref[ref] for ref in refs if ref in by_ref)
-    return LedgerView(blocks, datasets, validation, frozenset(accepted))
+    return LedgerView(blocks, datasets, validation, frozenset(accepted),
+                      parameter.get(KEY_MODEL_HEAD) or bytes(32))
 
 
 def _read_blocks(parameter: State | Overlay) -> tuple[dict[str, BlockView], set[bytes]]:

@@ -39,8 +39,9 @@ from chain.types import (
     make_validator_set,
 )
 
-PACT_VERSION = "blyan-pact/4"
-"""Version 2: `ChainParams` grouped by concern (consensus, staking, dataset, pol, rewards)."""
+PACT_VERSION = "blyan-pact/5"
+"""Version 2: `ChainParams` grouped by concern (consensus, staking, dataset, pol, rewards);
+4: learning rounds; 5: `PolParams.snapshot_every` (snapshot compaction)."""
 DATASET_ROLES = ("train", "validation")
 BYTE_VOCAB = 256
 """A model whose vocabulary is the 256 bytes needs no tokenizer block."""

@@ -29,18 +29,30 @@ def validate_tensor_record(rec: TensorRecord) -> None:
         raise InvalidTransaction("a tensor block holds at least one tensor")
 
 
+def validate_snapshot_record(expert: ExpertState, tensor: TensorRecord) -> None:
+    """What a snapshot of `expert` at its head must be, its attestation aside: something to
+    compact, the same kind, the minor version bumped, a valid record."""
+    if not expert.deltas:
+        raise InvalidTransaction("nothing to compact: no deltas since the last snapshot")
+    if tensor.kind != expert.record.kind:
+        raise InvalidTransaction("snapshot changes the kind of the block")
+    version = bump_version(expert.version, 1)
+    if tensor.version != version:
+        raise InvalidTransaction(f"snapshot version {tensor.version!r}, expected {version!r}")
+    validate_tensor_record(tensor)
+
+
 def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
+    """A system transaction: the attestation of > 2/3 of the power over the snapshot claim is
+    what authorises it (validators sign it once they have built the weights the head names:
+    `node.experts.snapshots`), so any proposer may carry it unsigned."""
     name = p.tensor.name
     expert = get_expert(view, name)
     if expert is None:
         raise InvalidTransaction(f"no expert {name!r}")
     if p.base != expert.head:
         raise InvalidTransaction("snapshot base is not the expert's head")
-    if not expert.deltas:
-        raise InvalidTransaction("nothing to compact: no deltas since the last snapshot")
-    if p.tensor.kind != expert.record.kind:
-        raise InvalidTransaction("snapshot changes the kind of the block")
-    validate_tensor_record(p.tensor)
+    validate_snapshot_record(expert, p.tensor)
     message = codec.hash_of(SnapshotClaim(p.base, p.tensor))
     if p.attestation.message_hash != message:
         raise InvalidTransaction("attestation is for another snapshot")
@@ -51,7 +63,7 @@ def apply_snapshot(view: Overlay, env: TxEnv, p: CommitSnapshot) -> None:
     view.put_record(
         expert_key(name),
         ExpertState(
-            record=p.tensor, head=message, deltas=(), version=bump_version(expert.version, 1),
+            record=p.tensor, head=message, deltas=(), version=p.tensor.version,
             last_round=expert.last_round,
         ),
     )
@@ -67,5 +79,5 @@ RULES = ChainRules(
         CommitSnapshot: apply_snapshot,
     },
     end_block=end_block,
-    system=frozenset({CertifyDelta, RejectDelta}),
+    system=frozenset({CertifyDelta, RejectDelta, CommitSnapshot}),
 )

@@ -119,6 +119,9 @@ class PolParams:
     max_open_claims: U16
     """Commitments and undecided claims one contributor may hold at once (less for each claim
     rejected beyond those accepted)."""
+    snapshot_every: U16
+    """Deltas on a block after which the validators compact it into a snapshot (full weights,
+    one blob: `CommitSnapshot`)."""
 
 
 @wire

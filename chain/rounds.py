@@ -268,6 +268,9 @@ def validate_reveal(view: Overlay, env: TxEnv, p: RevealDelta) -> tuple[bytes, b
     if pending.model_head != get_model_head(view):
         raise InvalidTransaction("the model moved since the commitment (another claim was applied): "
                                  "train again on the new heads")
+    if signed.manifest.model_head != pending.model_head:
+        raise InvalidTransaction("the manifest was trained on another model than the one the commitment was "
+                                 "made on: train again on the new heads")
     if get_claim(view, claim_hash) is not None:
         raise InvalidTransaction("this claim was revealed already")
     if view.get(revealed_blob_key(claim.delta_blob)) is not None:

@@ -135,6 +135,9 @@ def validate_identity(signed: SignedManifest, network_id: str, genesis_hash: byt
 
 
 def validate_bases(m: TrainingManifest, ledger: LedgerView) -> None:
+    if m.model_head != ledger.model_head:
+        raise PolRejection(Reason.STALE_BASE, f"trained on model head {m.model_head.hex()[:16]}, the chain's is "
+                           f"{ledger.model_head.hex()[:16]} (another claim was applied since)")
     names = [b.name for b in m.blocks]
     if names != sorted(set(names)):
         raise PolRejection(Reason.BAD_MANIFEST, "blocks not sorted by name or repeated")

@@ -60,6 +60,7 @@ def devnet_params() -> ChainParams:
             reveal_window=32,
             vote_window=600,
             max_open_claims=4,
+            snapshot_every=4,
         ),
         rewards=RewardParams(delta_reward=100, delta_gain_reward=100_000, delta_reward_cap=1_000, pol_vote_reward=5,
                              dataset_rewards=(0, 10, 25, 50)),

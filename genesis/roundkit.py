@@ -50,7 +50,7 @@ PROVIDER = "12D3KooWProviderOfTheBundle"
 def make_manifest(
     key: crypto.PrivateKey, network_id: str, blocks: Sequence[tuple[str, bytes]], round_id: int, *,
     tag: bytes = b"a", method: str = "topk(chunk=4096,density=20000)+int8", raw_bytes: int = 40_000,
-    compressed_bytes: int = 1_000, genesis_hash: bytes = bytes(32),
+    compressed_bytes: int = 1_000, genesis_hash: bytes = bytes(32), model_head: bytes = bytes(32),
 ) -> SignedManifest:
     """A signed manifest training `blocks` ((name, base head), sorted by name) in `round_id`;
     `tag` makes its blobs (and so its hash) distinct."""
@@ -59,7 +59,7 @@ def make_manifest(
 
     man = TrainingManifest(
         version=MANIFEST_VERSION, network_id=network_id, genesis_hash=genesis_hash, contributor=key.public_key,
-        round_id=round_id,
+        round_id=round_id, model_head=model_head,
         blocks=tuple(BlockBase(name, head, blob(b"base:" + name.encode()), blob(b"result:" + name.encode()))
                      for name, head in blocks),
         datasets=("bafkreiroundkitdataset",), tokenizer=bytes(32),

@@ -19,6 +19,7 @@ from node.api.learning_methods import get_ledger_view
 from node.api.params import Method, Param
 from node.api.pol_methods import get_claim, get_pol_votes, get_round, list_claims, submit_delta
 from node.api.services import Services
+from node.api.snapshot_methods import get_snapshots, request_snapshot
 
 OPENRPC_VERSION = "1.2.6"
 API_VERSION = "0.1.0"
@@ -126,6 +127,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ), {"type": "object", "properties": {"votes": {"type": "array"}}}, get_pol_votes),
     Method("blyan_getRound", "The current learning round: height, round, when it closes, its certified claims, "
            "and this node's PoL service.", (), {"type": "object"}, get_round),
+    Method("blyan_requestSnapshot", "Ask this node's snapshot service to sign the snapshot of a block (its delta "
+           "chain compacted into one blob) once its head is materialised here, whatever its count of deltas; "
+           "the snapshot is committed when validators of > 2/3 of the power have signed it.", (
+        Param("block", {"type": "string"}, "Block name, e.g. layer0.expert1."),
+    ), {"type": "object", "properties": {"block": {"type": "string"}, "requested": {"type": "boolean"}}},
+        request_snapshot, target="snapshots"),
+    Method("blyan_getSnapshots", "This node's snapshot service: own signatures on current heads, claims in its "
+           "pool, snapshot_every.", (), {"type": "object"}, get_snapshots, target="snapshots"),
     Method("rpc.discover", "This OpenRPC document.", (), {"type": "object"}, discover),
 )}
 

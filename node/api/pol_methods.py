@@ -9,7 +9,7 @@ from chain import codec
 from chain.crypto import format_address
 from chain.errors import BlyanError
 from chain.payloads import CertifyDelta, RejectDelta, SignedPolVote
-from chain.records import CLAIM_STATUS_NAMES, ClaimRecord, RoundRecord, claim_key, is_claim_key, round_key
+from chain.records import CLAIM_STATUS_NAMES, CLAIM_VOTING, ClaimRecord, RoundRecord, claim_key, is_claim_key, round_key
 from chain.rounds import compute_round_of, get_model_head
 from chain.state import Overlay
 from chain.types import CHAIN_PARAMETER
@@ -44,7 +44,7 @@ def get_claim(services: Services, args: dict[str, Any]) -> dict[str, Any] | None
     if local is not None:
         out["submission"] = local
     pol = services.pol
-    if pol is not None:
+    if pol is not None and rec.status == CLAIM_VOTING:  # where the pool stands
         t = pol.pool.tally(claim_hash, services.node.validators())
         out["pool"] = {"accepting_power": t.accepting, "rejecting_power": t.rejecting, "total_power": t.total,
                        "votes": t.voters}
@@ -128,7 +128,7 @@ def describe_claim(claim_hash: bytes, rec: ClaimRecord, params: Any, brief: bool
         out.update({"manifest_hash": c.manifest_hash.hex(), "delta_blob": c.delta_blob.hex(),
                     "delta_size": c.delta_size, "raw_size": c.raw_size, "compression": c.compression,
                     "provider": rec.provider,
-                    "vote_deadline": rec.reveal_height + params.vote_window if rec.status == 0 else None})
+                    "vote_deadline": rec.reveal_height + params.vote_window if rec.status == CLAIM_VOTING else None})
     return out
 
 

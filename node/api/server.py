@@ -55,7 +55,7 @@ from node.api.client import (
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.methods import METHODS
 from node.api.params import SERVICE_UNAVAILABLE, bind_params
-from node.api.services import ExpertsAPI, PolAPI, Services, SubmissionsAPI, SyncStatus
+from node.api.services import ExpertsAPI, PolAPI, Services, SnapshotsAPI, SubmissionsAPI, SyncStatus
 from node.core.ports import NodeHandle
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class RPCServer:
         sync: SyncStatus | None = None,
         pol: PolAPI | None = None,
         submissions: SubmissionsAPI | None = None,
+        snapshots: SnapshotsAPI | None = None,
     ) -> None:
-        self.services = Services(node, experts, sync, pol, submissions)
+        self.services = Services(node, experts, sync, pol, submissions, snapshots)
         """What the methods' handlers are given; `Method.target` names the one each needs."""
         self.cookie_path = Path(data_dir) / COOKIE_FILE
         self.config = config

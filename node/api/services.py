@@ -53,6 +53,16 @@ class SubmissionsAPI(Protocol):
         """Check a bundle and commit it; raises `BlyanError` with the reason it is refused."""
 
 
+class SnapshotsAPI(Protocol):
+    """The snapshot service: ask for a block's snapshot, and its state."""
+
+    def request(self, name: str) -> None:
+        """Sign the block's snapshot once its head is materialised here (a validator)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Own signatures, the pool, `snapshot_every`."""
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """The node and its services (None: not running on this node)."""
@@ -67,7 +77,9 @@ class Services:
     """The PoL service (votes, verification)."""
     submissions: SubmissionsAPI | None = None
     """Delta submissions (commit, reveal)."""
+    snapshots: SnapshotsAPI | None = None
+    """Snapshot compaction (signatures, pool)."""
 
     def get(self, name: str) -> object | None:
         return {"node": self.node, "experts": self.experts, "sync": self.sync, "pol": self.pol,
-                "submissions": self.submissions}.get(name)
+                "submissions": self.submissions, "snapshots": self.snapshots}.get(name)

@@ -3,9 +3,10 @@
     store ─ Engine ──feed──> SyncService (status, handshake, blocks, snapshots, catch-up)
                │      ├────> NodeMetrics (/metrics)
                │      ├────> PolService (verify revealed claims, vote, pool votes -> certificates)
+               │      ├────> SnapshotService (sign snapshots of long delta chains, pool them)
                │      ├────> SubmissionService (this node's claims: commit, then reveal)
                │      └────> (data quality, dashboard: later services subscribe the same way)
-               └─ NodeHandle <── RPCServer, ExpertService, PolService (system transactions)
+               └─ NodeHandle <── RPCServer, ExpertService, PolService, SnapshotService (system txs)
 
 SIGINT and SIGTERM cancel the nursery: the services stop, the libp2p host leaves its topics and
 peers, and LevelDB is closed; a block is always written in one batch, so nothing is half
@@ -55,6 +56,7 @@ from node.engine.engine import Engine
 from node.experts.bundle_blobs import bundle_refs, fetch_blob
 from node.experts.materialise import Materialiser
 from node.experts.service import ExpertService
+from node.experts.snapshots import SnapshotService
 from node.experts.tiles import TileService
 from node.experts.weights import ChainRecords, MaterialisedRecords, StoreModelView
 from node.pol.service import FetchBundle, PolService, make_store_materials
@@ -96,10 +98,11 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
                 await nursery.start(engine.run)
                 await nursery.start(sync.run)
                 experts = await nursery.start(run_expert_service, net, key, store, data_dir, config, engine.feed)
+                snapshots = await start_snapshots(nursery, engine, key, experts, config)
                 pol, submissions = await start_learning(nursery, engine, key, experts, data_dir, config)
                 metrics.pol_state = pol.describe
                 server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics.render, experts=experts,
-                                   sync=sync, pol=pol, submissions=submissions)
+                                   sync=sync, pol=pol, submissions=submissions, snapshots=snapshots)
                 rpc_url = await nursery.start(server.serve)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
@@ -139,6 +142,16 @@ async def run_expert_service(net: Network, key: PrivateKey, store: ChainStore, d
                             clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
                             loader=loader, tiles=tiles, materialiser=heads, feed=feed, materialise_all=True)
     await service.run(task_status=task_status)
+
+
+async def start_snapshots(nursery: trio.Nursery, engine: Engine, key: PrivateKey, experts: ExpertService,
+                          config: NodeConfig) -> SnapshotService:
+    """Snapshot compaction: validators sign the snapshot of each head the expert service built
+    once its block holds `snapshot_every` deltas; every node pools the signatures."""
+    snapshots = SnapshotService(engine, key, experts.view, name=config.moniker)
+    await nursery.start(snapshots.run)
+    experts.heads_listeners.append(snapshots.wake)
+    return snapshots
 
 
 async def start_learning(nursery: trio.Nursery, engine: Engine, key: PrivateKey, experts: ExpertService,

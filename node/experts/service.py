@@ -18,7 +18,10 @@ blocks, the experts it serves), `on_heads_moved` (called for each parameter bloc
 commits when the service is given the engine's `feed`, or by the daemon) materialises their new
 weights (`node.experts.materialise`, fetching delta blobs from peers over the tile protocol),
 then serves the new versions and rebuilds the shared model; generations and forwards already
-running finish on the version they started with (models are replaced, never changed).
+running finish on the version they started with (models are replaced, never changed). A head
+that is a snapshot (`node.experts.snapshots`) names one blob: a node that materialised the head
+has it already, any other fetches it from peers over the tile protocol. `heads_listeners` are
+called after each pass (the snapshot service signs the heads just built).
 """
 
 from __future__ import annotations
@@ -191,6 +194,8 @@ class ExpertService:
         self.materialise_all = materialise_all
         """Materialise every block's head, not only those used here (validators and contributors
         load the whole model: `node.pol.data.Materials.head_records`)."""
+        self.heads_listeners: list[Callable[[], None]] = []
+        """Called after each pass of `on_heads_moved` (the snapshot service signs what it built)."""
         self.wanted: list[ExpertKey] = []
         """The experts the config asks this node to serve."""
         self._heads_lock = trio.Lock()
@@ -302,6 +307,8 @@ class ExpertService:
             built = 0
             for name in self.used_blocks():
                 state = self.view.get_state(name)
+                if state is not None and not state.deltas:
+                    await self._fetch_snapshot(name, state)
                 if state is None or not state.deltas or self.view.get_record(name, state) is not None:
                     continue
                 if await self._materialise(name, state):
@@ -325,6 +332,23 @@ class ExpertService:
                 logger.info("heads moved: %d versions materialised; now serving %s", built, ", ".join(switched))
                 self._announce_now.set()
             self._collect_garbage()
+        for listener in self.heads_listeners:
+            listener()
+
+    async def _fetch_snapshot(self, name: str, state: ExpertState) -> None:
+        """A head that is a snapshot whose blob is not here (this node did not build it): fetch
+        it from peers over the tile protocol, each tile proven against the chain's root. One
+        try per pass; the next move or a served expert's repair tries again."""
+        record = state.record
+        if (self.tiles is None or self.blobs is None or self.blobs.has(record.blob_id)
+                or state.head == codec.hash_of(record)):  # the genesis record: not a snapshot
+            return
+        ref = BlobRef(record.blob_id, record.size, record.merkle_root, f"snapshot {name}")
+        try:
+            await fetch_blob(self.tiles, self.net, self.net.peers(), ref, self.blobs)
+            logger.info("fetched the snapshot of %s (blob %s)", name, record.blob_id.hex()[:16])
+        except BlobUnavailable as err:
+            logger.info("snapshot of %s not fetched yet: %s", name, err)
 
     async def _materialise(self, name: str, state: ExpertState) -> bool:
         """Build one head, fetching missing delta blobs from peers (bounded tries with backoff)."""

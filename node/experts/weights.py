@@ -6,9 +6,11 @@ zero-copy load). Every method here is synchronous and may be slow: callers run t
 worker thread (`Compute.run`).
 
 The block hash of an expert is its head on the parameter chain (`ExpertState.head`): the
-genesis record's hash, then each accepted delta's. Weights are the record's blob while no delta
-has been applied, then the blob `node.experts.materialise` built for the head (`get_record`);
-a head not materialised yet is not loadable (`WeightsUnavailable`).
+genesis record's hash, then each accepted delta's, then a snapshot's. Weights are the record's
+blob while no delta has been applied since genesis or the last snapshot (a snapshot's record
+names the blob the validators materialised: one blob, nothing to replay), then the blob
+`node.experts.materialise` built for the head (`get_record`); a head not materialised yet is
+not loadable (`WeightsUnavailable`).
 """
 
 from __future__ import annotations

@@ -210,7 +210,8 @@ def train_bundle(m: Materials, plan: TrainingPlan, key: PrivateKey, out: Path, r
     blocks = tuple(BlockBase(b.name, b.base_head, b.base_root, result_roots[b.name]) for b in plan.blocks)
     manifest = TrainingManifest(
         version=MANIFEST_VERSION, network_id=m.pact.network_id, genesis_hash=m.genesis_hash,
-        contributor=key.public_key, round_id=plan.round_id, blocks=blocks, datasets=plan.datasets,
+        contributor=key.public_key, round_id=plan.round_id,
+        model_head=m.ledger.model_head, blocks=blocks, datasets=plan.datasets,
         tokenizer=m.ledger.tokenizer_head or bytes(32), hyper=plan.hyper,
         checkpoints=describe_checkpoints(result.checkpoints, result.checkpoint_steps, result.batch_chain),
         batch_chain=result.batch_chain[-1], train_losses=tuple(to_micro(x) for x in result.segment_losses),

@@ -30,7 +30,7 @@ from chain.heads import validate_delta_claim
 from chain.learning import MAX_MANIFEST_BYTES, SignedManifest, is_signed_by
 from chain.payloads import CommitDelta, DeltaClaim, RevealDelta
 from chain.records import commitment_key
-from chain.rounds import compute_commitment, compute_round_of, get_claim, make_claim
+from chain.rounds import compute_commitment, compute_round_of, get_claim, get_model_head, make_claim
 from chain.state import Overlay
 from chain.transition import get_nonce
 from chain.types import CHAIN_PARAMETER, Transaction, TxBody
@@ -116,6 +116,9 @@ class SubmissionService:
             validate_delta_claim(view, claim)
         except InvalidTransaction as err:
             raise SubmissionRefused(str(err)) from err
+        if man.model_head != get_model_head(view):
+            raise SubmissionRefused("the model moved since this bundle was trained (another claim was applied): "
+                                    "train again on the new heads")
         current = compute_round_of(state.height + 1, self.node.store.pact.params.pol)
         if man.round_id > current:
             raise SubmissionRefused(f"round {man.round_id} has not started: the chain is in round {current}")

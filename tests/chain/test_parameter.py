@@ -10,11 +10,11 @@ import pytest
 from chain import codec
 from chain.commit import sign_attestation
 from chain.errors import InvalidTransaction
-from chain.heads import bump_version, is_compression_method
+from chain.heads import bump_version, get_expert, is_compression_method
 from chain.pact import GenesisValidator
 from chain.payloads import CommitSnapshot, SnapshotClaim, Transfer
 from chain.records import ExpertState, expert_key
-from chain.rounds import compute_round
+from chain.rounds import compute_round, get_model_head
 from chain.state import Overlay
 from chain.tensors import (
     DEFAULT_SUBTILE_SIZE,
@@ -26,7 +26,7 @@ from chain.tensors import (
     TensorRecord,
 )
 from chain.transition import apply_tx, get_nonce
-from chain.types import CHAIN_PARAMETER, CHAIN_REWARD
+from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, ZERO_PUBKEY, ZERO_SIGNATURE, Transaction, TxBody
 from genesis.roundkit import accept_delta, make_manifest
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
 
@@ -72,7 +72,8 @@ def delta(chains: LocalChains, round_id: int | None = None, tag: bytes = b"a"):
         round_id = compute_round(state.height + 1, chains.context())
     while compute_round(chains.states[CHAIN_PARAMETER].height + 1, chains.context()) < round_id:
         advance(chains, [])
-    signed = make_manifest(TRAINER, chains.pact.network_id, [(EXPERT, expert(chains).head)], round_id, tag=tag)
+    signed = make_manifest(TRAINER, chains.pact.network_id, [(EXPERT, expert(chains).head)], round_id, tag=tag,
+                           model_head=get_model_head(Overlay(chains.states[CHAIN_PARAMETER])))
     return accept_delta(chains, TRAINER, signed)
 
 
@@ -95,14 +96,23 @@ def assert_invalid(chains: LocalChains, tx, match: str) -> None:
 
 
 def snapshot_tx(chains: LocalChains, new: TensorRecord, base: bytes | None = None, signers=None,
-                message: bytes | None = None):
+                message: bytes | None = None, version: str | None = None) -> Transaction:
+    """The system transaction of a snapshot attested by `signers` (default: 3 of the 4
+    validators), at the version the chain expects unless `version` says otherwise."""
+    state = get_expert(Overlay(chains.states[CHAIN_PARAMETER]), new.name)
     if base is None:
-        base = expert(chains, new.name).head
+        base = state.head
+    if version is None and state is not None:
+        version = bump_version(state.version, 1)
+    new = replace(new, version=version or new.version)
     if message is None:
         message = codec.hash_of(SnapshotClaim(base, new))
     att = sign_attestation(signers if signers is not None else chains.keys[:3], chains.pact.network_id, message)
-    nonce = get_nonce(chains.states[CHAIN_PARAMETER], TRAINER.address)
-    return sign_tx(TRAINER, chains.pact.network_id, CHAIN_PARAMETER, nonce, CommitSnapshot(base, new, att))
+    return system_tx(CommitSnapshot(base, new, att))
+
+
+def system_tx(payload: object) -> Transaction:
+    return Transaction(TxBody(CHAIN_PARAMETER, ZERO_PUBKEY, 0, payload), ZERO_SIGNATURE)
 
 
 # --- genesis -------------------------------------------------------------------------------------
@@ -125,8 +135,8 @@ def test_invalid_transfer_on_parameter_chain(chains: LocalChains) -> None:
 
 
 def test_invalid_snapshot_sent_to_reward_chain(chains: LocalChains) -> None:
-    tx = sign_tx(TRAINER, chains.pact.network_id, CHAIN_REWARD, 0,
-                 CommitSnapshot(expert(chains).head, tensor(blob=9), sign_attestation(chains.keys[:3], "x", bytes(32))))
+    payload = CommitSnapshot(expert(chains).head, tensor(blob=9), sign_attestation(chains.keys[:3], "x", bytes(32)))
+    tx = Transaction(TxBody(CHAIN_REWARD, ZERO_PUBKEY, 0, payload), ZERO_SIGNATURE)
     view = Overlay(Overlay(chains.states[CHAIN_REWARD]))
     with pytest.raises(InvalidTransaction, match="not a reward payload"):
         apply_tx(view, tx, CHAIN_REWARD, 1, chains.context())
@@ -166,7 +176,8 @@ def test_delta_round_not_after_last_across_snapshot(chains: LocalChains) -> None
     first = delta(chains)
     advance(chains, [snapshot_tx(chains, tensor(blob=9))])
     assert expert(chains).last_round == first.round_id
-    signed = make_manifest(TRAINER, chains.pact.network_id, [(EXPERT, expert(chains).head)], first.round_id, tag=b"c")
+    signed = make_manifest(TRAINER, chains.pact.network_id, [(EXPERT, expert(chains).head)], first.round_id, tag=b"c",
+                           model_head=get_model_head(Overlay(chains.states[CHAIN_PARAMETER])))
     with pytest.raises(AssertionError, match=f"round {first.round_id} not after {first.round_id}"):
         accept_delta(chains, TRAINER, signed)
 
@@ -204,9 +215,7 @@ def test_invalid_snapshot_attestation_bad_signature(chains: LocalChains) -> None
     att = tx.body.payload.attestation
     sigs = (bytes(64),) + att.signatures[1:]
     forged = replace(tx.body.payload, attestation=replace(att, signatures=sigs))
-    nonce = tx.body.nonce
-    assert_invalid(chains, sign_tx(TRAINER, chains.pact.network_id, CHAIN_PARAMETER, nonce, forged),
-                   "bad attestation signature")
+    assert_invalid(chains, system_tx(forged), "bad attestation signature")
 
 
 def test_invalid_snapshot_unpaired_signatures(chains: LocalChains) -> None:
@@ -214,8 +223,32 @@ def test_invalid_snapshot_unpaired_signatures(chains: LocalChains) -> None:
     tx = snapshot_tx(chains, tensor(blob=9))
     att = tx.body.payload.attestation
     forged = replace(tx.body.payload, attestation=replace(att, signatures=att.signatures[:-1]))
-    assert_invalid(chains, sign_tx(TRAINER, chains.pact.network_id, CHAIN_PARAMETER, tx.body.nonce, forged),
-                   "unpaired")
+    assert_invalid(chains, system_tx(forged), "unpaired")
+
+
+def test_snapshot_is_a_system_transaction(chains: LocalChains) -> None:
+    """Its attestation authorises it: any proposer carries it unsigned, and a signed one (an
+    account sending it as its own transaction) is refused."""
+    delta(chains)
+    payload = snapshot_tx(chains, tensor(blob=9)).body.payload
+    signed = sign_tx(TRAINER, chains.pact.network_id, CHAIN_PARAMETER,
+                     get_nonce(chains.states[CHAIN_PARAMETER], TRAINER.address), payload)
+    assert_invalid(chains, signed, "a system transaction has no sender, nonce or signature")
+    advance(chains, [system_tx(payload)])
+    assert expert(chains).record == payload.tensor
+
+
+def test_invalid_snapshot_twice_on_one_head(chains: LocalChains) -> None:
+    delta(chains)
+    tx = snapshot_tx(chains, tensor(blob=9))
+    block, rejected = chains.propose(CHAIN_PARAMETER, [tx, tx])
+    assert block.txs == (tx,) and len(rejected) == 1
+
+
+def test_invalid_snapshot_version(chains: LocalChains) -> None:
+    delta(chains)
+    assert expert(chains).version == "1.0.1"
+    assert_invalid(chains, snapshot_tx(chains, tensor(blob=9), version="1.0.2"), "expected '1.1.0'")
 
 
 def test_invalid_snapshot_changes_kind(chains: LocalChains) -> None:

@@ -93,6 +93,7 @@ def claim_record(chains: LocalChains, claim) -> ClaimRecord | None:
 def manifest(chains: LocalChains, names=(EXPERT,), key=TRAINER, tag: bytes = b"a", round_id: int | None = None, **kw):
     current = compute_round(chains.states[CHAIN_PARAMETER].height + 1, chains.context())
     blocks = [(n, expert(chains, n).head) for n in sorted(names)]
+    kw.setdefault("model_head", get_model_head(Overlay(chains.states[CHAIN_PARAMETER])))
     return make_manifest(key, NET, blocks, current if round_id is None else round_id, tag=tag, **kw)
 
 
@@ -301,7 +302,8 @@ def test_commitment_binds_claim_and_sender() -> None:
 
 
 @pytest.mark.parametrize("case", ["claim-differs", "signed-by-another", "other-network", "future-round",
-                                  "stale-round", "unknown-block", "stale-base", "unknown-compression"])
+                                  "stale-round", "unknown-block", "stale-base", "unknown-compression",
+                                  "other-model"])
 def test_reveal_refused(chains: LocalChains, case: str) -> None:
     if case in ("stale-round", "stale-base"):
         accept_delta(chains, TRAINER, manifest(chains, tag=b"first"))
@@ -310,7 +312,7 @@ def test_reveal_refused(chains: LocalChains, case: str) -> None:
     match = {"claim-differs": "does not say what its manifest says", "signed-by-another": "not signed",
              "other-network": "for network", "future-round": "has not started", "stale-round": "not after",
              "unknown-block": "no expert", "stale-base": "stale base",
-             "unknown-compression": "unknown compression"}[case]
+             "unknown-compression": "unknown compression", "other-model": "trained on another model"}[case]
     if case == "claim-differs":
         claim = replace(claim, delta_size=claim.delta_size + 1)
     elif case == "signed-by-another":
@@ -325,9 +327,12 @@ def test_reveal_refused(chains: LocalChains, case: str) -> None:
     elif case == "unknown-block":
         signed = make_manifest(TRAINER, NET, [("layer9.expert9", bytes(32))], 1)
     elif case == "stale-base":
-        signed = make_manifest(TRAINER, NET, [(EXPERT, codec.hash_of(TENSORS[0]))], 2, tag=b"stale")
+        signed = make_manifest(TRAINER, NET, [(EXPERT, codec.hash_of(TENSORS[0]))], 2, tag=b"stale",
+                               model_head=get_model_head(Overlay(chains.states[CHAIN_PARAMETER])))
     elif case == "unknown-compression":
         signed = manifest(chains, method="zip")
+    elif case == "other-model":
+        signed = manifest(chains, model_head=codec.sha256(b"a model that never was"))
     if case != "claim-differs":
         claim = make_claim(signed.manifest)
     advance(chains, [commit_tx(TRAINER, NET, nonce(chains), claim)])

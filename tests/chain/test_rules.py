@@ -10,7 +10,7 @@ from chain import dataset, parameter, reward
 from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.pact import compute_genesis_validators
-from chain.payloads import CertifyDelta, Payload, RejectDelta, Reward, Slash, Stake, Transfer
+from chain.payloads import CertifyDelta, CommitSnapshot, Payload, RejectDelta, Reward, Slash, Stake, Transfer
 from chain.rules import ChainRules
 from chain.state import Overlay
 from chain.transition import PAYLOADS_BY_CHAIN, RULES_BY_CHAIN, SYSTEM_PAYLOADS, validate_tx_envelope
@@ -40,7 +40,7 @@ def test_rules_payload_union_matches_tables() -> None:
 
 def test_rules_payloads_by_chain_from_tables() -> None:
     assert PAYLOADS_BY_CHAIN == {chain_id: rules.payloads for chain_id, rules in RULES_BY_CHAIN.items()}
-    assert SYSTEM_PAYLOADS == {Reward, Slash, CertifyDelta, RejectDelta}
+    assert SYSTEM_PAYLOADS == {Reward, Slash, CertifyDelta, RejectDelta, CommitSnapshot}
 
 
 def test_rules_table_is_read_only() -> None:

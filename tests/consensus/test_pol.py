@@ -96,7 +96,7 @@ def make_manifest(steps: int = 16, **overrides: object) -> TrainingManifest:
                             PARAMS.checkpoint_every)
     m = TrainingManifest(
         version=MANIFEST_VERSION, network_id=NETWORK, genesis_hash=GENESIS, contributor=CONTRIBUTOR.public_key,
-        round_id=4, blocks=(base_of("layer0.expert0"),), datasets=("gold", "silver"),
+        round_id=4, model_head=bytes(32), blocks=(base_of("layer0.expert0"),), datasets=("gold", "silver"),
         tokenizer=LEDGER.blocks["tokenizer"].head, hyper=hyper, checkpoints=checkpoints, batch_chain=chain,
         train_losses=tuple(2_000_000 - i for i in range(len(checkpoints) - 1)),
         env=ComputeEnv("2.5.1", 1, "cpu", "x86_64"),

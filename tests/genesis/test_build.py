@@ -221,9 +221,10 @@ def test_devnet_pact_valid() -> None:
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
 
 
-DEVNET_GENESIS_HASH = "88f0b24634d3e9e720a4b9499c717aa70b089929fd49d92a45c75ed49f7c120d"
-"""blyan-pact/4 (learning rounds: round, reveal and vote windows, open-claim quota, rewards by
-gain and for PoL votes); it changes only when the devnet genesis does."""
+DEVNET_GENESIS_HASH = "33ed3b1ae7afa817f9067c1943bb075bf748ba9a1914fc013d23c4001f1552a2"
+"""blyan-pact/5 (snapshot compaction: `PolParams.snapshot_every`, 4 on the devnet; /4 added the
+learning rounds: round, reveal and vote windows, open-claim quota, rewards by gain and for PoL
+votes); it changes only when the devnet genesis does."""
 
 
 def test_devnet_genesis_hash_pinned() -> None:

@@ -15,8 +15,8 @@ DEVNET_PARAMS_HEX = (
     "97cd03e8cd05dccd01f4cd01f4cd07d0ce00800000ce00040000"  # consensus
     "946414cd03e8ce000186a0"  # staking
     "940c93920004920310920a40af626c79616e2d61756469742f302e31ce40000000"  # dataset
-    "dc0011cd03e8cd2710cd2710ce000f3e58100101cd4e2040cc80ce0007a120ce000f1b3002"  # pol
-    "0820cd025804"  # pol: round_length, reveal_window, vote_window, max_open_claims
+    "dc0012cd03e8cd2710cd2710ce000f3e58100101cd4e2040cc80ce0007a120ce000f1b3002"  # pol
+    "0820cd02580404"  # pol: round_length, reveal_window, vote_window, max_open_claims, snapshot_every
     "9564ce000186a0cd03e80594000a1932"  # rewards
 )
 
@@ -31,7 +31,7 @@ def test_devnet_params_groups() -> None:
         [1000, 1500, 500, 500, 2000, 8388608, 262144],
         [100, 20, 1000, 100000],
         [12, [[0, 4], [3, 16], [10, 64]], "blyan-audit/0.1", 1073741824],
-        [1000, 10000, 10000, 999000, 16, 1, 1, 20000, 64, 128, 500000, 990000, 2, 8, 32, 600, 4],
+        [1000, 10000, 10000, 999000, 16, 1, 1, 20000, 64, 128, 500000, 990000, 2, 8, 32, 600, 4, 4],
         [100, 100000, 1000, 5, [0, 10, 25, 50]],
     ]
 

@@ -128,3 +128,51 @@ def _single_process_tokens(data_dir: Path, prompt: list[int], n: int, seed: int,
     model = load_base_model(load_materials(data_dir)).eval()
     out = model.generate(torch.tensor([prompt]), n, temperature, torch.Generator().manual_seed(seed))
     return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.long
+def test_validator_killed_during_a_round_restarts_and_catches_up(tmp_path: Path) -> None:
+    """Node 3 is SIGKILLed before the submission: the other three validators (3/4 > 2/3 of the
+    stake) verify and certify without it; restarted, it syncs the round's blocks, fetches the
+    delta from peers, builds the new head and serves it."""
+    import signal
+
+    dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
+    procs = start_nodes(dirs)
+    try:
+        deadline = time.monotonic() + UP_S
+        for d in dirs:
+            wait_for(f"{d.name} RPC and a peer", lambda d=d: reachable(d), deadline)
+        bundle = tmp_path / "bundle"
+        trained = blyan("train", "--data-dir", str(dirs[1]), "--out", str(bundle), "--json")
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        procs[3].send_signal(signal.SIGKILL)
+        procs[3].wait(timeout=30)
+        submitted = blyan("delta", "submit", str(bundle), "--data-dir", str(dirs[1]), "--json")
+        assert submitted.returncode == 0, submitted.stderr[-3000:]
+        claim = json.loads(submitted.stdout)["claim"]
+        started = time.monotonic()
+        for d in dirs[:3]:
+            wait_for(f"accepted on {d.name} without node3", lambda d=d: (s := claim_status(d, claim)) is not None
+                     and s["status"] == "accepted", started + ROUND_S)
+        assert len(claim_status(dirs[0], claim)["voters"]) == 3
+        procs[3] = start_nodes([dirs[3]])[0]
+        wait_for("node3 back and caught up", lambda: (s := claim_status(dirs[3], claim)) is not None
+                 and s["status"] == "accepted", started + 2 * ROUND_S)
+
+        def serves_new_head() -> bool:
+            from chain.errors import BlyanError
+
+            try:
+                serving = client_of(dirs[3]).call("blyan_experts")["serving"]
+            except (BlyanError, OSError):
+                return False
+            return any((s["layer"], s["expert"]) == (0, 0) and s["block_hash"] == claim for s in serving)
+
+        wait_for("node3 serving the new head", serves_new_head, started + 2 * ROUND_S)
+        height = client_of(dirs[0]).call("blyan_getClaim", {"claim": claim})["applied_height"]
+        roots = {client_of(d).call("blyan_getBlock", ["parameter", height])["header"]["state_root"] for d in dirs}
+        assert len(roots) == 1
+    finally:
+        codes = stop_nodes(procs)
+    assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-3000:] for d in dirs]

@@ -15,7 +15,7 @@ from chain.heads import get_expert
 from chain.learning import BlockBase, SignedManifest, sign_manifest
 from chain.payloads import DeltaClaim
 from chain.records import AcceptedDelta, ExpertState, delta_key
-from chain.rounds import compute_round
+from chain.rounds import compute_round, get_model_head
 from chain.state import Overlay
 from chain.tensors import DEFAULT_SUBTILE_SIZE
 from chain.types import CHAIN_PARAMETER
@@ -71,7 +71,7 @@ def make_real_delta(chains: LocalChains, bases: Mapping[str, dict[str, Tensor]],
     round_id = compute_round(chains.states[CHAIN_PARAMETER].height + 1, chains.context())
     heads = [(name, get_state(chains, name).head) for name in sorted(bases)]
     man = make_manifest(LEARNING_CONTRIBUTOR, chains.pact.network_id, heads, round_id, tag=tag,
-                        method=METHOD).manifest
+                        method=METHOD, model_head=get_model_head(Overlay(chains.states[CHAIN_PARAMETER]))).manifest
     man = replace(
         man,
         blocks=tuple(BlockBase(name, head, compute_tensor_root(encode_block(bases[name]), DEFAULT_SUBTILE_SIZE),
