@@ -17,6 +17,9 @@ from node.app.devnet import prepare_devnet, start_nodes, stop_nodes
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 90.0
+KILL_DEADLINE_S = 180.0
+"""The kill -9 test: start, a kill, a restart and its catch-up; under a loaded 2-core run (the
+whole suite) the star devnet needed more than 90 s (issue 13: it has one hub)."""
 
 
 def wait_for(what: str, condition, deadline: float):
@@ -118,7 +121,7 @@ def test_kill_9_validator_others_go_on_and_it_rejoins(tmp_path: Path) -> None:
 
     dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4))
     procs = start_nodes(dirs)
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + KILL_DEADLINE_S
     to = crypto.PrivateKey.from_label("devnet-test-recipient-2").address
     try:
         for d in dirs:

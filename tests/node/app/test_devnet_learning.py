@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from chain import crypto
 from node.app.devnet import find_free_ports as free_ports
 from node.app.devnet import prepare_devnet, start_nodes, stop_nodes
-from tests.node.app.test_devnet import client_of, reachable, wait_for
+from tests.node.app.test_devnet import client_of, final_height, reachable, send_transfer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,9 @@ def test_contributor_trains_submits_validators_verify_and_the_network_serves_the
         deadline = time.monotonic() + UP_S
         for d in dirs:
             wait_for(f"{d.name} RPC and a peer", lambda d=d: reachable(d), deadline)
+        warm = send_transfer(dirs[1], 1, crypto.PrivateKey.from_label("learning-test-recipient").address)
+        for d in dirs:  # consensus and gossip work before the round starts (else the failure says so here)
+            wait_for(f"a transfer final on {d.name}", lambda d=d: final_height(d, warm), deadline)
         before = [generate(dirs[2], seed) for seed in SEEDS]
         bundle = tmp_path / "bundle"
         trained = blyan("train", "--data-dir", str(dirs[1]), "--out", str(bundle), "--json")
