@@ -16,7 +16,6 @@ ignored: stale, or this node is behind (the signer rebroadcasts it).
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from chain.records import ExpertState
 from chain.state import Overlay, State
 from chain.tensors import TensorRecord
 from chain.types import CHAIN_PARAMETER, ZERO_PUBKEY, ZERO_SIGNATURE, Transaction, TxBody, ValidatorSet
+from node.core.pools import PoolAdd, PoolOutcome
 
 MAX_SNAPSHOT_SIGNATURE_BYTES = 16 * 1024
 """A signature on the wire: a tensor record of 64 tensors is well under."""
@@ -51,18 +51,8 @@ class SnapshotSignature:
     """Over hash_of(SnapshotClaim(base, tensor)), kind `attestation`."""
 
 
-class AddOutcome(enum.Enum):
-    ADDED = "added"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    """Not for the block's head here: ignored."""
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True, slots=True)
-class AddSignature:
-    outcome: AddOutcome
-    reason: str = ""
+AddOutcome = PoolOutcome
+AddSignature = PoolAdd
 
 
 @dataclass(slots=True)

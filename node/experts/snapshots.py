@@ -25,11 +25,12 @@ import trio
 
 from chain import codec
 from chain.crypto import PrivateKey
-from chain.errors import BlyanError, DecodingError
+from chain.errors import BlyanError
 from chain.records import ExpertState
 from chain.state import State
 from chain.types import CHAIN_PARAMETER, Transaction
 from node.core.feed import Committed
+from node.core.pools import judge_gossip
 from node.core.ports import NodeHandle
 from node.experts.snapshot_pool import (
     MAX_SNAPSHOT_SIGNATURE_BYTES,
@@ -176,16 +177,8 @@ class SnapshotService:
     # --- gossip ---------------------------------------------------------------------------------
 
     async def on_gossip(self, peer: PeerId, data: bytes) -> Verdict:
-        try:
-            signed = codec.decode(SnapshotSignature, data, max_size=MAX_SNAPSHOT_SIGNATURE_BYTES)
-        except DecodingError as err:
-            self.node.penalize(peer, f"undecodable snapshot signature: {err}")
-            return Verdict.REJECT
-        result = self.add(signed)
-        if result.outcome is AddOutcome.INVALID:
-            self.node.penalize(peer, f"snapshot signature: {result.reason}")
-            return Verdict.REJECT
-        return Verdict.ACCEPT if result.outcome is AddOutcome.ADDED else Verdict.IGNORE
+        return judge_gossip(self.node, peer, data, SnapshotSignature, MAX_SNAPSHOT_SIGNATURE_BYTES,
+                            "snapshot signature", self.add)
 
     def add(self, signed: SnapshotSignature) -> AddSignature:
         result = self.pool.add(signed, self.node.store.state(CHAIN_PARAMETER), self.node.validators())

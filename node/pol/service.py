@@ -42,6 +42,7 @@ from chain.state import Overlay, State
 from chain.tensors import TensorRecord
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER, Transaction
 from node.core.feed import Committed, PolVerified
+from node.core.pools import judge_gossip
 from node.core.ports import NodeHandle
 from node.pol.bundle import Bundle
 from node.pol.data import MaterialMissing, Materials
@@ -307,16 +308,7 @@ class PolService:
     # --- gossip ----------------------------------------------------------------------------
 
     async def on_vote_gossip(self, peer: PeerId, data: bytes) -> Verdict:
-        try:
-            signed = codec.decode(SignedPolVote, data, max_size=MAX_VOTE_BYTES)
-        except DecodingError as err:
-            self.node.penalize(peer, f"undecodable PoL vote: {err}")
-            return Verdict.REJECT
-        result = self.add_vote(signed)
-        if result.outcome is VoteOutcome.INVALID:
-            self.node.penalize(peer, f"PoL vote: {result.reason}")
-            return Verdict.REJECT
-        return Verdict.ACCEPT if result.outcome is VoteOutcome.ADDED else Verdict.IGNORE
+        return judge_gossip(self.node, peer, data, SignedPolVote, MAX_VOTE_BYTES, "PoL vote", self.add_vote)
 
     def add_vote(self, signed: SignedPolVote) -> AddVote:
         result = self.pool.add(signed, self.node.store.state(CHAIN_PARAMETER), self.node.validators())

@@ -14,7 +14,6 @@ transaction: a round holds certified claims and its close has not come yet.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from chain.records import CLAIM_VOTING, ClaimRecord, RoundRecord, round_key
 from chain.rounds import compute_round_of, get_claim, is_accepting_vote, validate_votes
 from chain.state import Overlay, State
 from chain.types import CHAIN_PARAMETER, ZERO_PUBKEY, ZERO_SIGNATURE, Transaction, TxBody, ValidatorSet
+from node.core.pools import PoolAdd, PoolOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +36,8 @@ MAX_EARLY_VOTES = 1024
 """Votes held for claims not revealed here yet."""
 
 
-class VoteOutcome(enum.Enum):
-    ADDED = "added"
-    DUPLICATE = "duplicate"
-    EARLY = "early"
-    """For a claim not revealed here (yet): held, not counted."""
-    CLOSED = "closed"
-    """For a claim that is not open for votes any more."""
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True, slots=True)
-class AddVote:
-    outcome: VoteOutcome
-    reason: str = ""
+VoteOutcome = PoolOutcome
+AddVote = PoolAdd
 
 
 @dataclass(frozen=True, slots=True)
