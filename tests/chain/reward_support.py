@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from chain import codec
 from chain.commit import sign_vote
 from chain.errors import InvalidTransaction
@@ -13,8 +11,7 @@ from chain.records import (
     Stakers,
 )
 from chain.reward import get_account, validate_supply
-from chain.state import Overlay
-from chain.transition import apply_tx, get_nonce
+from chain.transition import get_nonce
 from chain.types import (
     CHAIN_PARAMETER,
     CHAIN_REWARD,
@@ -22,6 +19,7 @@ from chain.types import (
     Vote,
 )
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
+from tests.chain.refusal_support import assert_refused
 
 VKEYS = validator_keys(4)
 AKEYS = account_keys(3)
@@ -61,16 +59,7 @@ def advance_to(chains: LocalChains, height: int) -> None:
 
 def assert_invalid(chains: LocalChains, tx, match: str, earnings=None, exc=InvalidTransaction):
     """apply_tx raises and leaves the view as it was; a proposer leaves the transaction out."""
-    state = chains.states[CHAIN_REWARD]
-    view = Overlay(Overlay(state))
-    view.put(b"zprobe", b"1")
-    before = dict(view.changes)
-    with pytest.raises(exc, match=match):
-        apply_tx(view, tx, CHAIN_REWARD, state.height + 1, chains.context(earnings))
-    assert view.changes == before
-    block, rejected = chains.propose(CHAIN_REWARD, [tx], earnings)
-    assert block.txs == ()
-    assert [r[0] for r in rejected] == [tx]
+    assert_refused(chains, CHAIN_REWARD, tx, match, earnings, exc)
 
 
 def account(chains: LocalChains, key):

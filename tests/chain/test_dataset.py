@@ -15,7 +15,6 @@ from chain.dataset import (
     leading_zero_bits,
     solve_pow,
 )
-from chain.errors import InvalidTransaction
 from chain.pact import GenesisValidator
 from chain.params import TIER_EXPERIMENTAL, TIER_GOLD, TIER_REJECT, TIER_SILVER, TrustLevel
 from chain.payloads import AuditCheck, AuditReport, AuditVerdict, QualityVote, SubmitDataset, Transfer
@@ -33,11 +32,11 @@ from chain.records import (
     quota_key,
     reputation_key,
 )
-from chain.state import Overlay
-from chain.transition import apply_tx, get_nonce
+from chain.transition import get_nonce
 from chain.types import CHAIN_DATASET
 from genesis.params import test_params as make_params
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
+from tests.chain.refusal_support import assert_refused
 
 VKEYS = validator_keys(4)
 CONTRIBUTOR, OTHER = account_keys(2, prefix="contributor")
@@ -114,15 +113,7 @@ def vote(chains: LocalChains, sub: bytes, tiers: dict[int, int]) -> None:
 
 
 def assert_invalid(chains: LocalChains, tx, match: str) -> None:
-    state = chains.states[CHAIN_DATASET]
-    view = Overlay(Overlay(state))
-    view.put(b"zprobe", b"1")
-    before = dict(view.changes)
-    with pytest.raises(InvalidTransaction, match=match):
-        apply_tx(view, tx, CHAIN_DATASET, state.height + 1, chains.context())
-    assert view.changes == before
-    block, rejected = chains.propose(CHAIN_DATASET, [tx])
-    assert block.txs == () and [r[0] for r in rejected] == [tx]
+    assert_refused(chains, CHAIN_DATASET, tx, match)
 
 
 # --- the lifecycle -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from chain.transition import apply_tx, get_nonce
 from chain.types import CHAIN_PARAMETER, CHAIN_REWARD, ZERO_PUBKEY, ZERO_SIGNATURE, Transaction, TxBody
 from genesis.roundkit import accept_delta, make_manifest
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
+from tests.chain.refusal_support import assert_refused
 
 EXPERT = "layer0.expert0"
 TRAINER = account_keys(1, prefix="trainer")[0]
@@ -84,15 +85,7 @@ def advance(chains: LocalChains, txs: list):
 
 
 def assert_invalid(chains: LocalChains, tx, match: str) -> None:
-    state = chains.states[CHAIN_PARAMETER]
-    view = Overlay(Overlay(state))
-    view.put(b"zprobe", b"1")
-    before = dict(view.changes)
-    with pytest.raises(InvalidTransaction, match=match):
-        apply_tx(view, tx, CHAIN_PARAMETER, state.height + 1, chains.context())
-    assert view.changes == before
-    block, rejected = chains.propose(CHAIN_PARAMETER, [tx])
-    assert block.txs == () and [r[0] for r in rejected] == [tx]
+    assert_refused(chains, CHAIN_PARAMETER, tx, match)
 
 
 def snapshot_tx(chains: LocalChains, new: TensorRecord, base: bytes | None = None, signers=None,

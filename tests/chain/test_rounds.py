@@ -61,6 +61,7 @@ from genesis.roundkit import (
     tensor_record,
 )
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, system_tx, validator_keys
+from tests.chain.refusal_support import assert_refused
 
 EXPERT = "layer0.expert0"
 OTHER = "layer0.expert1"
@@ -109,15 +110,7 @@ def advance(chains: LocalChains, txs: list):
 
 def refused(chains: LocalChains, tx, match: str) -> None:
     """`tx` is invalid on the current state, leaves no change, and a proposer leaves it out."""
-    state = chains.states[CHAIN_PARAMETER]
-    view = Overlay(Overlay(state))
-    view.put(b"zprobe", b"1")
-    before = dict(view.changes)
-    with pytest.raises(InvalidTransaction, match=match):
-        apply_tx(view, tx, CHAIN_PARAMETER, state.height + 1, chains.context())
-    assert view.changes == before
-    block, rejected = chains.propose(CHAIN_PARAMETER, [tx])
-    assert block.txs == () and [r[0] for r in rejected] == [tx]
+    assert_refused(chains, CHAIN_PARAMETER, tx, match)
 
 
 def reveal(chains: LocalChains, signed, key=TRAINER):
