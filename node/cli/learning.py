@@ -20,7 +20,7 @@ import click
 
 from chain.blobs import BlobStore
 from chain.crypto import load_key
-from chain.errors import BlyanError, StoreError
+from chain.errors import BlyanError
 from chain.ledger import LedgerView, read_ledger_view
 from chain.pact import compute_genesis_hash
 from chain.types import CHAIN_DATASET, CHAIN_PARAMETER
@@ -31,7 +31,7 @@ from node.cli.connect import find_rpc
 from node.cli.remote import rpc_options
 from node.core.progress import format_progress
 from node.pol.bundle import Bundle, describe_manifest
-from node.pol.data import MaterialMissing, Materials
+from node.pol.data import MaterialMissing, Materials, blob_getter
 
 LEARNING_DIR = "learning"
 """Under the data dir: the contributor's error-feedback residual."""
@@ -48,14 +48,8 @@ def load_materials(data_dir: Path) -> Materials:
     pact = load_pact_file(data_dir / PACT_FILE)
     blobs = BlobStore(data_dir / BLOBS_DIR)
 
-    def get_blob(blob_id: bytes) -> bytes:
-        try:
-            return blobs.get(blob_id, verify=True)
-        except StoreError as err:
-            raise MaterialMissing(f"blob {blob_id.hex()[:16]}: {err}") from err
-
     ledger = read_ledger(data_dir)
-    return Materials(pact, compute_genesis_hash(pact), ledger, get_blob, read_head_records(data_dir, ledger))
+    return Materials(pact, compute_genesis_hash(pact), ledger, blob_getter(blobs), read_head_records(data_dir, ledger))
 
 
 def read_ledger(data_dir: Path) -> LedgerView:

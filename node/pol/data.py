@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from chain.blobs import BlobStore
 from chain.crypto import digest_from_cid
 from chain.errors import BlyanError
 from chain.ledger import LedgerView
@@ -31,6 +32,18 @@ GetBlob = Callable[[bytes], bytes]
 
 class MaterialMissing(BlyanError):
     """Something training or verification needs is not here: a blob, a block, a dataset."""
+
+
+def blob_getter(blobs: BlobStore | Mapping[bytes, bytes]) -> GetBlob:
+    """`GetBlob` over a node's blob store (each read checked against its id) or a dict of blobs."""
+
+    def get_blob(blob_id: bytes) -> bytes:
+        try:
+            return blobs[blob_id] if isinstance(blobs, Mapping) else blobs.get(blob_id, verify=True)
+        except (KeyError, BlyanError) as err:
+            raise MaterialMissing(f"blob {blob_id.hex()[:16]}: {err}") from err
+
+    return get_blob
 
 
 @dataclass(frozen=True, slots=True)

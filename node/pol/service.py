@@ -45,7 +45,7 @@ from node.core.feed import Committed, PolVerified
 from node.core.pools import judge_gossip
 from node.core.ports import NodeHandle
 from node.pol.bundle import Bundle
-from node.pol.data import MaterialMissing, Materials
+from node.pol.data import Materials, blob_getter
 from node.pol.verifier import VerifyReport, verify_bundle
 from node.pol.votes import AddVote, VoteOutcome, VotePool, is_round_waiting
 from p2p.network import PeerId, Verdict, topic_name
@@ -81,12 +81,7 @@ def make_store_materials(node: NodeHandle, blobs: BlobStore,
     with accepted deltas built on this node (the expert service's, a live view)."""
     pact = node.store.pact
     genesis_hash = compute_genesis_hash(pact)
-
-    def get_blob(blob_id: bytes) -> bytes:
-        try:
-            return blobs.get(blob_id, verify=True)
-        except BlyanError as err:
-            raise MaterialMissing(f"blob {blob_id.hex()[:16]}: {err}") from err
+    get_blob = blob_getter(blobs)
 
     def make() -> Materials:
         store = node.store

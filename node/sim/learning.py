@@ -34,7 +34,6 @@ import trio
 from chain import codec, crypto
 from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
-from chain.errors import BlyanError
 from chain.kv import MemoryKV
 from chain.learning import SignedManifest, TrainingManifest, sign_manifest
 from chain.ledger import LedgerView, read_ledger_view
@@ -55,7 +54,7 @@ from node.experts.tiles import TileService
 from node.experts.weights import ChainRecords, StoreModelView
 from node.pol.bundle import MANIFEST_FILE, Bundle
 from node.pol.contributor import TrainingOptions, make_training_plan, train_bundle
-from node.pol.data import GetBlob, MaterialMissing, Materials
+from node.pol.data import Materials, blob_getter
 from node.pol.service import FetchBundle, PolConfig, PolService, make_store_materials
 from node.pol.submit import SubmissionRefused, SubmissionService
 from node.pol.verifier import VerifyReport, verify_bundle
@@ -323,17 +322,6 @@ def make_bundle_fetcher(tiles: TileService, net: Network, blobs: BlobStore) -> F
             await fetch_blob(tiles, net, peers, ref, blobs)
 
     return fetch
-
-
-
-def blob_getter(blobs: BlobStore | dict[bytes, bytes]) -> GetBlob:
-    def get_blob(blob_id: bytes) -> bytes:
-        try:
-            return blobs[blob_id] if isinstance(blobs, dict) else blobs.get(blob_id, verify=True)
-        except (KeyError, BlyanError) as err:
-            raise MaterialMissing(f"no blob {blob_id.hex()[:16]}") from err
-
-    return get_blob
 
 
 def genesis_materials(pact: GenesisPact) -> Materials:
