@@ -39,7 +39,7 @@ from chain.types import (
     make_validator_set,
 )
 
-PACT_VERSION = "blyan-pact/5"
+PACT_VERSION = "blyan-pact/6"
 """Version 2: `ChainParams` grouped by concern (consensus, staking, dataset, pol, rewards);
 4: learning rounds; 5: `PolParams.snapshot_every` (snapshot compaction)."""
 DATASET_ROLES = ("train", "validation")
@@ -229,7 +229,7 @@ def compute_dataset_items(pact: GenesisPact, genesis_hash: bytes) -> dict[bytes,
             cid=ds.cid, size=ds.size, format=ds.format, license=ds.license,
             contributor=ZERO_ADDRESS, status=STATUS_APPROVED, tier=min(ds.tier, TIER_GOLD),
             submitted_height=0, role=ds.role, audit_voters=(), audit_passed=(), tier_voters=(),
-            tier_votes=(),
+            tier_votes=(), report_hash=bytes(32), minhash=(), decided_height=0, anchor_height=0,
         )
         items[dataset_key(ref)] = codec.encode(rec)
         items[cid_key(ds.cid)] = ref

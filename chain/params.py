@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chain.codec import U8, U16, U32, U64, Seq, Str, wire
+from chain.codec import U8, U16, U32, U64, Hash32, Seq, Str, wire
 
 TIER_REJECT = 0
 TIER_EXPERIMENTAL = 1
@@ -56,17 +56,74 @@ class StakingParams:
 
 
 @wire
+class AuditParams:
+    """How the L0 audit computes its figures: every node must compute the same report bytes."""
+
+    max_record_bytes: U32
+    """Longest record (line, JSON object, CSV row) the parser accepts."""
+    minhash_perm: U16
+    """Permutations of the MinHash signature (datasketch, seed 1)."""
+    shingle_words: U8
+    """Words per shingle of the MinHash set."""
+    lsh_threshold_ppm: U32
+    """Jaccard similarity at which the LSH index is tuned to find candidates, millionths."""
+    toxicity_sample: U32
+    """Records the toxicity classifier scores (a sample seeded by the CID; all if fewer)."""
+    toxicity_threshold_ppm: U32
+    """Classifier probability at or above which a record counts as toxic, millionths."""
+
+
+@wire
+class DataPolicy:
+    """What an L0 report must show for its dataset to be admitted (chain.dataset.find_policy_violations)."""
+
+    max_pii: U32
+    """Most personal-data findings of all kinds together."""
+    max_toxic_ppm: U32
+    """Largest share of sampled records scored toxic, millionths."""
+    max_duplicate_ppm: U32
+    """Largest share of records that repeat an earlier one exactly, millionths."""
+    near_duplicate_ppm: U32
+    """Estimated Jaccard similarity to a held dataset at or above which a dataset is a near
+    duplicate (refused), millionths."""
+
+
+@wire
+class ReputationParams:
+    """Voter reputation from honeypots and outcomes, and how it bounds a validator's tier-vote weight."""
+
+    honeypot_tolerance: U8
+    """Tiers a vote on a honeypot may be off by and still count as right."""
+    min_factor_ppm: U32
+    """Weight factor of a validator that got every graded vote wrong, millionths (1,000,000:
+    reputation does not matter)."""
+    prior_votes: U16
+    """Graded votes a new validator is credited with, all right (so one miss does not zero it)."""
+
+
+@wire
 class DatasetParams:
     """What a dataset submission must show and how many an account may make."""
 
     pow_difficulty_bits: U8
     """Leading zero bits of a dataset submission's proof of work."""
+    pow_window: U32
+    """Dataset-chain heights after its anchor block during which a proof of work is accepted."""
     trust_levels: Seq(TrustLevel, 16, 1)
     """Quotas by reputation, ascending by min_approved; the first has min_approved 0."""
     audit_version: Str(32)
     """The L0 audit program every node runs."""
     max_dataset_bytes: U64
     """Largest dataset a submission may declare."""
+    audit: AuditParams
+    """How the L0 audit computes its report."""
+    policy: DataPolicy
+    """What the report must show."""
+    reputation: ReputationParams
+    """How honeypots and outcomes grade the voters."""
+    honeypots: Seq(Hash32, 256)
+    """Commitments to the honeypot datasets: sha256(chain.dataset.HONEYPOT_DOMAIN, CID, tier, salt).
+    Their content is submitted like any other; the label is revealed after the votes close."""
 
     def quota_for(self, approved: int) -> int:
         """Submissions per epoch allowed to a contributor with `approved` approved datasets."""
@@ -139,6 +196,9 @@ class RewardParams:
     """Paid to each validator whose PoL vote matched the decided outcome."""
     dataset_rewards: Seq(U64, 4, 4)
     """Reward per dataset tier (rejected, experimental, silver, gold)."""
+    dataset_vote_reward: U64
+    """Paid to each validator whose audit verdict or tier vote matched the outcome, scaled by
+    its reputation factor (chain.dataset.compute_reputation_factor)."""
 
 
 @wire

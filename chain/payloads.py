@@ -15,7 +15,6 @@ from chain.tensors import TensorRecord
 from chain.votes import SignedVote
 
 MAX_POL_VOTES = 256
-MAX_AUDIT_CHECKS = 32
 
 # --- proofs carried by transactions ---------------------------------------------------------
 
@@ -104,19 +103,40 @@ class Attestation:
     """One per signer, same order."""
 
 
+MAX_PII_KINDS = 16
+MAX_PII_HASHES = 16
+MAX_NEAR_DUPLICATES = 8
+MAX_MINHASH_PERM = 256
+
+
 @wire
-class AuditCheck:
-    name: Str(32)
-    """Check name: "format", "size", "pii", "toxicity", "near-duplicate"."""
-    passed: bool
-    """Verdict."""
-    detail: Str(256)
-    """Human-readable reason."""
+class PiiFinding:
+    """One kind of personal data the L0 audit found: how often, and salted hashes, never the values."""
+
+    kind: Str(16)
+    """"email", "phone", "ip", "card", "iban", "national-id", "api-key", "private-key"."""
+    count: U32
+    """Occurrences in the dataset."""
+    hashes: Seq(Hash32, MAX_PII_HASHES)
+    """SHA-256 of the dataset's salt and each distinct normalised value, sorted; at most
+    MAX_PII_HASHES (the smallest)."""
+
+
+@wire
+class NearDuplicate:
+    """A dataset the chain held at the anchor height that this one nearly duplicates."""
+
+    cid: Str(128)
+    """Its CID."""
+    similarity_ppm: U32
+    """Estimated Jaccard similarity of the two MinHash signatures, millionths."""
 
 
 @wire
 class AuditReport:
-    """The deterministic L0 audit of a dataset, as the contributor's node ran it."""
+    """The deterministic L0 audit of a dataset: identical bytes on every machine, so a validator's
+    rerun names the same hash (`AuditVerdict.report_hash`). The chain's policy
+    (`chain.dataset.find_policy_violations`) reads its figures."""
 
     cid: Str(128)
     """Dataset CID."""
@@ -124,8 +144,28 @@ class AuditReport:
     """Bytes audited."""
     auditor: Str(32)
     """Audit program and version; must equal the genesis `params.dataset.audit_version`."""
-    checks: Seq(AuditCheck, MAX_AUDIT_CHECKS)
-    """Each check's verdict."""
+    format: Str(32)
+    """The format the content was parsed as."""
+    anchor_height: U64
+    """Dataset-chain height whose datasets the near-duplicate check compared against (the
+    submission's proof-of-work anchor)."""
+    records: U64
+    """Records parsed (lines, JSON objects, CSV rows, top-level Python statements)."""
+    parse_error: Str(256)
+    """Empty when the content parsed as `format` within the limits; else why not."""
+    pii: Seq(PiiFinding, MAX_PII_KINDS)
+    """Personal data found, by kind (sorted by kind; kinds with no finding are absent)."""
+    toxicity_sampled: U32
+    """Records scored by the toxicity classifier (a seeded sample)."""
+    toxicity_flagged: U32
+    """Of those, records scored at or above the policy's threshold."""
+    duplicate_records: U64
+    """Records that repeat an earlier record exactly."""
+    near_duplicates: Seq(NearDuplicate, MAX_NEAR_DUPLICATES)
+    """Held datasets at or above the near-duplicate threshold, most similar first."""
+    minhash: Seq(U32, MAX_MINHASH_PERM)
+    """The dataset's MinHash signature (`params.dataset.audit.minhash_perm` values; empty when
+    nothing parsed), kept on the chain so every node checks near-duplicates against the same set."""
 
 
 # --- parameter chain ------------------------------------------------------------------------
@@ -202,17 +242,21 @@ class SnapshotClaim:
 
 @wire
 class SubmitDataset:
-    """Submit a dataset by content id, with proof of work and the L0 audit."""
+    """Submit a dataset by content id, with a proof of work bound to a recent block, and the L0 audit."""
 
     TAG: ClassVar[int] = 20
     cid: Str(128)
-    """IPFS CIDv1 of the file."""
+    """CID of the file as `ipfs add --cid-version 1 --raw-leaves` gives it (chain.unixfs)."""
     size: U64
     """Bytes."""
     format: Str(32)
-    """"text", "jsonl", "code"."""
+    """One of chain.dataset.FORMATS ("text", "jsonl", "csv", "text/x-python", ...)."""
     license: Str(64)
     """SPDX identifier."""
+    anchor_height: U64
+    """A recent dataset-chain height: the work expires `params.dataset.pow_window` heights later."""
+    anchor_hash: Hash32
+    """Hash of the dataset-chain block at `anchor_height` (so the work cannot be done before it)."""
     pow_nonce: U64
     """Anti-spam proof of work (see dataset.compute_pow_hash)."""
     audit: AuditReport
@@ -227,9 +271,10 @@ class AuditVerdict:
     submission: Hash32
     """Transaction hash of the submission."""
     passed: bool
-    """Whether the rerun passed."""
+    """Whether the rerun gave the contributor's report (and so passed the policy)."""
     report_hash: Hash32
-    """hash_of(AuditReport) of the validator's own rerun."""
+    """hash_of(AuditReport) of the validator's own rerun; equal to the submitted report's hash
+    exactly when `passed`."""
 
 
 @wire
@@ -241,6 +286,21 @@ class QualityVote:
     """Transaction hash of the submission."""
     tier: U8
     """0 reject, 1 experimental, 2 silver, 3 gold."""
+    score_ppm: U32
+    """The validator's L1 quality score behind the tier, millionths (not hash-bound: floats)."""
+
+
+@wire
+class RevealHoneypot:
+    """The label of a honeypot dataset, revealed after its votes closed (chain.dataset)."""
+
+    TAG: ClassVar[int] = 23
+    submission: Hash32
+    """Transaction hash of the honeypot's submission."""
+    tier: U8
+    """Its known tier."""
+    salt: Hash32
+    """The salt of its genesis commitment."""
 
 
 # --- reward chain ---------------------------------------------------------------------------
@@ -319,6 +379,7 @@ Payload = (
     | SubmitDataset
     | AuditVerdict
     | QualityVote
+    | RevealHoneypot
     | Transfer
     | Stake
     | Unstake

@@ -147,7 +147,27 @@ def quota_key(address: bytes, epoch: int) -> bytes:
 
 
 def reputation_key(address: bytes) -> bytes:
+    """A contributor's approved datasets (u64), the trust level its quota follows."""
     return b"r" + address
+
+
+def block_hash_key(height: int) -> bytes:
+    """Hash of the dataset-chain block at `height`, kept for `pow_window` heights (proof-of-work anchors)."""
+    return b"h" + height.to_bytes(8, "big")
+
+
+def voter_key(address: bytes) -> bytes:
+    """A validator's `VoterRecord`."""
+    return b"g" + address
+
+
+def honeypot_key(commitment: bytes) -> bytes:
+    """Dataset submission (tx hash) a revealed honeypot commitment labelled."""
+    return b"y" + commitment
+
+
+def is_dataset_key(key: bytes) -> bool:
+    return key[:1] == b"d" and len(key) == 33
 
 
 # --- reward chain ---------------------------------------------------------------------------
@@ -348,6 +368,16 @@ STATUS_NAMES = {0: "pending", 1: "audited", 2: "voted", 3: "approved", 4: "rejec
 
 
 @wire
+class VoterRecord:
+    """How a validator's tier votes were graded: against honeypot labels and final outcomes."""
+
+    graded: U32
+    """Tier votes graded so far."""
+    right: U32
+    """Of those, the votes within tolerance of the label or the decided tier."""
+
+
+@wire
 class DatasetRecord:
     cid: Str(128)
     """Content id."""
@@ -375,6 +405,17 @@ class DatasetRecord:
     """Validators that voted a tier."""
     tier_votes: Seq(U8, MAX_DATASET_VOTERS)
     """Their tiers."""
+    report_hash: Hash32
+    """hash_of the submitted L0 report (zero for genesis datasets): an audit verdict that passes
+    names it."""
+    minhash: Seq(U32, 256)
+    """The report's MinHash signature (empty for genesis datasets: nodes compute theirs from
+    the corpus)."""
+    decided_height: U64
+    """Height at which the dataset was approved or rejected (0 while open)."""
+    anchor_height: U64
+    """The submission's proof-of-work anchor: its report's near-duplicate check compared
+    against the datasets submitted up to this height (validators rerun it against the same)."""
 
 
 @wire

@@ -16,6 +16,13 @@ PayloadHandler = Callable[[Overlay, TxEnv, Any], None]
 """(view, transaction environment, payload) -> None; raises InvalidTransaction."""
 EndBlock = Callable[[Overlay, int, Context], None]
 """(view, height, context) -> None: what a chain does after the last transaction of a block."""
+BeginBlock = Callable[[Overlay, int, bytes, Context], None]
+"""(view, height, previous block's hash, context) -> None: what a chain does before the first
+transaction of a block (and before a mempool judges a transaction for the next block)."""
+
+
+def _no_begin_block(view: Overlay, height: int, prev_hash: bytes, ctx: Context) -> None:
+    """Most chains do nothing before a block's transactions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,8 @@ class ChainRules:
     """Runs after the last transaction of every block (and of every proposal)."""
     system: frozenset[type] = field(default=frozenset())
     """Payloads carried unsigned: their validity comes from what they prove, not who sent them."""
+    begin_block: BeginBlock = _no_begin_block
+    """Runs before the first transaction of every block (and of every proposal)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "apply", MappingProxyType(dict(self.apply)))

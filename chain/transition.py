@@ -128,6 +128,14 @@ def compute_block_size(block: Block, encoded: list[EncodedTx]) -> int:
     return rest - codec.compute_array_header_size(0) + txs
 
 
+def open_block_view(state: State, height: int, ctx: Context) -> Overlay:
+    """The view the transactions of block `height` (the one after `state`) apply to: `state`
+    after its chain's `begin_block`. The mempool judges pending transactions on it too."""
+    view = Overlay(state)
+    RULES_BY_CHAIN[state.chain_id].begin_block(view, height, state.head, ctx)
+    return view
+
+
 def compute_tx_root(txs: tuple[Transaction, ...] | list[Transaction]) -> bytes:
     return merkle.compute_root([tx.hash() for tx in txs], 2)
 
@@ -164,7 +172,7 @@ def apply_block(state: State, block: Block, ctx: Context) -> tuple[State, dict[b
     if len(set(hashes)) != len(block.txs):
         raise fail("duplicate transaction")
 
-    view = Overlay(state)
+    view = open_block_view(state, h.height, ctx)
     for index, (tx, enc) in enumerate(zip(block.txs, encoded, strict=True)):
         try:
             apply_tx(view, tx, h.chain_id, h.height, ctx, enc)
@@ -229,7 +237,7 @@ def build_block(
 ) -> tuple[Block, list[tuple[Transaction, Exception]]]:
     """For a proposer: a valid block of the candidates that apply, in order, and the rejects."""
     height = state.height + 1
-    view = Overlay(state)
+    view = open_block_view(state, height, ctx)
     kept: list[Transaction] = []
     rejected: list[tuple[Transaction, Exception]] = []
     # What the block costs without transactions: a header of final sizes, the commit, and room

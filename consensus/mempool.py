@@ -35,7 +35,7 @@ from chain import codec
 from chain.context import Context
 from chain.errors import DecodingError, InvalidSignature, InvalidTransaction, MissingDependency
 from chain.state import Overlay, State
-from chain.transition import apply_tx, get_nonce, is_system_tx, nonce_key, validate_tx_envelope
+from chain.transition import apply_tx, get_nonce, is_system_tx, nonce_key, open_block_view, validate_tx_envelope
 from chain.types import Transaction
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,10 @@ class Mempool:
         """Transactions held for a sender address."""
         return len(self._senders.get(sender, ()))
 
+    def holds_nonce(self, sender: bytes, nonce: int) -> bool:
+        """Whether a transaction of `sender` with `nonce` is held."""
+        return nonce in self._senders.get(sender, {})
+
     def has_ready(self, state: State | Overlay) -> bool:
         """Whether a block on `state` could take a transaction: some sender's committed nonce is
         held (a pool of nonce gaps alone is no work)."""
@@ -219,8 +223,8 @@ class Mempool:
         Pending transactions that fail end the run (they will be dropped). When the run stops
         short of `tx`'s nonce (a gap), the payload is judged as if the gap were filled: the
         nonce is set to `tx`'s, so only balances, stakes and the payload's own rules decide."""
-        view = Overlay(state)
         height = state.height + 1
+        view = open_block_view(state, height, ctx)
         held = self._senders.get(sender, {})
         for nonce in range(get_nonce(state, sender), tx.body.nonce):
             if nonce not in held:
@@ -359,8 +363,8 @@ class Mempool:
 
         With `wanted=1` this is the "has work" question: a pool of failing transactions alone
         gives none, so it never starts an empty block."""
-        view = Overlay(state)
         height = state.height + 1
+        view = open_block_view(state, height, ctx)
         found: list[Transaction] = []
         waiting: set[bytes] = set()  # senders whose earlier transaction lacks a dependency
         for tx in self.select(state, len(self), 1 << 62):

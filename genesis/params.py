@@ -6,16 +6,20 @@ from dataclasses import replace
 
 from chain.params import (
     TIER_SILVER,
+    AuditParams,
     ChainParams,
     ConsensusParams,
+    DataPolicy,
     DatasetParams,
     PolParams,
+    ReputationParams,
     RewardParams,
     StakingParams,
     TrustLevel,
 )
 
-AUDIT_VERSION = "blyan-audit/0.1"
+AUDIT_VERSION = "blyan-l0/1"
+"""The L0 audit program (node.data.audit.report.AUDIT_VERSION) every node of these networks runs."""
 
 
 def devnet_params() -> ChainParams:
@@ -37,10 +41,17 @@ def devnet_params() -> ChainParams:
             slash_ppm=100_000,
         ),
         dataset=DatasetParams(
-            pow_difficulty_bits=12,
+            pow_difficulty_bits=18,  # about 0.3 s of one core; the roadmap's "3-second CPU hash" is 22 bits
+            pow_window=64,
             trust_levels=(TrustLevel(0, 4), TrustLevel(3, 16), TrustLevel(10, 64)),
             audit_version=AUDIT_VERSION,
-            max_dataset_bytes=1 << 30,
+            max_dataset_bytes=64 * 1024 * 1024,
+            audit=AuditParams(max_record_bytes=1 << 20, minhash_perm=128, shingle_words=5,
+                              lsh_threshold_ppm=500_000, toxicity_sample=2_000, toxicity_threshold_ppm=500_000),
+            policy=DataPolicy(max_pii=4, max_toxic_ppm=50_000, max_duplicate_ppm=300_000,
+                              near_duplicate_ppm=800_000),
+            reputation=ReputationParams(honeypot_tolerance=0, min_factor_ppm=100_000, prior_votes=4),
+            honeypots=(),
         ),
         pol=PolParams(
             min_improvement_ppm=1_000,
@@ -63,7 +74,7 @@ def devnet_params() -> ChainParams:
             snapshot_every=4,
         ),
         rewards=RewardParams(delta_reward=100, delta_gain_reward=100_000, delta_reward_cap=1_000, pol_vote_reward=5,
-                             dataset_rewards=(0, 10, 25, 50)),
+                             dataset_rewards=(0, 10, 25, 50), dataset_vote_reward=2),
     )
 
 

@@ -20,12 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chain import codec, merkle, tensors
-from chain.codec import decode, encode
+from chain.codec import Str, decode, encode, wire
 from chain.errors import DecodingError
 from chain.learning import SegmentCheck
 from chain.merkle import MerkleProof
 from chain.payloads import (
-    AuditCheck,
     AuditVerdict,
     Transfer,
 )
@@ -41,6 +40,17 @@ from chain.types import (
     ValidatorSet,
     Vote,
 )
+
+
+@wire
+class AuditCheck:
+    """A (name, bool, detail) struct for the bool and str8 golden bytes (the shape of the audit
+    checks of pact 5)."""
+
+    name: Str(32)
+    passed: bool
+    detail: Str(256)
+
 
 # --- golden bytes ---------------------------------------------------------------------------
 

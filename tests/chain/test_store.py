@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from chain import codec, crypto
-from chain.dataset import REQUIRED_CHECKS, solve_pow
 from chain.errors import InvalidBlock, StoreError
 from chain.kv import COL_META, COL_NODE, COL_STATE, KV, MemoryKV
 from chain.leveldb import LevelDBKV
 from chain.pact import build_genesis, compute_genesis_hash, compute_genesis_validators
-from chain.payloads import AuditCheck, AuditReport, Stake, SubmitDataset, Transfer
+from chain.payloads import Stake, Transfer
 from chain.records import account_key
 from chain.reward import validate_supply
 from chain.store import ChainStore
 from chain.transition import apply_block, get_nonce
 from chain.types import CHAIN_DATASET, CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD, make_validator_set
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
+from tests.chain.dataset_support import make_submission
 
 VKEYS = validator_keys(4)
 AKEYS = account_keys(3)
@@ -70,11 +70,9 @@ def reward_txs(chains: LocalChains, height: int) -> list:
 
 def dataset_tx(chains: LocalChains):
     cid = crypto.cid_raw(b"store-test-corpus")
-    report = AuditReport(cid, 100, PACT.params.dataset.audit_version,
-                         tuple(AuditCheck(n, True, "") for n in REQUIRED_CHECKS))
-    nonce = solve_pow(PACT.network_id, AKEYS[1].address, cid, PACT.params.dataset.pow_difficulty_bits)
-    return sign_tx(AKEYS[1], PACT.network_id, CHAIN_DATASET, 0,
-                   SubmitDataset(cid, 100, "text", "MIT", nonce, report))
+    payload = make_submission(chains.states[CHAIN_DATASET], PACT.network_id, AKEYS[1].address, cid, 100, PACT.params,
+                              license="MIT")
+    return sign_tx(AKEYS[1], PACT.network_id, CHAIN_DATASET, 0, payload)
 
 
 def import_blocks(store: ChainStore, chains: LocalChains, n_reward: int = 12) -> None:

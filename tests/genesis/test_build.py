@@ -221,10 +221,10 @@ def test_devnet_pact_valid() -> None:
     assert codec.encode(build_devnet_pact()) == codec.encode(pact)
 
 
-DEVNET_GENESIS_HASH = "33ed3b1ae7afa817f9067c1943bb075bf748ba9a1914fc013d23c4001f1552a2"
-"""blyan-pact/5 (snapshot compaction: `PolParams.snapshot_every`, 4 on the devnet; /4 added the
-learning rounds: round, reveal and vote windows, open-claim quota, rewards by gain and for PoL
-votes); it changes only when the devnet genesis does."""
+DEVNET_GENESIS_HASH = "c7847e1ec8acee9263aabf47d4e5c7a1f9c837c507b8f50042297aaf7b7132b4"
+"""blyan-pact/6 (data quality: the L0 report, the proof-of-work window, audit parameters, the
+data policy, reputation and honeypots; /5 added snapshot compaction, /4 the learning rounds); it
+changes only when the devnet genesis does."""
 
 
 def test_devnet_genesis_hash_pinned() -> None:
