@@ -1,7 +1,7 @@
 """What a service may ask of the node: the interface services act through.
 
-Services (sync, the JSON-RPC API, experts, PoL, the simulator's operators and checkers; data
-quality later) never reach into the engine. They subscribe to its `Feed` and act through a
+Services (sync, the JSON-RPC API, experts, PoL, data quality, the simulator's checkers) never
+reach into the engine. They subscribe to its `Feed` and act through a
 `NodeHandle`: read the chains, submit a transaction, hand over blocks fetched from peers. The
 engine implements it; a test can implement it with a fake.
 """
@@ -82,6 +82,10 @@ class NodeHandle(Protocol):
 
     def count_pending(self, chain_id: int, sender: bytes) -> int:
         """Transactions of `sender` waiting in a mempool."""
+
+    def next_nonce(self, chain_id: int, sender: bytes) -> int:
+        """The nonce `sender`'s next transaction should take: the first one from its committed
+        nonce that no pending transaction holds (so a dropped transaction's gap is filled)."""
 
     def penalize(self, peer: PeerId, reason: str, weight: float = 1.0) -> None:
         """Penalise a peer for what it sent (reported on the feed)."""

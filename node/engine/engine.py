@@ -31,6 +31,7 @@ from chain.params import ChainParams
 from chain.payloads import DuplicateVoteEvidence, Slash
 from chain.state import State
 from chain.store import ChainStore
+from chain.transition import get_nonce
 from chain.types import (
     CHAIN_IDS,
     CHAIN_REWARD,
@@ -160,6 +161,13 @@ class Engine:
 
     def count_pending(self, chain_id: int, sender: bytes) -> int:
         return self.mempools[chain_id].count_of(sender) if chain_id in self.mempools else 0
+
+    def next_nonce(self, chain_id: int, sender: bytes) -> int:
+        nonce = get_nonce(self.store.state(chain_id), sender)
+        mempool = self.mempools.get(chain_id)
+        while mempool is not None and mempool.holds_nonce(sender, nonce):
+            nonce += 1
+        return nonce
 
     async def import_blocks(self, chain_id: int, peer: PeerId, blocks: tuple[Block, ...],
                             last_commit: CommitCertificate | None, target: int) -> ImportReport:

@@ -20,9 +20,10 @@ WINGS: dict[str, set[str]] = {
     "experts": {"core"},  # expert serving, inference, tiles, bundle blobs, materialised heads
     "api": {"core"},  # JSON-RPC, metrics; sees the node and services only by interface
     "pol": {"core"},  # Proof-of-Learning: bundles, the contributor's training, the verifier
-    "sim": {"core", "engine", "sync", "pol", "experts"},  # the simulation harness, byzantine substitutes, learning
-    "app": {"core", "engine", "sync", "experts", "api", "pol"},  # daemon wiring, data dir, devnet
-    "cli": {"core", "app", "api", "sim", "pol"},  # the `blyan` command line
+    "data": {"core"},  # data quality: L0 audit, content by CID, IPFS, the validators' data service
+    "sim": {"core", "engine", "sync", "pol", "experts", "data"},  # the simulation harness, byzantine substitutes
+    "app": {"core", "engine", "sync", "experts", "api", "pol", "data"},  # daemon wiring, data dir, devnet
+    "cli": {"core", "app", "api", "sim", "pol", "data"},  # the `blyan` command line
 }
 """Inner arrows of `node/`: cli -> app -> {engine, sync, experts, api, pol}; services never import
 the engine but get its interface (`node.core.ports.NodeHandle`). A new wing (data, anchor) is

@@ -1,0 +1,1 @@
+"""Data quality: the audit, content transfer, IPFS, the validators' data service."""
