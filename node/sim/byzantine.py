@@ -74,6 +74,10 @@ class Behaviour:
     """Flood topics with garbage."""
     false_pol_votes: bool = False
     """Sign PoL votes against the evidence: accept what the verifier rejects, and the reverse."""
+    rubber_stamp_data: bool = False
+    """Pass every dataset's submitted report unread and vote it gold (`node.sim.data`)."""
+    random_data_votes: bool = False
+    """Audit verdicts and tier votes at random (`node.sim.data`)."""
 
     @property
     def is_honest(self) -> bool:
@@ -83,7 +87,8 @@ class Behaviour:
         return [n for n in BEHAVIOURS if getattr(self, n)]
 
 
-BEHAVIOURS = ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam", "false_pol_votes")
+BEHAVIOURS = ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam", "false_pol_votes",
+              "rubber_stamp_data", "random_data_votes")
 LIE = "a byzantine validator's verdict, against the evidence"
 LIED_GAIN = 10
 """The made-up gain of a lying accepting verdict: new loss = base loss * (1 - 1/10)."""

@@ -39,6 +39,7 @@ from chain.records import (
     CLAIM_ACCEPTED,
     CLAIM_CERTIFIED,
     STATUS_APPROVED,
+    STATUS_REJECTED,
     AcceptedDelta,
     ClaimRecord,
     DatasetRecord,
@@ -216,12 +217,15 @@ def check_validity(pact: GenesisPact, stores: dict[str, ChainStore], violations:
 
 
 def find_unfinished_datasets(store: ChainStore, datasets: list[bytes]) -> list[bytes]:
-    """Datasets not approved, or approved without their reward paid."""
+    """Datasets not decided (approved or rejected), or approved without their reward paid.
+    Whether the decision was right is the data check's (`node.sim.data`)."""
     left = []
     for submission in datasets:
         raw = store.state(CHAIN_DATASET).get(dataset_key(submission))
         rec = None if raw is None else codec.decode(DatasetRecord, raw)
-        if rec is None or rec.status != STATUS_APPROVED or \
+        if rec is None or rec.status not in (STATUS_APPROVED, STATUS_REJECTED):
+            left.append(submission)
+        elif rec.status == STATUS_APPROVED and \
                 store.state(CHAIN_REWARD).get(paid_key(CHAIN_DATASET, submission)) is None:
             left.append(submission)
     return left

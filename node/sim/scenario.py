@@ -27,6 +27,10 @@ BYZANTINE_KINDS = ("equivocate", "invalid_proposals", "withhold_votes", "silent"
 """Consensus misbehaviours, handed out in turn by default and by sweeps."""
 LEARNING_BYZANTINE_KINDS = ("false_pol_votes",)
 """Misbehaviours that matter only in a learning run (name them in `byzantine_kinds`)."""
+DATA_BYZANTINE_KINDS = ("rubber_stamp_data", "random_data_votes")
+"""Validators that audit and vote on datasets without looking (name them in `byzantine_kinds`)."""
+SIM_POW_BITS = 8
+"""Dataset proof of work in simulations (the devnet's would cost real seconds per dataset)."""
 FORGERY_KINDS = ("validation_trained", "wrong_result", "copy_reveal", "resign_copy")
 """Byzantine contributors: a bundle trained on the validation set that declares the training
 sets; a manifest whose delta does not decode to its claimed result root (re-signed); a copy of
@@ -103,7 +107,8 @@ class SimConfig:
             raise ValueError(f"unknown forgery kinds: {', '.join(sorted(unknown))}")
         if {"copy_reveal", "resign_copy"} & set(self.forgeries) and not self.deltas:
             raise ValueError("a copier needs an honest delta to copy")
-        unknown = set(self.byzantine_kinds) - set(BYZANTINE_KINDS) - set(LEARNING_BYZANTINE_KINDS)
+        unknown = (set(self.byzantine_kinds) - set(BYZANTINE_KINDS) - set(LEARNING_BYZANTINE_KINDS)
+                   - set(DATA_BYZANTINE_KINDS))
         if unknown:
             raise ValueError(f"unknown byzantine kinds: {', '.join(sorted(unknown))}")
 
@@ -111,7 +116,7 @@ class SimConfig:
         faults = f" --faults {','.join(self.faults)}" if self.faults else ""
         learning = f" --deltas {self.deltas}" if self.deltas else ""
         learning += f" --forgeries {','.join(self.forgeries)}" if self.forgeries else ""
-        if self.learning and self.byzantine:
+        if self.byzantine and self.byzantine_kinds != BYZANTINE_KINDS:
             learning += f" --byzantine-kinds {','.join(self.byzantine_kinds)}"
         return (
             f"blyan sim --nodes {self.nodes} --validators {self.validators} --byzantine {self.byzantine}"
@@ -128,7 +133,7 @@ def make_sim_pact(cfg: SimConfig) -> tuple[GenesisPact, list[crypto.PrivateKey],
     params = replace(devnet, staking=replace(
         devnet.staking, epoch_length=cfg.epoch_length,
         unbonding_period=max(cfg.epoch_length, devnet.staking.unbonding_period),
-    ))
+    ), dataset=replace(devnet.dataset, pow_difficulty_bits=SIM_POW_BITS))
     model, tensors, datasets = TINY_MODEL, (SIM_EXPERT,), ()
     contributors = [key for _, key in make_contributor_keys(cfg)]
     if cfg.learning:

@@ -7,9 +7,11 @@ byzantine node gets substitutes (`node.sim.byzantine`), never another engine. Th
 function of its seed (`node.sim.scenario`); the report says whether every invariant held
 (`node.sim.checks`), and a failing seed replays exactly with the command in the report.
 
-A learning run (`SimConfig.deltas`, `forgeries`) adds to every node a PoL service and a blob
-store (in a temporary directory the run removes), and to the workload contributors who train
-real deltas and submit them (`node.sim.learning`).
+Every node runs the daemon's content and data services (`node.sim.data`): datasets are real
+content, audited by the real L0 audit and voted on by what each validator computed; their
+stores live in a temporary directory the run removes (`close`). A learning run
+(`SimConfig.deltas`, `forgeries`) adds to every node a PoL service and a blob store, and to the
+workload contributors who train real deltas and submit them (`node.sim.learning`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,7 +31,7 @@ from chain import codec, crypto
 from chain.blobs import BlobStore
 from chain.kv import MemoryKV
 from chain.store import ChainStore
-from chain.types import CHAIN_DATASET, Transaction
+from chain.types import Transaction
 from node.core.feed import Feed
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
@@ -37,8 +39,8 @@ from node.engine.ports import BlockBuilder
 from node.sim import checks
 from node.sim.byzantine import Behaviour, ByzantineNetwork, InvalidBlockBuilder, spam
 from node.sim.checks import Checker, Violation
+from node.sim.data import DataWorld
 from node.sim.faults import run_faults
-from node.sim.operators import audit_and_vote
 from node.sim.scenario import SIM_NETWORK, SimConfig, make_sim_pact
 from node.sim.workload import Workload
 from node.sync.config import SyncTiming
@@ -106,17 +108,16 @@ class Simulation:
         self.workload = Workload(cfg, self.pact, client_keys)
         self.heal_time = 0.0
         self.hub: SimNetworkHub | None = None
-        self.workdir: Path | None = None
-        self._own_workdir = False
+        self._own_workdir = workdir is None
+        self.workdir: Path | None = Path(tempfile.mkdtemp(prefix="blyan-sim-")) if workdir is None else Path(workdir)
+        self.data = DataWorld(self.pact, self.workdir)
         self.learning: Learning | None = None
         if cfg.learning:
-            self._setup_learning(workdir)
+            self._setup_learning()
 
-    def _setup_learning(self, workdir: Path | None) -> None:
+    def _setup_learning(self) -> None:
         from node.sim.learning import Learning
 
-        self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="blyan-sim-")) if workdir is None else Path(workdir)
         hosts = [i for i, n in enumerate(self.nodes) if n.name in self.honest]
         self.learning = Learning(self.cfg, self.pact, self.workdir, hosts)
         try:
@@ -131,7 +132,7 @@ class Simulation:
             raise
 
     def close(self) -> None:
-        """Remove the run's temporary directory (a learning run's), if it made one."""
+        """Remove the run's temporary directory, if it made one."""
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -161,6 +162,8 @@ class Simulation:
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 await nursery.start(sync.run)
+                await self.data.run_node_services(node.name, node.key, engine, b, nursery,
+                                                  self.hub.derive_rng("data", node.name, incarnation))
                 if self.learning is not None:
                     await self.learning.run_node_services(node, self.nodes.index(node), engine, nursery)
                 node.ready.set()
@@ -249,31 +252,30 @@ class Simulation:
             client = w.clients[1 + rng.randrange(len(w.clients) - 1)]
             roll = rng.random()
             if roll < 0.08 and now < stop - 5.0:
-                w.submit_dataset(self, client, rng)
+                self._submit_dataset(client, rng)
             elif len(client.pending) < 4:
                 w.submit_transfer(self, client, rng)
             if now >= resubmit_at:
                 resubmit_at = now + RESUBMIT_EVERY_S
                 w.resubmit(self, rng)
-                self._operate(rng)
         # Keep resubmitting what is not final yet, as a wallet would, until the run ends; the
-        # validators' operators keep auditing and voting.
+        # validators' data services keep auditing and voting on their own.
         while trio.current_time() < cfg.duration - QUIET_END_S:
             await trio.sleep(RESUBMIT_EVERY_S)
             w.resubmit(self, rng)
-            self._operate(rng)
 
-    def _operate(self, rng: random.Random) -> None:
-        """The validators' operators audit pending datasets, then vote a tier (scripted)."""
+    def _submit_dataset(self, client: Any, rng: random.Random) -> None:
+        """A contributor's dataset: its content held by a live honest node (its own node, which
+        serves it), the transaction handed to any."""
         live = self.live_honest()
         if not live:
             return
-        state = live[0].engine.store.state(CHAIN_DATASET)
-        for node in self.honest_validators():
-            txs = audit_and_vote(state, self.pact, self.workload.datasets, node.key)
-            target = node if node.up and node.engine is not None else live[rng.randrange(len(live))]
-            for tx in txs:
-                target.engine.submit_tx(tx)
+        host = live[rng.randrange(len(live))]
+        tx = self.data.submit(self, client, host.name, rng)
+        if tx is not None:
+            self.workload.track(client, tx)
+            self.workload.datasets.append(tx.hash())
+            self.submit(tx, rng)
 
     # --- invariants -------------------------------------------------------------------------
 
@@ -293,7 +295,10 @@ class Simulation:
         lagged = not any(v.invariant == "checker" for v in violations)
         digest = checks.compute_run_digest(digests)
         learning = self._check_learning(stores, reverifier, violations) if reverifier is not None else None
-        ok = safety and liveness and ledger and state_roots and validity and lagged
+        data = self.data.check(stores, self.honest)
+        for problem in data["problems"]:
+            violations.append(Violation("data-quality", problem))
+        ok = safety and liveness and ledger and state_roots and validity and lagged and data["ok"]
         ok = ok and (learning is None or learning["ok"])
         return {
             "seed": self.cfg.seed,
@@ -318,6 +323,7 @@ class Simulation:
             "ok": ok,
             "violations": [{"invariant": v.invariant, "detail": v.detail} for v in violations[:20]],
             "replay": self.cfg.command(),
+            "datasets": {k: v for k, v in data.items() if k != "problems"},
             **({"learning": learning} if learning is not None else {}),
         }
 

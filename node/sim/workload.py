@@ -1,10 +1,10 @@
-"""The clients of a simulation: wallets that sign transfers and resubmit them until final,
-contributors that submit datasets, and (optionally) validator-set rotation. Contributors of
-deltas are `node.sim.learning`'s.
+"""The clients of a simulation: wallets that sign transfers and resubmit them until final, and
+(optionally) validator-set rotation. Contributors of datasets are `node.sim.data`'s, of deltas
+`node.sim.learning`'s.
 
 Every choice is drawn from the run's seeded RNG, so the workload is part of the run's pure
-function of its seed. What the validators' operators do in answer (audits, quality votes) lives
-in `node.sim.operators`; PoL votes are the PoL service's (`node.sim.learning`).
+function of its seed. Audits and votes on datasets are the data service's (`node.sim.data`),
+PoL votes the PoL service's (`node.sim.learning`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chain import codec, crypto
-from chain.dataset import REQUIRED_CHECKS, solve_pow
 from chain.pact import GenesisPact
-from chain.payloads import AuditCheck, AuditReport, Stake, SubmitDataset, Transfer, Unstake
+from chain.payloads import Stake, Transfer, Unstake
 from chain.store import ChainStore
-from chain.types import CHAIN_DATASET, CHAIN_REWARD, Transaction, TxBody
+from chain.types import CHAIN_REWARD, Transaction, TxBody
 from node.sim.scenario import SIM_NETWORK, SimConfig
 
 
@@ -72,18 +71,6 @@ class Workload:
         to = self.clients[rng.randrange(len(self.clients))].key.address
         tx = sign(client, Transfer(to, rng.randrange(1, 1000)))
         self.track(client, tx)
-        cluster.submit(tx, rng)
-
-    def submit_dataset(self, cluster: Cluster, client: Client, rng: random.Random) -> None:
-        """A dataset by a random CID, with a passing L0 report (the simulator has no content)."""
-        cid = crypto.cid_raw(rng.randbytes(64))
-        size = rng.randrange(1_000, 1_000_000)
-        report = AuditReport(cid, size, self.pact.params.dataset.audit_version,
-                             tuple(AuditCheck(name, True, "ok") for name in REQUIRED_CHECKS))
-        nonce = solve_pow(SIM_NETWORK, client.key.address, cid, self.pact.params.dataset.pow_difficulty_bits)
-        tx = sign(client, SubmitDataset(cid, size, "text", "CC-BY-4.0", nonce, report), CHAIN_DATASET)
-        self.track(client, tx)
-        self.datasets.append(tx.hash())
         cluster.submit(tx, rng)
 
     def rotate(self, cluster: Cluster, node_keys: list[crypto.PrivateKey], rng: random.Random) -> None:
