@@ -14,8 +14,10 @@ from node.api.chain_methods import (
     get_transaction,
     send_transaction,
 )
+from node.api.data_methods import get_dataset, get_dataset_job, list_datasets, submit_dataset, upload_dataset
 from node.api.expert_methods import MAX_GENERATE_TOKENS, MAX_PROMPT_CHARS, generate, get_experts
 from node.api.learning_methods import get_ledger_view
+from node.api.lineage_methods import get_lineage
 from node.api.params import Method, Param
 from node.api.pol_methods import get_claim, get_pol_votes, get_round, list_claims, submit_delta
 from node.api.services import Services
@@ -135,6 +137,45 @@ METHODS: dict[str, Method] = {m.name: m for m in (
         request_snapshot, target="snapshots"),
     Method("blyan_getSnapshots", "This node's snapshot service: own signatures on current heads, claims in its "
            "pool, snapshot_every.", (), {"type": "object"}, get_snapshots, target="snapshots"),
+    Method("blyan_uploadDataset", "Send a chunk of a dataset file to this node (base64, at most 512 KiB of "
+           "content a call, at the offset received so far); without `upload` a new upload begins. -32040 with "
+           "the reason when refused (a wrong offset, over the network's largest dataset).", (
+        Param("upload", {"oneOf": [{"type": "null"}, {"type": "string"}]}, "Upload id (null: begin one).", False),
+        Param("offset", {"type": "integer", "minimum": 0}, "Bytes of the upload received so far.", False),
+        Param("data", {"type": "string"}, "The chunk, base64."),
+    ), {"type": "object", "properties": {"upload": {"type": "string"}, "received": {"type": "integer"}}},
+        upload_dataset, target="data"),
+    Method("blyan_submitDataset", "Submit an uploaded dataset, signed by this node's key: the node computes its "
+           "CID, runs the L0 audit against the datasets the chain holds, does the proof of work on the current "
+           "block and sends the submission; returns a job to follow with blyan_getDatasetJob. -32040 with the "
+           "reason when it can never succeed (no key, unknown format, no license).", (
+        Param("upload", {"type": "string"}, "Upload id."),
+        Param("format", {"type": "string"}, "text, markdown, jsonl, csv or text/x-python."),
+        Param("license", {"type": "string"}, "SPDX identifier."),
+    ), {"type": "object", "properties": {"job": {"type": "string"}, "stage": {"type": "string"}}},
+        submit_dataset, target="data"),
+    Method("blyan_getDatasetJob", "A dataset submission in progress: its stage (queued, audit, work, submit, "
+           "submitted, refused), the fraction done, the L0 report, the submission hash or the reason.", (
+        Param("job", {"type": "string"}, "Job id (the upload id)."),
+    ), {"oneOf": [{"type": "null"}, {"type": "object"}]}, get_dataset_job, target="data"),
+    Method("blyan_getDataset", "A dataset by CID: lifecycle state, tier, the submitted L0 report, audit verdicts "
+           "and tier votes, and what this validator computed of it.", (
+        Param("cid", {"type": "string"}, "Dataset CID."),
+    ), {"oneOf": [{"type": "null"}, {"type": "object"}]}, get_dataset),
+    Method("blyan_listDatasets", "The datasets of the dataset chain (genesis ones included), by height.", (
+        Param("status", {"type": "string"}, "pending, audited, voted, approved or rejected.", False),
+    ), {"type": "array", "items": {"type": "object"}}, list_datasets),
+    Method("blyan_getLineage", "Provenance of an expert's head, a dataset or a claim: datasets -> training "
+           "manifest -> delta claim -> block versions, with contributors; a plain graph, or JSON-LD with W3C PROV-O "
+           "terms and an inline @context (jsonld). Give exactly one of expert, dataset, claim; -32050 when the "
+           "chain does not hold it.", (
+        Param("expert", {"type": "string"}, "Block name, e.g. layer0.expert1.", False),
+        Param("dataset", {"type": "string"}, "Dataset CID.", False),
+        Param("claim", HASH_HEX, "Claim hash in hex.", False),
+        Param("jsonld", {"type": "boolean"}, "JSON-LD (PROV-O) instead of the plain graph (default false).", False),
+    ), {"type": "object", "properties": {"subject": {"type": "string"}, "nodes": {"type": "array"},
+                                         "edges": {"type": "array"}, "@context": {"type": "object"},
+                                         "@graph": {"type": "array"}}}, get_lineage),
     Method("rpc.discover", "This OpenRPC document.", (), {"type": "object"}, discover),
 )}
 

@@ -55,7 +55,7 @@ from node.api.client import (
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.api.methods import METHODS
 from node.api.params import SERVICE_UNAVAILABLE, bind_params
-from node.api.services import ExpertsAPI, PolAPI, Services, SnapshotsAPI, SubmissionsAPI, SyncStatus
+from node.api.services import DataAPI, ExpertsAPI, PolAPI, Services, SnapshotsAPI, SubmissionsAPI, SyncStatus
 from node.core.ports import NodeHandle
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,9 @@ class RPCServer:
         pol: PolAPI | None = None,
         submissions: SubmissionsAPI | None = None,
         snapshots: SnapshotsAPI | None = None,
+        data: DataAPI | None = None,
     ) -> None:
-        self.services = Services(node, experts, sync, pol, submissions, snapshots)
+        self.services = Services(node, experts, sync, pol, submissions, snapshots, data)
         """What the methods' handlers are given; `Method.target` names the one each needs."""
         self.cookie_path = Path(data_dir) / COOKIE_FILE
         self.config = config

@@ -63,6 +63,15 @@ class SnapshotsAPI(Protocol):
         """Own signatures, the pool, `snapshot_every`."""
 
 
+class DataAPI(Protocol):
+    """Data quality on this node: its dataset store (`has`), the validator's data service
+    (`describe(submission)`) and this node's submissions (`begin_upload`, `append`, `start`, `jobs`)."""
+
+    store: Any
+    service: Any
+    submissions: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """The node and its services (None: not running on this node)."""
@@ -79,7 +88,9 @@ class Services:
     """Delta submissions (commit, reveal)."""
     snapshots: SnapshotsAPI | None = None
     """Snapshot compaction (signatures, pool)."""
+    data: DataAPI | None = None
+    """Data quality (datasets held, audits and votes, submissions)."""
 
     def get(self, name: str) -> object | None:
         return {"node": self.node, "experts": self.experts, "sync": self.sync, "pol": self.pol,
-                "submissions": self.submissions, "snapshots": self.snapshots}.get(name)
+                "submissions": self.submissions, "snapshots": self.snapshots, "data": self.data}.get(name)

@@ -14,6 +14,7 @@ import tomli_w
 
 from chain.errors import ConfigError
 from node.api.config import RPCConfig
+from node.data.config import DataConfig, IpfsConfig
 from node.experts.config import ExpertsConfig
 from node.sync.config import SyncConfig
 
@@ -32,6 +33,14 @@ POL_VOTES_DIR = "pol-votes"
 """This validator's own PoL votes on open claims (`node.pol.service`)."""
 SUBMISSIONS_DIR = "submissions"
 """This contributor's delta submissions between commit and reveal (`node.pol.submit`)."""
+DATASETS_DIR = "datasets"
+"""Dataset contents by CID that this node holds and serves (`node.data.content`)."""
+DATA_REPORTS_DIR = "data-reports"
+"""This validator's L0 reports, verdicts and L1 scores (`node.data.service`)."""
+UPLOADS_DIR = "uploads"
+"""Dataset uploads in progress (`node.data.submit`), emptied at start."""
+GENESIS_MINHASH_FILE = "genesis-minhash.json"
+"""MinHash signatures of the genesis datasets, computed once (`node.data.held`)."""
 """Subtile hashes of blobs once verified, so a later corruption is located to its tiles (and
 only those are fetched again)."""
 
@@ -58,6 +67,8 @@ class NodeConfig:
     rpc: RPCConfig = field(default_factory=RPCConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ipfs: IpfsConfig = field(default_factory=IpfsConfig)
 
     @classmethod
     def for_tests(cls, network: str = "testnet-unit") -> NodeConfig:
@@ -112,12 +123,14 @@ def load_config(path: Path) -> NodeConfig:
         raw_experts = {**raw_experts, "serve": [raw_experts["serve"]]}
     experts = ExpertsConfig(**_section(ExpertsConfig, raw_experts, "experts"))
     sync = SyncConfig(**_section(SyncConfig, raw.pop("sync", {}), "sync"))
+    data = DataConfig(**_section(DataConfig, raw.pop("data", {}), "data"))
+    ipfs = IpfsConfig(**_section(IpfsConfig, raw.pop("ipfs", {}), "ipfs"))
     for required in ("network", "genesis_hash"):
         if not isinstance(raw.get(required), str):
             raise ConfigError(f"{path}: missing or malformed {required!r}")
     top = {k: raw.pop(k) for k in ("network", "genesis_hash")}
     rest = _section(_TopDefaults, raw, "config")
-    config = NodeConfig(**top, p2p=p2p, rpc=rpc, sync=sync, experts=experts)
+    config = NodeConfig(**top, p2p=p2p, rpc=rpc, sync=sync, experts=experts, data=data, ipfs=ipfs)
     return replace(config, **rest)
 
 

@@ -5,8 +5,9 @@
                │      ├────> PolService (verify revealed claims, vote, pool votes -> certificates)
                │      ├────> SnapshotService (sign snapshots of long delta chains, pool them)
                │      ├────> SubmissionService (this node's claims: commit, then reveal)
-               │      └────> (data quality, dashboard: later services subscribe the same way)
-               └─ NodeHandle <── RPCServer, ExpertService, PolService, SnapshotService (system txs)
+               │      └────> DataService (validators: fetch, rerun the L0 audit, score, vote)
+               └─ NodeHandle <── RPCServer, ExpertService, PolService, SnapshotService (system txs),
+                                 DatasetSubmissions (this node's datasets: audit, work, submit)
 
 SIGINT and SIGTERM cancel the nursery: the services stop, the libp2p host leaves its topics and
 peers, and LevelDB is closed; a block is always written in one batch, so nothing is half
@@ -21,6 +22,8 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,20 +33,26 @@ from chain.blobs import BlobStore
 from chain.crypto import PrivateKey, load_key
 from chain.learning import TrainingManifest
 from chain.reward import get_validator_set
+from chain.rounds import get_model_head
+from chain.state import Overlay
 from chain.store import ChainStore
-from chain.types import CHAIN_IDS, CHAIN_REWARD
+from chain.types import CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD
 from gpu.devices import compute_tier, discover_devices
 from gpu.loader import BlobLoader
 from node.api.metrics import NodeMetrics
 from node.api.server import RPCServer
 from node.app.config import (
     BLOBS_DIR,
+    DATA_REPORTS_DIR,
+    DATASETS_DIR,
+    GENESIS_MINHASH_FILE,
     HEADS_FILE,
     KEY_FILE,
     NODE_INFO_FILE,
     POL_VOTES_DIR,
     SUBMISSIONS_DIR,
     TILE_HASHES_DIR,
+    UPLOADS_DIR,
     NodeConfig,
 )
 from node.app.datadir import open_store
@@ -51,6 +60,13 @@ from node.app.lifeline import arm_orphan_alarm, take_lifeline_fd, watch_lifeline
 from node.app.logs import route_libp2p_logs
 from node.core.clock import WallClock
 from node.core.feed import Feed
+from node.data.content import DatasetStore
+from node.data.held import HeldDatasets
+from node.data.ipfs import IpfsClient
+from node.data.quality import load_embedder, make_model_perplexity
+from node.data.service import DataService
+from node.data.submit import DatasetSubmissions
+from node.data.transfer import ContentService, fetch_dataset
 from node.engine.config import EngineConfig
 from node.engine.engine import Engine
 from node.experts.bundle_blobs import bundle_refs, fetch_blob
@@ -59,6 +75,7 @@ from node.experts.service import ExpertService
 from node.experts.snapshots import SnapshotService
 from node.experts.tiles import TileService
 from node.experts.weights import ChainRecords, MaterialisedRecords, StoreModelView
+from node.pol.data import blob_getter, load_base_model, load_tokenizer
 from node.pol.service import FetchBundle, PolService, make_store_materials
 from node.pol.submit import SubmissionService
 from node.sync.config import SyncConfig, SyncTiming
@@ -70,6 +87,16 @@ from p2p.libp2p_net import Libp2pNetwork
 from p2p.network import Network
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DataServices:
+    """What the RPC sees of data quality on this node."""
+
+    store: DatasetStore
+    service: DataService
+    submissions: DatasetSubmissions
+    ipfs: IpfsClient | None
 
 
 async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
@@ -101,8 +128,9 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
                 snapshots = await start_snapshots(nursery, engine, key, experts, config)
                 pol, submissions = await start_learning(nursery, engine, key, experts, data_dir, config)
                 metrics.pol_state = pol.describe
+                data = await start_data(nursery, engine, key, experts, data_dir, config)
                 server = RPCServer(engine, data_dir, config.rpc, metrics_text=metrics.render, experts=experts,
-                                   sync=sync, pol=pol, submissions=submissions, snapshots=snapshots)
+                                   sync=sync, pol=pol, submissions=submissions, snapshots=snapshots, data=data)
                 rpc_url = await nursery.start(server.serve)
                 _write_node_info(data_dir, net.local_id, net.listen_addrs(), rpc_url)
                 logger.info("node %s up: %s, rpc %s", config.moniker, net.listen_addrs(), rpc_url)
@@ -167,6 +195,53 @@ async def start_learning(nursery: trio.Nursery, engine: Engine, key: PrivateKey,
     submissions = SubmissionService(engine, key, blobs, Path(data_dir) / SUBMISSIONS_DIR, name=config.moniker)
     nursery.start_soon(submissions.follow)
     return pol, submissions
+
+
+async def start_data(nursery: trio.Nursery, engine: Engine, key: PrivateKey, experts: ExpertService,
+                     data_dir: Path, config: NodeConfig) -> DataServices:
+    """Data quality: this node's datasets (kept, served over the content protocol, pinned on
+    IPFS with `[ipfs] api`), its submissions, and, on a validator, the audits and votes."""
+    data_dir = Path(data_dir)
+    pact = engine.store.pact
+    store = DatasetStore(data_dir / DATASETS_DIR)
+    content = ContentService(pact.network_id, store)
+    content.register(engine.network)
+    get_blob = blob_getter(experts.blobs)
+    held = await trio.to_thread.run_sync(lambda: HeldDatasets.from_genesis(pact, get_blob,
+                                                                           data_dir / GENESIS_MINHASH_FILE))
+    ipfs = IpfsClient(config.ipfs.api, timeout=config.ipfs.timeout_s) if config.ipfs.api else None
+    pin = None if ipfs is None else (lambda cid, data: ipfs.pin_content(cid, data))
+    max_size = pact.params.dataset.max_dataset_bytes
+
+    async def fetch(cid: str, size: int) -> bytes:
+        await fetch_dataset(engine.network, list(engine.network.peers()), cid, store, network_id=pact.network_id,
+                            max_size=min(size, max_size), ipfs=ipfs)
+        return store.read(cid)
+
+    embed = await trio.to_thread.run_sync(load_embedder) if config.data.embeddings else None
+    perplexity = make_model_perplexity(make_model_loader(engine, experts))
+    service = DataService(engine, key if config.data.audit else None, store, held, data_dir / DATA_REPORTS_DIR,
+                          fetch=fetch, perplexity=perplexity, embed=embed, pin=pin, name=config.moniker)
+    await nursery.start(service.run)
+    submissions = DatasetSubmissions(engine, key, store, held, data_dir / UPLOADS_DIR, pin=pin, name=config.moniker)
+    await nursery.start(submissions.run)
+    return DataServices(store, service, submissions, ipfs)
+
+
+def make_model_loader(engine: Engine, experts: ExpertService) -> Callable[[], tuple[object, object] | None]:
+    """The current model and tokenizer for the L1 score (the model as teacher), loaded again
+    only when the model head moved."""
+    cache: dict[bytes, tuple[object, object]] = {}
+
+    def load() -> tuple[object, object] | None:
+        head = get_model_head(Overlay(engine.store.state(CHAIN_PARAMETER)))
+        if head not in cache:
+            materials = make_store_materials(engine, experts.blobs, head_records=MaterialisedRecords(experts.view))()
+            cache.clear()
+            cache[head] = (load_base_model(materials), load_tokenizer(materials))
+        return cache[head]
+
+    return load
 
 
 def make_bundle_fetcher(experts: ExpertService, net: Network) -> FetchBundle:

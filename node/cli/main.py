@@ -17,7 +17,9 @@ from genesis.corpus import get_stdlib_root
 from genesis.devnet import dev_validator_key
 from node.app.datadir import init_data_dir, open_store
 from node.cli.attest import register as register_attest_commands
+from node.cli.data import register as register_data_commands
 from node.cli.learning import register as register_learning_commands
+from node.cli.lineage import register as register_lineage_commands
 from node.cli.remote import register as register_remote_commands
 from node.sim.scenario import SimConfig
 from node.sim.simulation import run_sim
@@ -258,6 +260,8 @@ def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: i
 register_remote_commands(main)  # the verbs that talk to a node over RPC
 register_learning_commands(main)  # train, pol verify, delta inspect
 register_attest_commands(main)  # attest export, attest verify
+register_lineage_commands(main)  # lineage --expert | --dataset | --claim
+register_data_commands(main)  # dataset cid, submit, status, list
 
 
 if __name__ == "__main__":

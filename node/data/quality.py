@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from chain.errors import BlyanError
 from chain.params import TIER_EXPERIMENTAL, TIER_GOLD, TIER_REJECT, TIER_SILVER, DataPolicy
 from chain.payloads import AuditReport
 
@@ -86,7 +87,7 @@ def score_dataset(report: AuditReport, records: Sequence[str], policy: DataPolic
         try:
             loss, vocab = perplexity(sample)
             parts["fluency"] = max(0.0, min(1.0, 1.0 - loss / math.log(max(vocab, 2))))
-        except (ValueError, RuntimeError) as err:  # a model that cannot read this sample: no part
+        except (BlyanError, ValueError, RuntimeError, KeyError) as err:  # no model here, or one that cannot read it
             logger.warning("fluency of %s not scored: %s", report.cid, err)
     if embed is not None and len(sample) >= 2:
         vectors = embed(sample)

@@ -164,10 +164,17 @@ class DataService:
             try:
                 await self.step(submission)
             except (BlyanError, OSError) as err:
-                work = self.work.get(submission)
-                if work is not None:
-                    work.error = str(err)
+                self._note_error(submission, str(err))
                 logger.warning("%s: dataset %s: %s", self.name, submission.hex()[:16], err)
+            except Exception as err:  # noqa: BLE001 - a bug here must not stop the node's consensus
+                self._note_error(submission, f"internal error: {type(err).__name__}: {err}")
+                logger.exception("%s: dataset %s: internal error (a bug: please report it)", self.name,
+                                 submission.hex()[:16])
+
+    def _note_error(self, submission: bytes, error: str) -> None:
+        work = self.work.get(submission)
+        if work is not None:
+            work.error = error
 
     # --- one submission -----------------------------------------------------------------------
 
