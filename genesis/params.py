@@ -19,7 +19,7 @@ from chain.params import (
 )
 
 AUDIT_VERSION = "blyan-l0/1"
-"""The L0 audit program (node.data.audit.report.AUDIT_VERSION) every node of these networks runs."""
+"""The L0 audit program (node.data.l0.audit.AUDIT_VERSION) every node of these networks runs."""
 
 
 def devnet_params() -> ChainParams:

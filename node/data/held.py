@@ -25,8 +25,8 @@ from chain.pact import GenesisPact
 from chain.params import AuditParams
 from chain.records import DatasetRecord, is_dataset_key
 from chain.state import State
-from node.data.audit.minhash import NearDuplicateIndex
-from node.data.audit.report import compute_signature
+from node.data.l0.audit import compute_signature
+from node.data.l0.minhash import NearDuplicateIndex
 
 logger = logging.getLogger(__name__)
 

@@ -42,10 +42,10 @@ from chain.state import Overlay, State
 from chain.types import CHAIN_DATASET, Transaction, TxBody
 from node.core.feed import Committed
 from node.core.ports import NodeHandle
-from node.data.audit.formats import parse_records
-from node.data.audit.report import run_l0_audit
 from node.data.content import DatasetStore
 from node.data.held import HeldDatasets
+from node.data.l0.audit import run_l0_audit
+from node.data.l0.formats import parse_records
 from node.data.quality import Embed, Perplexity, QualityScore, score_dataset
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from chain.types import CHAIN_DATASET, Transaction, TxBody
 from chain.unixfs import compute_dataset_cid
 from node.core.jsonable import to_json
 from node.core.ports import NodeHandle
-from node.data.audit.report import run_l0_audit
 from node.data.content import DatasetStore
 from node.data.held import HeldDatasets
+from node.data.l0.audit import run_l0_audit
 
 logger = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from chain.state import Overlay, State
 from chain.store import ChainStore
 from chain.types import CHAIN_DATASET, Transaction
 from chain.unixfs import compute_dataset_cid
-from node.data.audit.report import run_l0_audit
 from node.data.content import DatasetStore
 from node.data.held import HeldDatasets
+from node.data.l0.audit import run_l0_audit
 from node.data.service import DataService
 from node.data.transfer import ContentService, fetch_dataset, run_inline
 from node.engine.engine import Engine
@@ -80,7 +80,7 @@ def make_content(kind: str, rng: random.Random, earlier: list[bytes]) -> bytes:
     if kind == "pii":
         lines = make_clean(rng).decode().splitlines()
         for i in range(0, len(lines), 6):
-            lines[i] += f" Write to person{rng.randrange(10_000)}@example.org or pay with {make_luhn_card(rng)}."
+            lines[i] += f" Write to person{rng.randrange(10_000)}@mailbox.co.uk or pay with {make_luhn_card(rng)}."
         return ("\n".join(lines) + "\n").encode()
     if kind == "toxic":
         lines = make_clean(rng).decode().splitlines()

@@ -1,5 +1,5 @@
 """Dataset-chain submissions for the chain's rule tests: a report that the policy admits,
-built field by field (the chain judges a report's figures; `node.data.audit` computes them, and
+built field by field (the chain judges a report's figures; `node.data.l0` computes them, and
 its own tests check that), and a proof of work anchored on the current head."""
 
 from __future__ import annotations

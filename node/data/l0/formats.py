@@ -7,16 +7,17 @@
     csv              a header row (no empty column name), then rows of the header's width (blank
                      lines skipped); record = the row's cells as a canonical JSON array; strict
                      quoting (`csv.reader(strict=True)`)
-    text/x-python    `ast.parse` (Python 3.11 grammar); records = the source of each top-level
-                     statement, decorators included, line endings made "\\n"
+    text/x-python    `ast.parse` (Python 3.11 grammar) of at most MAX_PYTHON_BYTES; records = the
+                     source of each top-level statement, decorators included, line endings "\\n"
 
 Every format is strict UTF-8: a byte-order mark is an error (not stripped: the CID covers the
 bytes, and a BOM is invisible), and so is a NUL character (datasets are text). A record longer
 than `max_record_bytes` (UTF-8) is an error.
 
 Only ASCII whitespace is stripped, so the records do not depend on the Unicode tables of the
-Python that runs the audit. Errors name a line and a reason, never the content (it may hold
-personal data); Python's own syntax-error messages are kept with anything quoted removed.
+Python that runs the audit. Errors name a line (0: the whole file) and a reason, never the content
+(it may hold personal data); Python's own syntax-error messages are kept with anything quoted
+removed.
 Residual risk: Python's parser decides what parses, and a statement nested so deeply that
 building its AST exhausts the recursion limit (a few hundred levels, depending on the stack)
 is refused by one interpreter and could pass on another with a higher limit.
@@ -39,6 +40,10 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a JSONL record may have."""
 MAX_INT_DIGITS = 1_000
 """Longest integer literal in a JSONL record (Python's own limit is a process setting)."""
+MAX_PYTHON_BYTES = 16 << 20
+"""Largest text/x-python dataset: `ast.parse` holds about 90 bytes of tree per byte of source
+(10 MB of stdlib code peaks near 900 MB), so a larger file is refused rather than risk a
+validator's memory."""
 PYTHON_VERSION = (3, 11)
 """The grammar `ast.parse` is asked for (the project's oldest Python)."""
 
@@ -206,6 +211,8 @@ def _parse_csv(text: str, limit: int) -> list[str]:
 
 
 def _parse_python(text: str, limit: int) -> list[str]:
+    if len(text) * 4 > MAX_PYTHON_BYTES and len(text.encode()) > MAX_PYTHON_BYTES:
+        raise _Refused(f"line 0: Python source larger than {MAX_PYTHON_BYTES} bytes")
     try:
         tree = ast.parse(text, feature_version=PYTHON_VERSION)
     except SyntaxError as err:

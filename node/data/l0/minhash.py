@@ -33,8 +33,9 @@ def compute_shingles(records: Sequence[str], size: int) -> set[bytes]:
     """The set of `size`-word shingles of the records."""
     out: set[bytes] = set()
     size = max(size, 1)
-    # One encode and lower-casing for all records (NUL cannot occur in one: formats refuses it).
-    for record in "\x00".join(records).encode().lower().split(b"\x00"):
+    # Each distinct record once (a set has no repeats to add), encoded and lower-cased in one go (NUL
+    # cannot occur in a record: formats refuses it).
+    for record in "\x00".join(set(records)).encode().lower().split(b"\x00"):
         words = record.split()
         if len(words) <= size:
             if words:
@@ -71,10 +72,12 @@ def _validate_perm(perm: int) -> None:
 
 @functools.lru_cache(maxsize=16)
 def compute_lsh_bands(threshold_ppm: int, perm: int) -> tuple[int, int]:
-    """(bands, rows) datasketch chooses for this threshold (computed once: it integrates ~700 times)."""
-    from datasketch.lsh import _optimal_param
+    """(bands, rows per band) datasketch's MinHashLSH picks for this threshold: computed once, as
+    it integrates its error curves some 700 times (128 permutations at 0.5 give 25 bands of 5)."""
+    from datasketch import MinHashLSH
 
-    return _optimal_param(threshold_ppm / 1e6, perm, 0.5, 0.5)
+    lsh = MinHashLSH(threshold=threshold_ppm / 1e6, num_perm=perm)
+    return lsh.b, lsh.r
 
 
 class NearDuplicateIndex:

@@ -27,9 +27,9 @@ from node.app.config import DATASETS_DIR, PACT_FILE
 from node.app.datadir import load_pact_file
 from node.app.devnet import find_free_ports as free_ports
 from node.app.devnet import prepare_devnet, start_nodes, stop_nodes
-from node.data.audit.minhash import NearDuplicateIndex
-from node.data.audit.report import run_l0_audit
 from node.data.content import DatasetStore
+from node.data.l0.audit import run_l0_audit
+from node.data.l0.minhash import NearDuplicateIndex
 from node.sim.data import forge_clean, make_luhn_card
 from tests.node.app.test_devnet import client_of, reachable, wait_for
 
@@ -70,7 +70,7 @@ def fresh_python_file(pact: GenesisPact) -> bytes:
 
 
 def pii_file(rng: random.Random) -> tuple[bytes, list[str]]:
-    secrets = [f"jane.doe{i}@example.org" for i in range(5)] + [make_luhn_card(rng) for _ in range(3)]
+    secrets = [f"jane.doe{i}@fastmail.fm" for i in range(5)] + [make_luhn_card(rng) for _ in range(3)]
     lines = [f"Customer {i} wrote about the garden and the river on a quiet morning." for i in range(40)]
     for i, value in enumerate(secrets):
         lines[i * 4] += f" Contact: {value}"

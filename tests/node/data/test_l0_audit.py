@@ -149,7 +149,7 @@ def test_errors_never_quote_pii() -> None:
                              (f"a,b\n{value}\n".encode(), "csv"), (f'a,b\n"{value}"x,1\n'.encode(), "csv"),
                              (f"x = {value} +\n".encode(), "text/x-python"),
                              (f"x = '{value}\n".encode(), "text/x-python"),
-                             (f"{value} \xff\n".encode("utf-8", "surrogateescape"), "text")]:
-            report = audit(data.replace(b"\\xff", b"\xff"), format)
+                             (value.encode() + b" \xff\n", "text")]:
+            report = audit(data, format)
             assert report.parse_error, (format, data)
             assert value.encode() not in codec.encode(report) and value not in report.parse_error

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.data.l0.formats import FORMATS, MAX_ERROR, MAX_JSON_DEPTH, parse_records
+from node.data.l0.formats import FORMATS, MAX_ERROR, MAX_JSON_DEPTH, MAX_PYTHON_BYTES, parse_records
 
 LIMIT = 1 << 20
 
@@ -117,3 +117,8 @@ def test_invalid_format_named() -> None:
 def test_error_text_is_bounded() -> None:
     for data, format in [(b"x" * 10_000, "text/x-python"), (b"{" * 10_000, "jsonl"), (b"a,b\n" + b'"' * 999, "csv")]:
         assert len(parse(data, format)[1]) <= MAX_ERROR
+
+
+def test_invalid_python_too_large() -> None:
+    source = b"x = 1\n" * (MAX_PYTHON_BYTES // 6 + 1)
+    assert parse(source, "text/x-python") == ([], f"line 0: Python source larger than {MAX_PYTHON_BYTES} bytes")

@@ -8,7 +8,13 @@ import pytest
 
 from chain.params import AuditParams
 from chain.payloads import MAX_NEAR_DUPLICATES, NearDuplicate
-from node.data.l0.minhash import NearDuplicateIndex, compute_minhash, compute_shingles, estimate_similarity_ppm
+from node.data.l0.minhash import (
+    NearDuplicateIndex,
+    compute_lsh_bands,
+    compute_minhash,
+    compute_shingles,
+    estimate_similarity_ppm,
+)
 
 
 def audit_params(**changes: int) -> AuditParams:
@@ -109,3 +115,7 @@ def test_invalid_signatures_refused() -> None:
     with pytest.raises(ValueError):
         index.add("z", (1 << 32,) * 128)
     assert index.query(sig[:10]) == ()
+
+
+def test_lsh_bands_pinned() -> None:
+    assert compute_lsh_bands(500_000, 128) == (25, 5)   # a change moves which near-duplicates LSH finds

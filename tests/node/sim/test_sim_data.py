@@ -50,8 +50,8 @@ def test_every_kind_is_made_and_forging_clears_findings() -> None:
 
     from chain.unixfs import compute_dataset_cid
     from genesis.params import devnet_params
-    from node.data.audit.minhash import NearDuplicateIndex
-    from node.data.audit.report import run_l0_audit
+    from node.data.l0.audit import run_l0_audit
+    from node.data.l0.minhash import NearDuplicateIndex
 
     params = devnet_params().dataset
     rng = random.Random(1)
@@ -70,6 +70,6 @@ def test_every_kind_is_made_and_forging_clears_findings() -> None:
 
 
 def _signature(data: bytes, params) -> tuple[int, ...]:
-    from node.data.audit.report import compute_signature
+    from node.data.l0.audit import compute_signature
 
     return compute_signature(data, "text", params.audit)
