@@ -28,11 +28,11 @@ import trio
 
 from chain import codec
 from chain.crypto import PrivateKey
-from chain.dataset import compute_reputation_factor, get_voter, solve_pow
+from chain.dataset import compute_honeypot_commitment, compute_reputation_factor, get_voter, solve_pow
 from chain.pact import GenesisPact
 from chain.params import TIER_GOLD, TIER_NAMES
-from chain.payloads import AuditReport, AuditVerdict, QualityVote, SubmitDataset
-from chain.records import STATUS_APPROVED, STATUS_NAMES, DatasetRecord, dataset_key
+from chain.payloads import AuditReport, AuditVerdict, QualityVote, RevealHoneypot, SubmitDataset
+from chain.records import STATUS_APPROVED, STATUS_NAMES, STATUS_REJECTED, DatasetRecord, dataset_key, honeypot_key
 from chain.state import Overlay, State
 from chain.store import ChainStore
 from chain.types import CHAIN_DATASET, Transaction
@@ -43,6 +43,7 @@ from node.data.l0.audit import run_l0_audit
 from node.data.service import DataService
 from node.data.transfer import ContentService, fetch_dataset, run_inline
 from node.engine.engine import Engine
+from node.sim.honeypots import make_honeypots
 from node.sim.workload import Client, sign
 
 KINDS = ("clean", "clean", "clean", "clean", "pii", "toxic", "near-duplicate")
@@ -118,6 +119,9 @@ class DataWorld:
     clean_contents: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(submission, content) of the clean datasets submitted."""
     services: dict[str, DataService] = field(default_factory=dict)
+    honeypots: dict[bytes, str] = field(default_factory=dict)
+    """Submission -> CID of the honeypots submitted."""
+    revealed: set[bytes] = field(default_factory=set)
     stores: dict[str, DatasetStore] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,6 +156,49 @@ class DataWorld:
         self.services[name] = service
         await nursery.start(service.run)
 
+    def submit_honeypot(self, cluster: Any, client: Client, host: str) -> Transaction | None:
+        """The next honeypot not submitted yet, with its real report, like any other dataset
+        (None: all are submitted, or no node is up)."""
+        store = cluster.reference_store()
+        pending = [h for h in make_honeypots() if h.cid not in self.honeypots.values()]
+        if store is None or not pending:
+            return None
+        h = pending[0]
+        tx = self._sign_submission(store.state(CHAIN_DATASET), client, h.data, h.cid, forge=False)
+        self.store_of(host).put_verified(h.cid, h.data)
+        self.honeypots[tx.hash()] = h.cid
+        self.submitted[tx.hash()] = Submitted("honeypot", h.cid, tx.hash(), host)
+        return tx
+
+    def reveal_honeypots(self, cluster: Any, operator: Client) -> list[Transaction]:
+        """RevealHoneypot for each honeypot whose votes closed and whose label is not revealed yet."""
+        store = cluster.reference_store()
+        if store is None:
+            return []
+        state = store.state(CHAIN_DATASET)
+        by_cid = {h.cid: h for h in make_honeypots()}
+        out = []
+        for sub, cid in self.honeypots.items():
+            h = by_cid[cid]
+            rec = Overlay(state).get_record(dataset_key(sub), DatasetRecord)
+            if rec is None or rec.status not in (STATUS_APPROVED, STATUS_REJECTED) or sub in self.revealed:
+                continue
+            if state.get(honeypot_key(compute_honeypot_commitment(cid, h.tier, h.salt))) is not None:
+                continue
+            self.revealed.add(sub)
+            out.append(sign(operator, RevealHoneypot(sub, h.tier, h.salt), CHAIN_DATASET))
+        return out
+
+    def _sign_submission(self, state: State, client: Client, data: bytes, cid: str, forge: bool) -> Transaction:
+        params = self.pact.params.dataset
+        report = run_l0_audit(data, cid=cid, format="text", anchor_height=state.height, params=params.audit,
+                              index=self.held.index_at(state, state.height))
+        if forge:
+            report = forge_clean(report)
+        nonce = solve_pow(self.pact.network_id, client.key.address, cid, state.head, params.pow_difficulty_bits)
+        payload = SubmitDataset(cid, len(data), "text", "CC-BY-4.0", state.height, state.head, nonce, report)
+        return sign(client, payload, CHAIN_DATASET)
+
     def submit(self, cluster: Any, client: Client, host: str, rng: random.Random) -> Transaction | None:
         """One dataset of a drawn kind from `client`, content held by `host`: the signed
         submission (None: no node is up to anchor it on)."""
@@ -167,14 +214,7 @@ class DataWorld:
             kind = "clean"
         data = make_content(kind, rng, held)
         cid = compute_dataset_cid(data)
-        params = self.pact.params.dataset
-        report = run_l0_audit(data, cid=cid, format="text", anchor_height=state.height, params=params.audit,
-                              index=self.held.index_at(state, state.height))
-        if kind in BAD_KINDS:
-            report = forge_clean(report)
-        nonce = solve_pow(self.pact.network_id, client.key.address, cid, state.head, params.pow_difficulty_bits)
-        payload = SubmitDataset(cid, len(data), "text", "CC-BY-4.0", state.height, state.head, nonce, report)
-        tx = sign(client, payload, CHAIN_DATASET)
+        tx = self._sign_submission(state, client, data, cid, forge=kind in BAD_KINDS)
         self.store_of(host).put_verified(cid, data)
         if kind == "clean":
             self.clean_contents.append((tx.hash(), data))
@@ -206,7 +246,9 @@ class DataWorld:
                 problems.append(f"honest validators' report of the honest dataset {s.cid} is not the submitted one")
         factors = {name: compute_reputation_factor(get_voter(Overlay(state), svc.key.address), self.pact.params.dataset)
                    for name, svc in self.services.items() if svc.key is not None}
+        revealed = sum(state.get(honeypot_key(c)) is not None for c in self.pact.params.dataset.honeypots)
         return {"ok": not problems, "problems": problems[:20], "outcomes": dict(sorted(outcomes.items())),
+                "honeypots_revealed": revealed,
                 "reputation_ppm": dict(sorted(factors.items()))}
 
 

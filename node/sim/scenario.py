@@ -21,6 +21,7 @@ from genesis.learningkit import LearningWorld
 from genesis.learningkit import make_learning_world as make_world
 from genesis.params import devnet_params
 from genesis.testkit import TINY_MODEL
+from node.sim.honeypots import commitments, make_honeypots
 
 FAULT_KINDS = ("crash", "partition", "loss", "reorder", "duplicate", "skew")
 BYZANTINE_KINDS = ("equivocate", "invalid_proposals", "withhold_votes", "silent", "spam")
@@ -133,7 +134,7 @@ def make_sim_pact(cfg: SimConfig) -> tuple[GenesisPact, list[crypto.PrivateKey],
     params = replace(devnet, staking=replace(
         devnet.staking, epoch_length=cfg.epoch_length,
         unbonding_period=max(cfg.epoch_length, devnet.staking.unbonding_period),
-    ), dataset=replace(devnet.dataset, pow_difficulty_bits=SIM_POW_BITS))
+    ), dataset=replace(devnet.dataset, pow_difficulty_bits=SIM_POW_BITS, honeypots=commitments(make_honeypots())))
     model, tensors, datasets = TINY_MODEL, (SIM_EXPERT,), ()
     contributors = [key for _, key in make_contributor_keys(cfg)]
     if cfg.learning:

@@ -257,12 +257,22 @@ class Simulation:
                 w.submit_transfer(self, client, rng)
             if now >= resubmit_at:
                 resubmit_at = now + RESUBMIT_EVERY_S
+                self._reveal_honeypots(rng)
                 w.resubmit(self, rng)
         # Keep resubmitting what is not final yet, as a wallet would, until the run ends; the
         # validators' data services keep auditing and voting on their own.
         while trio.current_time() < cfg.duration - QUIET_END_S:
             await trio.sleep(RESUBMIT_EVERY_S)
+            if trio.current_time() < stop:
+                self._reveal_honeypots(rng)
             w.resubmit(self, rng)
+
+    def _reveal_honeypots(self, rng: random.Random) -> None:
+        """The honeypot operator (the first client) reveals the labels of decided honeypots."""
+        operator = self.workload.clients[0]
+        for tx in self.data.reveal_honeypots(self, operator):
+            self.workload.track(operator, tx)
+            self.submit(tx, rng)
 
     def _submit_dataset(self, client: Any, rng: random.Random) -> None:
         """A contributor's dataset: its content held by a live honest node (its own node, which
@@ -271,7 +281,7 @@ class Simulation:
         if not live:
             return
         host = live[rng.randrange(len(live))]
-        tx = self.data.submit(self, client, host.name, rng)
+        tx = self.data.submit_honeypot(self, client, host.name) or self.data.submit(self, client, host.name, rng)
         if tx is not None:
             self.workload.track(client, tx)
             self.workload.datasets.append(tx.hash())

@@ -1,6 +1,6 @@
 """Data quality in the simulator: real content, the real L0 audit and L1 score on every
-validator, forged reports caught, and validators that rubber-stamp or vote at random losing
-reputation."""
+validator, forged reports caught, honeypots submitted and revealed, and validators that
+rubber-stamp or vote at random losing reputation."""
 
 from __future__ import annotations
 
@@ -27,8 +27,11 @@ def test_forged_reports_are_rejected_and_rubber_stamps_lose_weight() -> None:
     outcomes = _decided(report)
     approved_bad = {k: n for k, n in outcomes.items() if k.split(":")[0] in BAD_KINDS and ":approved" in k}
     assert not approved_bad, outcomes
-    assert any(k.startswith("clean:approved") for k in outcomes), outcomes
     assert any(k.split(":")[0] in BAD_KINDS and k.endswith(":rejected") for k in outcomes), outcomes
+    # the honeypots are submitted first, decided, and their labels revealed (one is silver: the
+    # rubber stamp's gold on it is graded wrong)
+    assert report["datasets"]["honeypots_revealed"] == 3, report["datasets"]
+    assert outcomes.get("honeypot:approved/silver") == 1, outcomes
     rep = report["datasets"]["reputation_ppm"]
     stamp = rep["n0"]
     honest = [v for name, v in rep.items() if name != "n0"]
@@ -43,6 +46,16 @@ def test_random_voters_lose_weight_and_the_run_replays() -> None:
     assert first["digest"] == second["digest"] and first["datasets"] == second["datasets"]
     rep = first["datasets"]["reputation_ppm"]
     assert rep["n0"] < min(v for name, v in rep.items() if name != "n0"), rep
+
+
+def test_honeypot_labels_are_what_the_reference_score_gives() -> None:
+    from genesis.params import devnet_params
+    from node.sim.honeypots import label_of, make_honeypots
+
+    honeypots = make_honeypots()
+    assert len({h.cid for h in honeypots}) == 3
+    assert {h.tier for h in honeypots} - {3}, "some label must not be gold (a rubber stamp's vote)"
+    assert all(label_of(h.data, devnet_params().dataset) == h.tier for h in honeypots)
 
 
 def test_every_kind_is_made_and_forging_clears_findings() -> None:
