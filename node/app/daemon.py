@@ -207,8 +207,8 @@ async def start_data(nursery: trio.Nursery, engine: Engine, key: PrivateKey, exp
     content = ContentService(pact.network_id, store)
     content.register(engine.network)
     get_blob = blob_getter(experts.blobs)
-    held = await trio.to_thread.run_sync(lambda: HeldDatasets.from_genesis(pact, get_blob,
-                                                                           data_dir / GENESIS_MINHASH_FILE))
+    held = HeldDatasets(pact.params.dataset.audit, None)  # audits wait for the genesis signatures
+    nursery.start_soon(held.load_genesis, pact, get_blob, data_dir / GENESIS_MINHASH_FILE)
     ipfs = IpfsClient(config.ipfs.api, timeout=config.ipfs.timeout_s) if config.ipfs.api else None
     pin = None if ipfs is None else (lambda cid, data: ipfs.pin_content(cid, data))
     max_size = pact.params.dataset.max_dataset_bytes

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import trio
+
 from chain import codec
 from chain.errors import BlyanError
 from chain.pact import GenesisPact
@@ -39,10 +41,22 @@ GetBlob = Callable[[bytes], bytes]
 class HeldDatasets:
     """Signatures of the genesis datasets, and indexes of what the chain held at a height."""
 
-    def __init__(self, params: AuditParams, genesis: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+    def __init__(self, params: AuditParams, genesis: Sequence[tuple[str, tuple[int, ...]]] | None = ()) -> None:
         self.params = params
-        self.genesis = tuple(genesis)
+        self.genesis = tuple(genesis or ())
+        self.ready = trio.Event()
+        """Set once the genesis signatures are known (`index_at` must wait for it)."""
+        if genesis is not None:
+            self.ready.set()
         self._indexes: OrderedDict[tuple[int, bytes], NearDuplicateIndex] = OrderedDict()
+
+    async def load_genesis(self, pact: GenesisPact, get_blob: GetBlob, cache_file: Path | None = None) -> None:
+        """Compute (or read) the genesis signatures in a worker thread, then set `ready`: a
+        daemon starts without waiting for them."""
+        loaded = await trio.to_thread.run_sync(lambda: HeldDatasets.from_genesis(pact, get_blob, cache_file))
+        self.genesis = loaded.genesis
+        self._indexes.clear()
+        self.ready.set()
 
     @classmethod
     def from_genesis(cls, pact: GenesisPact, get_blob: GetBlob, cache_file: Path | None = None) -> HeldDatasets:
@@ -67,7 +81,9 @@ class HeldDatasets:
 
     def index_at(self, state: State, anchor_height: int) -> NearDuplicateIndex:
         """The index of the datasets held at `anchor_height` (`state`: the dataset chain at or
-        above it). Scans the dataset records once per anchor; cached."""
+        above it). Scans the dataset records once per anchor; cached. Only once `ready`."""
+        if not self.ready.is_set():
+            raise RuntimeError("the genesis signatures are not loaded yet: await held.ready.wait() first")
         key = (anchor_height, state.root if state.height <= anchor_height else b"")
         index = self._indexes.get(key)
         if index is not None:

@@ -210,6 +210,7 @@ class DataService:
 
     async def _audit(self, work: Work, rec: DatasetRecord, state: State) -> None:
         data = await self._content(rec)
+        await self.held.ready.wait()
         index = self.held.index_at(state, rec.anchor_height)
         params = self.node.store.pact.params.dataset
 
@@ -231,6 +232,7 @@ class DataService:
         data = await self._content(rec)
         params = self.node.store.pact.params.dataset
         if work.report is None:  # audited by the others before this validator got to it
+            await self.held.ready.wait()
             index = self.held.index_at(state, rec.anchor_height)
             work.report = await self._run(lambda: run_l0_audit(
                 data, cid=rec.cid, format=rec.format, anchor_height=rec.anchor_height, params=params.audit,

@@ -189,6 +189,7 @@ class DatasetSubmissions:
         if state.get(cid_key(job.cid)) is not None:
             raise DatasetRefused(f"{job.cid} is on the chain already")
         anchor_height, anchor_hash = state.height, state.head
+        await self.held.ready.wait()
         index = self.held.index_at(state, anchor_height)
 
         def progress(stage: str, fraction: float) -> None:

@@ -5,7 +5,13 @@
     csv              a header row, then rows of the header's width; record = the row, canonical
     text/x-python    `ast.parse`; records = the source of each top-level statement
 
-Errors name a line and a reason, never the content (it may hold personal data).
+Errors name a line and a reason, never the content (it may hold personal data); an error text
+is also passed through `pii.redact` and cut to MAX_ERROR UTF-8 bytes.
+
+What may parse does not depend on the process: JSON nested deeper than MAX_JSON_DEPTH is refused
+before the parser (whose recursion limit counts the caller's stack too), the CSV field limit is
+set to the record limit, and the Python parser's warnings are ignored (under `-W error` an
+invalid escape would otherwise be a syntax error).
 """
 
 from __future__ import annotations
@@ -13,11 +19,25 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import itertools
 import json
+import re
+import threading
+import warnings
 from dataclasses import dataclass, field
+
+from node.data.audit.pii import redact
 
 FORMATS = ("text", "markdown", "jsonl", "csv", "text/x-python")
 MAX_ERROR = 256
+"""UTF-8 bytes of an error text (`AuditReport.parse_error`)."""
+MAX_JSON_DEPTH = 256
+"""Deepest nesting of arrays and objects in a JSON line."""
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_PY_NEWLINE = re.compile(r"\r\n|\r|\n")
+"""Line ends as Python's tokenizer reads them (its line numbers count these)."""
+_process_state = threading.Lock()
+"""Held while the process-wide csv field limit and warning filters are changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +49,8 @@ class Parsed:
 
 
 def _fail(message: str) -> Parsed:
-    return Parsed([], message[:MAX_ERROR])
+    cut = redact(message).encode()[:MAX_ERROR].decode("utf-8", errors="ignore")
+    return Parsed([], cut)
 
 
 def _decode(data: bytes) -> tuple[str | None, str]:
@@ -91,6 +112,8 @@ def _jsonl(text: str, limit: int) -> list[str]:
         if not line.strip():
             continue
         _check_size(line, number, limit)
+        if _json_depth(line) > MAX_JSON_DEPTH:
+            raise _ParseError(f"line {number}: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
         try:
             obj = json.loads(line)
         except RecursionError as err:
@@ -101,13 +124,35 @@ def _jsonl(text: str, limit: int) -> list[str]:
         if not isinstance(obj, dict):
             raise _ParseError(f"line {number}: a JSON {type(obj).__name__}, not an object")
         try:
-            out.append(json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+            record = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            record.encode()
+        except UnicodeEncodeError as err:
+            raise _ParseError(f"line {number}: a string holds an unpaired surrogate escape") from err
         except (RecursionError, ValueError) as err:
             raise _ParseError(f"line {number}: cannot be written back canonically") from err
+        out.append(record)
     return out
 
 
+def _json_depth(line: str) -> int:
+    """An upper bound of the nesting of a JSON line: exact when it is JSON (brackets in strings
+    do not count), else at least what the parser would reach before its error."""
+    if line.count("[") + line.count("{") <= MAX_JSON_DEPTH:
+        return 0
+    brackets = re.sub(r"[^][{}]", "", _JSON_STRING.sub("", line))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+
 def _csv(text: str, limit: int) -> list[str]:
+    with _process_state:
+        previous = csv.field_size_limit(limit)  # a longer field makes a longer record
+        try:
+            return _csv_rows(text, limit)
+        finally:
+            csv.field_size_limit(previous)
+
+
+def _csv_rows(text: str, limit: int) -> list[str]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     out: list[str] = []
     width = None
@@ -126,6 +171,8 @@ def _csv(text: str, limit: int) -> list[str]:
             _check_size(record, reader.line_num, limit)
             out.append(record)
     except csv.Error as err:
+        if "field larger than field limit" in str(err):
+            raise _ParseError(f"line {reader.line_num}: record longer than {limit} bytes") from err
         raise _ParseError(f"line {reader.line_num}: malformed CSV ({str(err)[:60]})") from err
     if width is None:
         raise _ParseError("no header row")
@@ -134,14 +181,16 @@ def _csv(text: str, limit: int) -> list[str]:
 
 def _python(text: str, limit: int) -> list[str]:
     try:
-        tree = ast.parse(text)
+        with _process_state, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text)
     except SyntaxError as err:
-        raise _ParseError(f"line {err.lineno}: Python syntax error ({(err.msg or '')[:80]})") from err
+        raise _ParseError(f"line {err.lineno}: Python syntax error ({redact(err.msg or '')[:80]})") from err
     except (RecursionError, MemoryError) as err:
         raise _ParseError("nested too deeply for the Python parser") from err
     except ValueError as err:
         raise _ParseError(f"not Python source ({str(err)[:80]})") from err
-    lines = text.split("\n")
+    lines = _PY_NEWLINE.split(text)
     out = []
     for node in tree.body:
         start, end = node.lineno, getattr(node, "end_lineno", None) or node.lineno

@@ -103,8 +103,9 @@ class NearDuplicateIndex:
         return len(self._signatures)
 
     def add(self, cid: str, signature: Sequence[int]) -> None:
-        """Hold `cid` (once; a signature of another length than the network's is ignored)."""
-        if cid in self._signatures or len(signature) != self.params.minhash_perm:
+        """Hold `cid` (once; a signature of another length than the network's, or with a value
+        that is not a 32-bit unsigned integer, is ignored)."""
+        if cid in self._signatures or not _is_signature(signature, self.params.minhash_perm):
             return
         from datasketch import MinHash
 
@@ -114,7 +115,7 @@ class NearDuplicateIndex:
 
     def query(self, signature: Sequence[int]) -> tuple[NearDuplicate, ...]:
         """Held datasets at or above the LSH threshold, most similar first, at most MAX_NEAR_DUPLICATES."""
-        if len(signature) != self.params.minhash_perm or not self._signatures:
+        if not self._signatures or not _is_signature(signature, self.params.minhash_perm):
             return ()
         from datasketch import MinHash
 
@@ -127,3 +128,7 @@ class NearDuplicateIndex:
                 found.append(NearDuplicate(cid, sim))
         found.sort(key=lambda n: (-n.similarity_ppm, n.cid))
         return tuple(found[:MAX_NEAR_DUPLICATES])
+
+
+def _is_signature(signature: Sequence[int], perm: int) -> bool:
+    return len(signature) == perm and all(type(v) is int and 0 <= v < 1 << 32 for v in signature)

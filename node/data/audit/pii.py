@@ -1,13 +1,13 @@
 """Personal data in a text: where it is, what kind, and salted hashes of the values.
 
-Kinds: email, phone (through `phonenumbers`, region US, leniency VALID), ip (global IPv4 and
-IPv6 only: private, loopback and documentation ranges are not personal), card (13-19 digits
-with an issuer prefix and a valid Luhn digit), iban (mod-97), national-id (US SSN outside the
-never-issued ranges), api-key (AWS, GitHub, Slack, Google, OpenAI-style `sk-`), private-key (PEM
-headers). A value is normalised (lower-case e-mail, E.164 phone, digits of a card...) and
-hashed as sha256(salt, kind, 0, value), the salt being derived from the dataset's CID: the
-report carries counts and hashes, never a value. `redact` replaces each finding by
-`[REDACTED:<kind>]`.
+Kinds: email, phone (through `phonenumbers`, region US, leniency VALID), ip (global IPv4, and
+global IPv6 in 2000::/3, compressed forms included: private, loopback and documentation ranges
+are not personal), card (13-19 digits with an issuer prefix and a valid Luhn digit), iban
+(mod-97), national-id (US SSN outside the never-issued ranges), api-key (AWS, GitHub, Slack,
+Google, OpenAI-style `sk-`), private-key (PEM headers). A value is normalised (lower-case
+e-mail, E.164 phone, digits of a card...) and hashed as sha256(salt, kind, 0, value), the salt
+being derived from the dataset's CID: the report carries counts and hashes, never a value.
+`redact` replaces each finding by `[REDACTED:<kind>]`.
 
 Regular expressions run over the whole text (not line by line in Python); the phone matcher,
 the slow one, only sees spans that hold seven digits or more. Each pattern starts with a character
@@ -15,6 +15,7 @@ class (its leading look-behind moved after the first character, an equivalent re
 regex engine skips ahead to the characters a match can start with instead of trying every
 position; the e-mail pattern runs only in windows around each '@'. The matches are exactly those
 of the plain patterns over the whole text (`tests/node/data/test_audit.py` checks both forms).
+Claimed spans are kept sorted, so a dataset with many findings is not quadratic in them.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ _EMAIL_DOMAIN_RUN = re.compile(r"[A-Za-z0-9.-]*")
 # `(?<!X)c...` is written `c(?<!X.)...` (the same condition on the character before the match)
 # so that the pattern starts with a character class: see the module docstring.
 _IPV4 = re.compile(r"\d(?<![\d.].)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\d.])")
-_IPV6 = re.compile(
-    r"[0-9A-Fa-f](?<![:\w].)[0-9A-Fa-f]{0,3}:(?:[0-9A-Fa-f]{1,4}:){1,6}(?::|[0-9A-Fa-f]{1,4})(?![:\w])")
+_IPV6 = re.compile(r"[0-9A-Fa-f:](?<![:\w].)[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*(?![:\w])")
+"""A whole run of hex digits and colons, with a colon in its first six characters (compressed
+forms such as 2001:db8::1 included); `ipaddress` decides whether it is an address."""
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+"""The only IPv6 range handed out for global unicast: `ipaddress` calls 1::2 global too, and
+slices such as x[1::2] would count."""
 _CARD = re.compile(r"[3-6](?<![\d-].)\d(?:[ -]?\d){11,17}(?![\d-])")
 _IBAN = re.compile(r"[A-Z](?<!\w.)[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 # (?!000|666|9\d\d)\d{3}: a first digit other than 9, then neither 000 nor 666 behind.
@@ -92,6 +97,8 @@ def _global_ip(text: str) -> str | None:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
+        return None
+    if ip.version == 6 and ip not in _IPV6_GLOBAL_UNICAST:
         return None
     return ip.compressed if ip.is_global else None
 
