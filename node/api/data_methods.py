@@ -103,21 +103,22 @@ def get_dataset(services: Services, args: dict[str, Any]) -> dict[str, Any] | No
 
 
 def list_datasets(services: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dataset chain's datasets, newest first, at most `limit` (genesis ones last)."""
     status = args.get("status")
     if status is not None and status not in STATUS_NAMES.values():
         raise bad_params(f"status is one of {', '.join(STATUS_NAMES.values())}")
+    limit = args.get("limit", MAX_LISTED)
+    if type(limit) is not int or not 1 <= limit <= MAX_LISTED:
+        raise bad_params(f"limit must be an integer in [1, {MAX_LISTED}]")
     state = services.node.store.state(CHAIN_DATASET)
-    out = []
+    found = []
     for key, raw in state.items():
-        if not is_dataset_key(key):
-            continue
-        rec = codec.decode(DatasetRecord, raw)
-        if status is None or STATUS_NAMES.get(rec.status) == status:
-            out.append(describe_dataset(key[1:], rec, services, brief=True))
-        if len(out) >= MAX_LISTED:
-            break
-    out.sort(key=lambda d: (d["submitted_height"], d["cid"]))
-    return out
+        if is_dataset_key(key):
+            rec = codec.decode(DatasetRecord, raw)
+            if status is None or STATUS_NAMES.get(rec.status) == status:
+                found.append((rec.submitted_height, rec.cid, key[1:], rec))
+    found.sort(key=lambda f: (-f[0], f[1]))
+    return [describe_dataset(sub, rec, services, brief=True) for _, _, sub, rec in found[:limit]]
 
 
 def describe_dataset(submission: bytes, rec: DatasetRecord, services: Services, brief: bool = False) -> dict[str, Any]:

@@ -162,8 +162,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "and tier votes, and what this validator computed of it.", (
         Param("cid", {"type": "string"}, "Dataset CID."),
     ), {"oneOf": [{"type": "null"}, {"type": "object"}]}, get_dataset),
-    Method("blyan_listDatasets", "The datasets of the dataset chain (genesis ones included), by height.", (
+    Method("blyan_listDatasets", "The datasets of the dataset chain, newest first (genesis ones last), at most "
+           "`limit`.", (
         Param("status", {"type": "string"}, "pending, audited, voted, approved or rejected.", False),
+        Param("limit", {"type": "integer", "minimum": 1, "maximum": 256}, "At most this many (default 256).", False),
     ), {"type": "array", "items": {"type": "object"}}, list_datasets),
     Method("blyan_getLineage", "Provenance of an expert's head, a dataset or a claim: datasets -> training "
            "manifest -> delta claim -> block versions, with contributors; a plain graph, or JSON-LD with W3C PROV-O "

@@ -91,6 +91,16 @@ def dataset_submit(client: RPCClient, data_dir: Path | None, file: Path, fmt: st
                    f"`blyan dataset status {job['cid']}`")
 
 
+STAGES = ("queued", "audit", "work", "submit", "submitted")
+
+
+def _between(old: str, new: str) -> tuple[str, ...]:
+    """The stages a job went through strictly between two polls."""
+    if old not in STAGES or new not in STAGES:
+        return ()
+    return STAGES[STAGES.index(old) + 1:STAGES.index(new)]
+
+
 def _follow(client: RPCClient, job: dict[str, Any], show: Any) -> dict[str, Any]:
     """Poll the job until it is submitted or refused, one progress line per stage."""
     stage = job["stage"]
@@ -101,11 +111,13 @@ def _follow(client: RPCClient, job: dict[str, Any], show: Any) -> dict[str, Any]
         time.sleep(POLL_S)
         job = client.call("blyan_getDatasetJob", {"job": job["job"]}) or job
         if job["stage"] != stage:
-            if stage in ("audit", "work"):
-                show(_bar(stage, 1.0) + "\n")
+            for done in ("audit", "work"):  # a stage may start and end between two polls
+                if done in (stage, *_between(stage, job["stage"])):
+                    show(_bar(done, 1.0) + "\n")
             stage = job["stage"]
         if stage in ("audit", "work"):
             show(_bar(stage, job["fraction"]))
+    show("\n")
     return job
 
 
@@ -139,14 +151,19 @@ def dataset_status(client: RPCClient, data_dir: Path | None, cid: str, as_json: 
 
 @dataset.command("list")
 @click.option("--status", type=click.Choice(["pending", "audited", "voted", "approved", "rejected"]))
+@click.option("--limit", type=click.IntRange(1, 256), default=20, show_default=True, help="Newest first.")
 @rpc_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def dataset_list(client: RPCClient, data_dir: Path | None, status: str | None, as_json: bool) -> None:
-    """The datasets on the dataset chain (genesis ones included)."""
-    rows = client.call("blyan_listDatasets", {"status": status} if status else {})
+def dataset_list(client: RPCClient, data_dir: Path | None, status: str | None, limit: int, as_json: bool) -> None:
+    """The datasets on the dataset chain, newest first (genesis ones last)."""
+    args: dict[str, Any] = {"limit": limit}
+    if status:
+        args["status"] = status
+    rows = client.call("blyan_listDatasets", args)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['cid']}  {r['status']:<9} {r['tier']:<12} {r['size']:>10}  {r['format']}")
-    click.echo(f"{len(rows)} datasets")
+        click.echo(f"{r['cid']}  {r['status']:<9} {r['tier']:<12} {r['size']:>10}  {r['format']:<14} "
+                   f"height {r['submitted_height']}")
+    click.echo(f"{len(rows)} shown (newest first; --limit for more)")
