@@ -8,7 +8,8 @@ Pure and synchronous: the same bytes, CID, format, anchor, parameters and held s
 `codec.encode(report)` on every machine and in every run (AUDIT_VERSION names this program; its
 outcome also rests on the pinned releases of phonenumbers, datasketch and alt-profanity-check,
 and on Python's parser for text/x-python). Content that does not parse still gets a report: its
-`parse_error` set and no other figure.
+`parse_error` set (passed through `redact_text`, in case a parser's message quoted personal data,
+and cut to MAX_ERROR UTF-8 bytes) and no other figure.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 from chain.params import AuditParams
 from chain.payloads import MAX_PII_KINDS, AuditReport
-from node.data.l0.formats import parse_records
+from node.data.l0.formats import error_text, parse_records
 from node.data.l0.minhash import NearDuplicateIndex, compute_minhash
-from node.data.l0.pii import find_pii, summarise_pii
+from node.data.l0.pii import find_pii, redact_text, summarise_pii
 from node.data.l0.toxicity import count_toxic
 
 AUDIT_VERSION = "blyan-l0/1"
@@ -48,7 +49,8 @@ def run_l0_audit(data: bytes, *, cid: str, format: str, anchor_height: int, para
     if parsed.error:
         step("done", 1.0)
         return AuditReport(cid=cid, size=len(data), auditor=auditor, format=format, anchor_height=anchor_height,
-                           records=0, parse_error=parsed.error, pii=(), toxicity_sampled=0, toxicity_flagged=0,
+                           records=0, parse_error=error_text(redact_text(parsed.error)), pii=(),
+                           toxicity_sampled=0, toxicity_flagged=0,
                            duplicate_records=0, near_duplicates=(), minhash=())
     records = parsed.records
     step("pii", 0.15)

@@ -102,7 +102,7 @@ class NearDuplicateIndex:
         """Hold `cid`. Adding it again with the same signature changes nothing; with another one,
         or a signature not of `minhash_perm` values below 2**32, raises ValueError."""
         sig = tuple(int(v) for v in signature)
-        if len(sig) != self.params.minhash_perm or not all(0 <= v < 1 << 32 for v in sig):
+        if not _is_signature(sig, self.params.minhash_perm):
             raise ValueError(f"signature of {cid!r} is not {self.params.minhash_perm} 32-bit values")
         held = self._signatures.get(cid)
         if held is not None:
@@ -113,9 +113,10 @@ class NearDuplicateIndex:
         self._lsh.insert(cid, _as_minhash(sig))
 
     def query(self, signature: Sequence[int]) -> tuple[NearDuplicate, ...]:
-        """Held datasets at or above `lsh_threshold_ppm`, by (-similarity, CID), at most MAX_NEAR_DUPLICATES."""
+        """Held datasets at or above `lsh_threshold_ppm`, by (-similarity, CID), at most MAX_NEAR_DUPLICATES;
+        none for a signature that is not of `minhash_perm` values below 2**32 (no held one can be near it)."""
         sig = tuple(int(v) for v in signature)
-        if len(sig) != self.params.minhash_perm or not self._signatures:
+        if not self._signatures or not _is_signature(sig, self.params.minhash_perm):
             return ()
         found = []
         for cid in self._lsh.query(_as_minhash(sig)):
@@ -124,6 +125,10 @@ class NearDuplicateIndex:
                 found.append(NearDuplicate(cid, similarity))
         found.sort(key=lambda n: (-n.similarity_ppm, n.cid))
         return tuple(found[:MAX_NEAR_DUPLICATES])
+
+
+def _is_signature(sig: tuple[int, ...], perm: int) -> bool:
+    return len(sig) == perm and all(0 <= v < 1 << 32 for v in sig)
 
 
 @functools.lru_cache(maxsize=16)
