@@ -1,4 +1,4 @@
-"""CLI verbs of dataset contributors: `blyan dataset cid|submit|status|list`.
+"""CLI verbs of dataset contributors: `blyan dataset cid|redact|submit|status|list`.
 
 `submit` sends the file to the contributor's node in chunks over its RPC, and the node computes
 the CID, runs the L0 audit, does the proof of work and submits; the command shows each stage's
@@ -46,6 +46,31 @@ def dataset() -> None:
 def dataset_cid(file: Path) -> None:
     """The CID of FILE as `ipfs add --cid-version 1 --raw-leaves` gives it."""
     click.echo(compute_dataset_cid(file.read_bytes()))
+
+
+@dataset.command("redact")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--format", "fmt", required=True, help="The format the file will be submitted as.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the redacted copy (never over FILE).")
+def dataset_redact(file: Path, fmt: str, out: Path) -> None:
+    """A copy of FILE with each personal-data finding the L0 audit counts replaced by
+    [REDACTED:<kind>]; prints the counts by kind (never the values)."""
+    from node.data.l0.pii import find_pii, redact
+
+    if out.resolve() == file.resolve():
+        _fail("--out must be another file than FILE")
+    data = file.read_bytes()
+    try:
+        redacted = redact(data, fmt)
+    except ValueError as err:
+        _fail(str(err))
+    counts: dict[str, int] = {}
+    for f in find_pii(data.decode("utf-8", errors="surrogateescape")):
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    out.write_bytes(redacted)
+    found = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing"
+    click.echo(f"redacted {found}; wrote {out} ({len(redacted)} bytes, CID {compute_dataset_cid(redacted)})")
 
 
 def _bar(label: str, fraction: float, width: int = 24) -> str:
