@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from multiaddr import Multiaddr
 
 from chain.errors import ConfigError
 from p2p.network import ScoreConfig
+
+MIN_TARGET_PEERS = 2
+"""Floor of `target_peers`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,20 @@ class Libp2pConfig:
     """Seconds a message id is remembered, so that a message is handled once."""
     score: ScoreConfig = ScoreConfig()
     """Penalty decay and ban threshold."""
+    target_peers: int = 8
+    """Connections discovery keeps (dialling peers it learned by peer exchange while below);
+    at least `MIN_TARGET_PEERS`."""
+    max_peers: int = 40
+    """Connections above which the newest inbound peers are hung up on."""
+    pex_interval_s: float = 30.0
+    """Seconds between routine peer exchanges (more often while below `target_peers`)."""
+    pex_protocol: str = "/blyan/pex/1"
+    """Request protocol of peer exchange (the daemon namespaces it by network id)."""
+    peers_file: Path | None = None
+    """Where the address book is kept across restarts (None: not kept)."""
+    external_addrs: tuple[str, ...] = ()
+    """TCP multiaddrs (no `/p2p/`) advertised to peers besides the listen address, for a node
+    behind NAT or listening on 0.0.0.0."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, bytes) or len(self.seed) != 32:
@@ -64,7 +82,7 @@ class Libp2pConfig:
             parse_peer_addr("bootstrap", addr)
         for name in (
             "handshake_timeout", "request_timeout", "dial_timeout", "redial_interval_s",
-            "maintenance_interval_s",
+            "maintenance_interval_s", "pex_interval_s",
             "shutdown_timeout", "gossip_heartbeat_s", "gossip_handler_timeout",
         ):
             value = getattr(self, name)
@@ -78,6 +96,20 @@ class Libp2pConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.gossip_degree_low <= self.gossip_degree <= self.gossip_degree_high:
             raise ConfigError("gossip degrees must satisfy 0 < low <= degree <= high")
+        if self.target_peers < MIN_TARGET_PEERS:
+            raise ConfigError(
+                f"target_peers must be >= {MIN_TARGET_PEERS} (one peer is a single point of "
+                f"failure), got {self.target_peers}"
+            )
+        if self.max_peers < self.target_peers:
+            raise ConfigError(
+                f"max_peers ({self.max_peers}) must be >= target_peers ({self.target_peers})"
+            )
+        for addr in self.external_addrs:
+            parsed = parse_multiaddr("external", addr)
+            names = [p.name for p in parsed.protocols()]
+            if "tcp" not in names or "p2p" in names:
+                raise ConfigError(f"external address {addr!r} must be TCP, without /p2p/")
 
     @classmethod
     def for_tests(

@@ -44,16 +44,18 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 from multiaddr import Multiaddr
 
 from p2p.libp2p_config import Libp2pConfig
+from p2p.libp2p_discovery import Discovery, DiscoveryConfig, bootstrap_entries
 from p2p.libp2p_guard import GuardedPubsub, PeerNotifee, get_stream_peer, guard_stream_handler
 from p2p.libp2p_peers import PeerConnections
 from p2p.libp2p_reqresp import FrameError, RequestServer, ServerEntry, exchange
+from p2p.libp2p_router import MeshRouter, install_record_memo
 from p2p.net_stats import NetCounters, NetStats
 from p2p.network import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -71,6 +73,7 @@ from p2p.network import (
     RequestTimeout,
     Verdict,
 )
+from p2p.peer_book import BookConfig
 
 __all__ = ["Libp2pConfig", "Libp2pNetwork"]
 
@@ -107,7 +110,8 @@ class Libp2pNetwork:
         self._scores = PeerScores(config.score)
         self._counters = NetCounters()
         self._peers = PeerConnections(self._host, config, self.is_banned)
-        self._router = GossipSub(
+        install_record_memo()
+        self._router = MeshRouter(
             protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
             degree=config.gossip_degree,
             degree_low=config.gossip_degree_low,
@@ -148,6 +152,27 @@ class Libp2pNetwork:
         self._gossip: dict[str, tuple[GossipHandler, int]] = {}
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
+        self.discovery = Discovery(
+            self,
+            DiscoveryConfig(
+                protocol=config.pex_protocol,
+                target_peers=config.target_peers,
+                max_peers=config.max_peers,
+                interval_s=config.maintenance_interval_s,
+                pex_interval_s=config.pex_interval_s,
+                request_timeout_s=config.request_timeout,
+                dial_timeout_s=config.dial_timeout,
+                peers_file=config.peers_file,
+                advertise=config.external_addrs,
+                book=BookConfig(
+                    base_backoff_s=min(1.0, config.redial_interval_s),
+                    max_config_backoff_s=config.redial_interval_s,
+                ),
+            ),
+            bootstrap_entries(
+                [(str(info.peer_id), [str(a) for a in info.addrs]) for info in self._peers.bootstrap]
+            ),
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -189,8 +214,10 @@ class Libp2pNetwork:
                     raise NetworkError(f"cannot listen on {self.config.listen}")
                 self._nursery = self._peers.nursery = nursery
                 await self._pubsub.wait_until_ready()
+                self.discovery.load(trio.current_time())
                 await self._peers.dial_bootstrap()
                 nursery.start_soon(self._peers.maintain)
+                nursery.start_soon(self.discovery.run)
                 task_status.started()
                 logger.info("libp2p node %s listening on %s", self.local_id, self.listen_addrs())
                 try:

@@ -1,5 +1,8 @@
 """Connections of the libp2p host: dialling, the peer view and its events, bans, bootstrap.
 
+Which peers to dial, and when again, is discovery's policy (`p2p.libp2p_discovery`); this
+module dials the bootstrap peers once at start and makes each dial work.
+
 py-libp2p 0.8.1 needs help in three places, all handled here:
 
 - a connection whose muxer died can stay listed in the swarm, and new streams to that peer are
@@ -7,8 +10,8 @@ py-libp2p 0.8.1 needs help in three places, all handled here:
   connections before each dial and on every maintenance sweep;
 - after a failed dial the swarm refuses to dial that peer again for 60 s (a restarted peer would
   stay unreachable): the entry is dropped before each of our dials;
-- libp2p's auto-connector dials every peer in the peerstore, banned ones too: the network stops it,
-  and dialling is the policy of this module (bootstrap peers, explicit `connect`, requests).
+- libp2p's auto-connector dials every peer in the peerstore, banned ones too: the network stops it
+  (dials come from discovery, explicit `connect` and requests).
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ class PeerConnections:
         self.callbacks: list[PeerEventCallback] = []
         self.nursery: trio.Nursery | None = None
         """Where disconnects are started; None before start and once closing."""
-        self._bootstrap: list[PeerInfo] = [
+        self.bootstrap: list[PeerInfo] = [
             parse_peer_addr("bootstrap", addr) for addr in config.bootstrap
         ]
-        for info in self._bootstrap:
+        for info in self.bootstrap:
             self.add_addrs(info)
 
     def add_addrs(self, info: PeerInfo) -> None:
@@ -186,7 +189,7 @@ class PeerConnections:
     async def dial_bootstrap(self) -> None:
         """Dial, at once, each bootstrap peer that is neither connected nor banned."""
         async with trio.open_nursery() as nursery:
-            for info in self._bootstrap:
+            for info in self.bootstrap:
                 peer = str(info.peer_id)
                 if not self._is_banned(peer) and not self.live_connections(info.peer_id):
                     nursery.start_soon(self._dial_quietly, info.peer_id, peer)
@@ -198,16 +201,12 @@ class PeerConnections:
             logger.debug("bootstrap peer %s: %s", peer, err.reason)
 
     async def maintain(self) -> None:
-        """Forever: sweep dead connections, drop banned peers, keep the view honest, re-dial
-        bootstrap peers every `redial_interval_s`."""
-        next_redial = trio.current_time() + self._config.redial_interval_s
+        """Forever: sweep dead connections, drop banned peers, keep the view honest (re-dialling
+        is discovery's: `p2p.libp2p_discovery`)."""
         while True:
             await trio.sleep(self._config.maintenance_interval_s)
             try:
                 await self._sweep()
-                if trio.current_time() >= next_redial:
-                    next_redial = trio.current_time() + self._config.redial_interval_s
-                    await self.dial_bootstrap()
             except Exception:  # top of a task: one failed sweep must not stop the node
                 logger.exception("connection maintenance failed")
 

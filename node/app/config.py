@@ -23,6 +23,8 @@ KEY_FILE = "node.key"
 PACT_FILE = "genesis.pact"
 CHAINS_DIR = "chains"
 BLOBS_DIR = "blobs"
+PEERS_FILE = "peers.json"
+"""The address book of peer discovery, kept across restarts (`p2p.peer_book`)."""
 NODE_INFO_FILE = "node.json"
 """Written by the running daemon: peer id, listen addresses and the RPC URL actually bound (what
 `blyan devnet` bootstraps from, and where the CLI finds the node)."""
@@ -51,6 +53,13 @@ class P2PConfig:
     """libp2p listen multiaddr."""
     bootstrap: tuple[str, ...] = ()
     """Extra bootstrap multiaddrs (genesis may list more)."""
+    target_peers: int = 8
+    """Connections kept: below it the node dials peers learned by peer exchange (at least 2)."""
+    max_peers: int = 40
+    """Connections above which the newest inbound peers are hung up on."""
+    external: tuple[str, ...] = ()
+    """Addresses advertised to peers besides `listen` (`/ip4/<public ip>/tcp/<port>`, no /p2p/):
+    for a node behind NAT or listening on 0.0.0.0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,7 @@ class NodeConfig:
 def save_config(config: NodeConfig, path: Path) -> None:
     data = asdict(config)
     data["p2p"]["bootstrap"] = list(config.p2p.bootstrap)
+    data["p2p"]["external"] = list(config.p2p.external)
     data["experts"]["serve"] = list(config.experts.serve)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(tomli_w.dumps(data).encode())

@@ -49,6 +49,7 @@ from node.app.config import (
     HEADS_FILE,
     KEY_FILE,
     NODE_INFO_FILE,
+    PEERS_FILE,
     POL_VOTES_DIR,
     SUBMISSIONS_DIR,
     TILE_HASHES_DIR,
@@ -84,7 +85,7 @@ from node.sync.service import SyncService
 from p2p.libp2p_config import Libp2pConfig
 from p2p.libp2p_identity import is_libp2p_identity
 from p2p.libp2p_net import Libp2pNetwork
-from p2p.network import Network
+from p2p.network import Network, protocol_name
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,12 @@ async def run_node(data_dir: Path, *, task_status: trio.TaskStatus[Engine] = tri
     try:
         key = load_key(data_dir / KEY_FILE)
         bootstrap = tuple(dict.fromkeys(config.p2p.bootstrap + store.pact.bootstrap))
-        net_config = Libp2pConfig(seed=key.seed, listen=config.p2p.listen, bootstrap=bootstrap)
+        net_config = Libp2pConfig(
+            seed=key.seed, listen=config.p2p.listen, bootstrap=bootstrap,
+            target_peers=config.p2p.target_peers, max_peers=config.p2p.max_peers,
+            external_addrs=config.p2p.external, peers_file=data_dir / PEERS_FILE,
+            pex_protocol=protocol_name(store.pact.network_id, "pex"),
+        )
         async with Libp2pNetwork.open(net_config) as net:
             if config.sync.fast:
                 await _fast_sync(store, net, config.sync)

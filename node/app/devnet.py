@@ -85,6 +85,21 @@ def find_free_ports(n: int) -> int:
     raise RuntimeError("no free port range")
 
 
+DEVNET_TARGET_PEERS = 5
+"""Connections per devnet node: enough for meshes that survive any one node, few enough that 16
+daemons on 2 cores spend their time on blocks, not on gossip heartbeats."""
+
+
+def devnet_bootstrap(addrs: list[str], i: int) -> tuple[str, ...]:
+    """Node i's bootstrap peers: up to three earlier nodes (0, its predecessor and the node
+    halfway back), so that no one node is everyone's only way in, and peer exchange finds the
+    rest. Node 0 lists nodes 1 and 2 (they dial it anyway; the list brings a restarted node 0
+    back even when the others are at their target)."""
+    candidates = (1, 2) if i == 0 else (0, i - 1, (i - 1) // 2)
+    picks = dict.fromkeys(j for j in candidates if 0 <= j < len(addrs) and j != i)
+    return tuple(addrs[j] for j in picks)
+
+
 def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600) -> list[Path]:
     """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent)."""
     root = Path(root)
@@ -98,8 +113,10 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
     faucet_file = root / "faucet.key"
     if not faucet_file.exists():  # the funded dev account, for `blyan tx transfer --key`
         save_key(faucet_key(), faucet_file)
-    boot_key = dev_validator_key(0)
-    bootstrap = f"/ip4/127.0.0.1/tcp/{base_port}/p2p/{compute_peer_id(boot_key.seed)}"
+    addrs = [
+        f"/ip4/127.0.0.1/tcp/{base_port + i}/p2p/{compute_peer_id(dev_validator_key(i).seed)}"
+        for i in range(nodes)
+    ]
     dirs = []
     for i in range(nodes):
         data_dir = root / f"node{i}"
@@ -111,7 +128,8 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
         config = replace(
             config,
             moniker=f"devnet-{i}",
-            p2p=P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{base_port + i}", bootstrap=() if i == 0 else (bootstrap,)),
+            p2p=P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{base_port + i}", bootstrap=devnet_bootstrap(addrs, i),
+                          target_peers=DEVNET_TARGET_PEERS),
             rpc=RPCConfig(host="127.0.0.1", port=rpc_base_port + i),
             experts=ExpertsConfig(serve=assign_experts(pact.model, nodes)[i] or ("none",), announce_interval_s=2.0),
         )
