@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 import types
 import typing
 from dataclasses import dataclass
@@ -172,7 +173,11 @@ class _Seq(_Node):
     def to_wire(self, value: Any, path: str) -> Any:
         if type(value) is not tuple or not self.lo <= len(value) <= self.hi:
             raise EncodingError(f"{path}: not a tuple of [{self.lo}, {self.hi}] items")
-        return [self.elem.to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        elem = self.elem
+        try:
+            return [elem.to_wire(v, path) for v in value]
+        except EncodingError:
+            return [elem.to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
     def from_wire(self, obj: Any, path: str) -> Any:
         if type(obj) is not list:
@@ -200,16 +205,22 @@ MEMO_ENTRIES = 16_384
 for its size, its signature, its hash, the block's encoding and the store's index; converting
 it once and packing the remembered form saves most of that. Decoded objects of those classes
 are remembered by their bytes too (`_DECODED`)."""
+MEMO_SMALL_BYTES = 4096
+"""Decoded objects of any class are remembered when their bytes are this small: one gossip
+message (a status, a small proposal) is decoded by every peer it reaches, and in a simulation
+those peers share the process."""
 
 
 class _Struct(_Node):
-    __slots__ = ("cls", "names", "nodes", "memo")
+    __slots__ = ("cls", "names", "nodes", "memo", "flat")
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         self.names: tuple[str, ...] = ()
         self.nodes: tuple[_Node, ...] = ()
         self.memo: dict[int, tuple[Any, list]] | None = {} if getattr(cls, "__wire_memo__", False) else None
+        self.flat: Any = None
+        """Its form in one step (`_compile_flat`), or None when a check fails."""
 
     def to_wire(self, value: Any, path: str) -> Any:
         memo = self.memo
@@ -221,15 +232,29 @@ class _Struct(_Node):
                 return hit[1]
         if type(value) is not self.cls:
             raise EncodingError(f"{path}: expected {self.cls.__name__}, got {type(value).__name__}")
-        form = [
-            node.to_wire(getattr(value, name), f"{path}.{name}")
-            for name, node in zip(self.names, self.nodes, strict=True)
-        ]
+        form = None
+        if self.flat is not None:
+            try:
+                form = self.flat(value, path)
+            except EncodingError:
+                form = None  # the walk below raises again, naming the field
+        if form is None:
+            form = self._walk(value, path)
         if memo is not None:
             if len(memo) >= MEMO_ENTRIES:
                 memo.clear()
             memo[id(value)] = (value, form)
         return form
+
+    def _walk(self, value: Any, path: str) -> list:
+        try:  # the fields' paths are spelled out only to name a field in an error
+            return [node.to_wire(getattr(value, name), path)
+                    for name, node in zip(self.names, self.nodes, strict=True)]
+        except EncodingError:
+            return [
+                node.to_wire(getattr(value, name), f"{path}.{name}")
+                for name, node in zip(self.names, self.nodes, strict=True)
+            ]
 
     def from_wire(self, obj: Any, path: str) -> Any:
         if type(obj) is not list:
@@ -294,7 +319,37 @@ def _schema_for(cls: type) -> _Struct:
     fields = dataclasses.fields(cls)
     struct.names = tuple(f.name for f in fields)
     struct.nodes = tuple(_node_for(hints[f.name], f"{cls.__name__}.{f.name}") for f in fields)
+    struct.flat = _compile_flat(struct)
     return struct
+
+
+def _compile_flat(struct: _Struct) -> Any:
+    """A function that returns the struct's wire form after the same checks as its field nodes,
+    or None when an integer, bytes or bool field fails one (the generic walk then names the
+    field); other fields go through their nodes. Generated source, as `dataclasses` makes
+    `__init__`: the walk's call per field costs more than the checks."""
+    namespace: dict[str, Any] = {"__builtins__": {"type": type, "len": len, "int": int, "bytes": bytes,
+                                                  "bool": bool}}
+    lines, checks = [], []
+    for i, (name, node) in enumerate(zip(struct.names, struct.nodes, strict=True)):
+        if type(node) is _Int:
+            checks.append(f"type(v{i}) is int and {node.lo} <= v{i} <= {node.hi}")
+        elif type(node) is _Bytes:
+            checks.append(f"type(v{i}) is bytes and {node.lo} <= len(v{i}) <= {node.hi}")
+        elif type(node) is _Bool:
+            checks.append(f"type(v{i}) is bool")
+        else:
+            namespace[f"n{i}"] = node.to_wire
+            lines.append(f"    v{i} = n{i}(value.{name}, path)\n")
+            continue
+        lines.append(f"    v{i} = value.{name}\n")
+    if not lines:
+        return None
+    values = ", ".join(f"v{i}" for i in range(len(lines)))
+    source = "def flat(value, path):\n" + "".join(lines)
+    source += f"    if {' and '.join(checks) or 'True'}:\n        return [{values}]\n    return None\n"
+    exec(compile(source, f"<codec: {struct.cls.__name__}>", "exec"), namespace)
+    return namespace["flat"]
 
 
 def _node_for(tp: Any, where: str) -> _Node:
@@ -335,11 +390,24 @@ def _node_for(tp: Any, where: str) -> _Node:
 # --- public API --------------------------------------------------------------------------
 
 
+_PACKERS = threading.local()
+
+
+def _pack(form: Any) -> bytes:
+    """The msgpack bytes of a wire form. One Packer per thread: `msgpack.packb` builds a Packer
+    and its buffer on every call, which costs more than packing a small record."""
+    try:
+        packer = _PACKERS.packer
+    except AttributeError:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(form)
+
+
 def to_wire(obj: Any) -> Any:
     """The msgpack-native form of a wire object (lists, ints, bytes, str, bool, None), fresh:
     the caller may change it (internally, remembered forms are shared and never changed)."""
     form = _form_of(obj)
-    return msgpack.unpackb(msgpack.packb(form, use_bin_type=True), raw=False, use_list=True)
+    return msgpack.unpackb(_pack(form), raw=False, use_list=True)
 
 
 def _form_of(obj: Any) -> Any:
@@ -349,10 +417,29 @@ def _form_of(obj: Any) -> Any:
 def encode(obj: Any) -> bytes:
     """The canonical bytes of a wire object."""
     schema = _schema_for(type(obj))
-    data = msgpack.packb(schema.to_wire(obj, type(obj).__name__), use_bin_type=True)
     if schema.memo is not None:
-        _remember_decoded(type(obj), data, obj)
+        hit = _ENCODED.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+    data = _pack(schema.to_wire(obj, type(obj).__name__))
+    if schema.memo is not None:
+        _remember_encoded(obj, data)
     return data
+
+
+_ENCODED: dict[int, tuple[Any, bytes]] = {}
+"""id(object) -> (the object, its canonical bytes), for memoized classes: by identity, as the
+remembered wire forms (a transaction's bytes are wanted for its hash, its signature, the block
+and the store's index, without packing it again each time)."""
+_HASHED: dict[int, tuple[Any, bytes]] = {}
+"""id(object) -> (the object, SHA-256 of its canonical bytes), for memoized classes."""
+
+
+def _remember_encoded(obj: Any, data: bytes) -> None:
+    if len(_ENCODED) >= MEMO_ENTRIES:
+        _ENCODED.clear()
+    _ENCODED[id(obj)] = (obj, data)
+    _remember_decoded(type(obj), data, obj)
 
 
 _DECODED: dict[tuple[type, bytes], Any] = {}
@@ -373,6 +460,8 @@ def clear_memos() -> None:
         if struct.memo is not None:
             struct.memo.clear()
     _DECODED.clear()
+    _ENCODED.clear()
+    _HASHED.clear()
 
 
 def encode_with_field(obj: Any, name: str) -> tuple[bytes, bytes]:
@@ -381,7 +470,10 @@ def encode_with_field(obj: Any, name: str) -> tuple[bytes, bytes]:
     schema = _schema_for(type(obj))
     form = schema.to_wire(obj, type(obj).__name__)
     part = form[schema.names.index(name)]
-    return msgpack.packb(form, use_bin_type=True), msgpack.packb(part, use_bin_type=True)
+    data = _pack(form)
+    if schema.memo is not None:
+        _remember_encoded(obj, data)
+    return data, _pack(part)
 
 
 def compute_array_header_size(n: int) -> int:
@@ -396,7 +488,8 @@ def decode(cls: type[T], data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> T:
     if len(data) > max_size:
         raise DecodingError(f"{len(data)} bytes exceed the cap of {max_size}", cls.__name__)
     schema = _schema_for(cls)
-    if schema.memo is not None:
+    memoize = schema.memo is not None or len(data) <= MEMO_SMALL_BYTES
+    if memoize:
         known = _DECODED.get((cls, data))
         if known is not None:
             return known
@@ -405,9 +498,9 @@ def decode(cls: type[T], data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> T:
     except Exception as err:  # msgpack raises many unrelated types for garbage
         raise DecodingError(f"malformed msgpack: {err.__class__.__name__}", cls.__name__) from err
     value = schema.from_wire(raw, cls.__name__)
-    if msgpack.packb(raw, use_bin_type=True) != data:
+    if _pack(raw) != data:
         raise DecodingError("non-canonical encoding", cls.__name__)
-    if schema.memo is not None:
+    if memoize:
         _remember_decoded(cls, data, value)
     return value
 
@@ -423,7 +516,15 @@ def sha256(data: bytes) -> bytes:
 
 def hash_of(obj: Any) -> bytes:
     """SHA-256 of the canonical encoding: the id of any wire object."""
-    return hashlib.sha256(encode(obj)).digest()
+    hit = _HASHED.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    digest = hashlib.sha256(encode(obj)).digest()
+    if _schema_for(type(obj)).memo is not None:
+        if len(_HASHED) >= MEMO_ENTRIES:
+            _HASHED.clear()
+        _HASHED[id(obj)] = (obj, digest)
+    return digest
 
 
 __all__ = [

@@ -9,6 +9,7 @@ unit of a fast-sync snapshot chunk: each one is checked against the root on its 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
@@ -22,7 +23,9 @@ _EMPTY_BUCKET = hashlib.sha256(b"").digest()
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=1 << 15)
 def bucket_of(key: bytes) -> int:
+    """The bucket of `key` (remembered: a block reads and writes the same few keys several times)."""
     digest = hashlib.sha256(key).digest()
     return (digest[0] << 4) | (digest[1] >> 4)
 

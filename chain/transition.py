@@ -7,7 +7,6 @@ apply function, end of block); this module dispatches through those tables.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,7 +70,7 @@ class EncodedTx:
     @classmethod
     def of(cls, tx: Transaction) -> EncodedTx:
         tx_bytes, body_bytes = codec.encode_with_field(tx, "body")
-        return cls(tx_bytes, body_bytes, hashlib.sha256(tx_bytes).digest())
+        return cls(tx_bytes, body_bytes, codec.hash_of(tx))  # remembered: the store wants it too
 
 
 def validate_tx_envelope(tx: Transaction, chain_id: int, ctx: Context, enc: EncodedTx | None = None) -> bytes:

@@ -12,6 +12,8 @@ Round trips of every wire type and fuzzed bad bytes are in test_codec_properties
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from typing import Any
 
 import msgpack
@@ -479,3 +481,77 @@ def test_remembered_records_decode_to_equal_objects_and_keep_every_check() -> No
         codec.decode(Account, data, max_size=len(data) - 1)
     codec.clear_memos()
     assert codec.decode(Account, data) == acct
+
+
+def _walked(obj: Any) -> bytes:
+    """The encoding by the generic field-by-field walk alone (no generated fast path, no memo)."""
+    flats = {cls: schema.flat for cls, schema in codec._SCHEMAS.items()}
+    try:
+        for schema in codec._SCHEMAS.values():
+            schema.flat = None
+        codec.clear_memos()
+        return msgpack.packb(codec._SCHEMAS[type(obj)]._walk(obj, type(obj).__name__), use_bin_type=True)
+    finally:
+        for cls, flat in flats.items():
+            codec._SCHEMAS[cls].flat = flat
+        codec.clear_memos()
+
+
+def test_generated_forms_equal_the_generic_walk() -> None:
+    from chain.records import Account
+    from chain.types import Block
+    from genesis.history import make_test_history
+
+    store = make_test_history(2, other_blocks=0, txs_per_block=5).store
+    block = store.get_block(2, 2)
+    assert isinstance(block, Block) and block.last_commit is not None
+    assert codec._SCHEMAS[Account].flat is not None and codec._SCHEMAS[Block].flat is not None
+    codec.clear_memos()
+    for obj in (block, block.header, block.last_commit, *block.txs, Account(1, 2, 3, bytes(32)), TRANSFER):
+        assert encode(obj) == _walked(obj)
+        assert decode(type(obj), encode(obj)) == obj
+
+
+def test_invalid_encode_names_the_field_inside_a_sequence() -> None:
+    from chain.types import Block
+    from genesis.history import make_test_history
+
+    block = make_test_history(1, other_blocks=0, txs_per_block=3).store.get_block(2, 1)
+    assert isinstance(block, Block)
+    bad_body = dataclasses.replace(block.txs[1].body, nonce=-1)
+    bad = dataclasses.replace(block, txs=(block.txs[0], dataclasses.replace(block.txs[1], body=bad_body)))
+    with pytest.raises(codec.EncodingError, match=r"Block\.txs\[1\]\.body\.nonce"):
+        encode(bad)
+    with pytest.raises(codec.EncodingError, match=r"BlockHeader\.height"):
+        encode(dataclasses.replace(block.header, height=True))
+
+
+def test_remembered_bytes_and_hashes_are_by_identity() -> None:
+    tx = Transaction(body=TX_BODY, signature=b"\x97" * 64)
+    twin = Transaction(body=TX_BODY, signature=b"\x97" * 64)
+    assert codec.hash_of(tx) == hashlib.sha256(encode(tx)).digest() == codec.hash_of(twin)
+    assert codec.hash_of(tx) is codec.hash_of(tx)  # remembered
+    other = Transaction(body=TX_BODY, signature=b"\x96" * 64)
+    assert codec.hash_of(other) != codec.hash_of(tx)
+    codec.clear_memos()
+    assert codec.hash_of(tx) == hashlib.sha256(_walked(tx)).digest()
+
+
+def test_encode_from_many_threads_gives_the_same_bytes() -> None:
+    import threading
+
+    from chain.records import Account
+
+    accounts = [Account(i, 2 * i, 3 * i, bytes([i % 256]) * 32) for i in range(2_000)]
+    expected = [_walked(a) for a in accounts]
+    results: dict[int, list[bytes]] = {}
+
+    def run(k: int) -> None:
+        results[k] = [encode(a) for a in accounts]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[k] == expected for k in range(4))

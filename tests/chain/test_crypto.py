@@ -399,3 +399,23 @@ def test_invalid_load_key_binary_junk(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(ConfigError):
         load_key(path)
+
+
+def test_memoized_check_never_turns_a_bad_signature_good() -> None:
+    """The memo is keyed by the exact key, signed bytes and signature: a good signature checked
+    first does not vouch for a tampered one, and a bad one checked first stays bad."""
+    sig = ALICE.sign("devnet", crypto.KIND_TX, b"memo")
+    tampered = bytes([sig[0] ^ 1]) + sig[1:]
+    for _ in range(2):
+        assert is_valid_signature(ALICE.public_key, "devnet", crypto.KIND_TX, b"memo", sig)
+        assert not is_valid_signature(ALICE.public_key, "devnet", crypto.KIND_TX, b"memo", tampered)
+        assert not is_valid_signature(BOB.public_key, "devnet", crypto.KIND_TX, b"memo", sig)
+        assert not is_valid_signature(ALICE.public_key, "devnet", crypto.KIND_VOTE, b"memo", sig)
+        with pytest.raises(InvalidSignature):
+            verify(ALICE.public_key, "devnet", crypto.KIND_TX, b"memo", tampered)
+
+
+def test_invalid_signing_domain_with_slash_every_time() -> None:
+    for _ in range(2):  # the domain prefix is remembered; a refused one is never
+        with pytest.raises(ValueError):
+            signing_input("dev/net", crypto.KIND_TX, b"m")
