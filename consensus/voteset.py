@@ -153,6 +153,11 @@ class VoteSet:
     def get_power(self, round: int, step: int, block_hash: bytes) -> int:
         return self._tally.get((round, step), {}).get(block_hash, 0)
 
+    def get_tally(self, round: int, step: int) -> dict[bytes, int]:
+        """Stake behind each block hash (NIL included) at (round, step), counting only the
+        hashes tallied (tracked ones); a copy."""
+        return dict(self._tally.get((round, step), {}))
+
     def get_power_any(self, round: int, step: int) -> int:
         """Power of the validators that voted at all (an equivocator counts once)."""
         return self._any.get((round, step), 0)

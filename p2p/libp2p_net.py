@@ -36,6 +36,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import trio
 from libp2p import new_host
@@ -56,7 +57,7 @@ from p2p.libp2p_guard import GuardedPubsub, PeerNotifee, get_stream_peer, guard_
 from p2p.libp2p_peers import PeerConnections
 from p2p.libp2p_reqresp import FrameError, RequestServer, ServerEntry, exchange
 from p2p.libp2p_router import MeshRouter, install_record_memo
-from p2p.net_stats import NetCounters, NetStats
+from p2p.net_stats import NetCounters, NetStats, compute_short_name
 from p2p.network import (
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_GOSSIP_BYTES,
@@ -304,8 +305,15 @@ class Libp2pNetwork:
         self.penalize(peer, reason, REJECT_PENALTY)
 
     def stats(self) -> NetStats:
-        """A snapshot of the gossip and request counters since this network started."""
-        return self._counters.snapshot()
+        """A snapshot of the gossip and request counters since this network started, with the
+        size of each subscribed topic's mesh and of the address book."""
+        mesh = {
+            compute_short_name(topic): len(self._router.mesh.get(topic, ()))
+            for topic in self._gossip
+        }
+        return replace(
+            self._counters.snapshot(), mesh=mesh, known_peers=len(self.discovery.book.entries)
+        )
 
     # --- gossip ---------------------------------------------------------------------------------
 

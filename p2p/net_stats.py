@@ -59,6 +59,10 @@ class NetStats:
     """Short topic name -> its gossip counters."""
     requests: dict[str, RequestStats] = field(default_factory=dict)
     """Short protocol name -> its request counters."""
+    mesh: dict[str, int] = field(default_factory=dict)
+    """Short topic name -> peers in this node's gossip mesh for it (subscribed topics only)."""
+    known_peers: int = 0
+    """Peers in the address book (dialable, not necessarily connected)."""
 
 
 def compute_short_name(name: str) -> str:

@@ -144,3 +144,7 @@ def get_account_info(services: Services, args: dict[str, Any]) -> dict[str, Any]
 
 def get_peers(services: Services, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"id": peer} for peer in services.node.network.peers()]
+
+
+def get_consensus_state(services: Services, args: dict[str, Any]) -> dict[str, Any]:
+    return services.node.consensus_state()

@@ -9,6 +9,7 @@ from node.api.attest_methods import get_attestation
 from node.api.chain_methods import (
     get_account_info,
     get_block,
+    get_consensus_state,
     get_peers,
     get_status,
     get_transaction,
@@ -50,6 +51,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             "syncing": {"type": "boolean"},
             "sync": {"type": "object", "description": "Per chain: our height and the highest a peer reported."},
             "is_validator": {"type": "boolean"}}}, get_status),
+    Method("blyan_consensusState", "Per chain, where consensus stands: height, round, step, proposer, the "
+           "proposal seen, and the stake behind each prevote and precommit target of the current round.", (), {
+        "type": "object", "additionalProperties": {"type": "object", "properties": {
+            "started": {"type": "boolean"}, "height": {"type": "integer"}, "round": {"type": "integer"},
+            "step": {"type": "string"}, "proposer": ADDRESS, "proposal": {"oneOf": [HASH_HEX, {"type": "null"}]},
+            "total_power": {"type": "integer"}, "votes": {"type": "object"}}}}, get_consensus_state),
     Method("blyan_getBlock", "A block by height or hash: its header (bytes in hex) and transaction hashes.", (
         Param("chain", CHAIN, "Chain name or id."),
         Param("block", {"oneOf": [{"type": "integer", "minimum": 0}, HASH_HEX]}, "Height, or block hash in hex."),

@@ -262,4 +262,11 @@ def _net_families(stats: NetStats) -> Iterator[Metric]:
             served.add_metric([protocol, outcome], value)
         for outcome, value in (("ok", q.sent), ("failed", q.send_failed), ("timeout", q.send_timed_out)):
             sent.add_metric([protocol, outcome], value)
-    yield from (messages, size, verdicts, served, sent)
+    mesh = GaugeMetricFamily("blyan_gossip_mesh_peers", "Peers in this node's gossip mesh, per "
+                             "subscribed topic (0: its messages leave only by IHAVE gossip).",
+                             labels=["topic"])
+    for topic, peers in sorted(stats.mesh.items()):
+        mesh.add_metric([topic], peers)
+    known = GaugeMetricFamily("blyan_peers_known", "Peers in the address book (discovery).")
+    known.add_metric([], stats.known_peers)
+    yield from (messages, size, verdicts, served, sent, mesh, known)

@@ -9,7 +9,7 @@ engine implements it; a test can implement it with a fake.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chain.state import State
 from chain.store import ChainStore
@@ -70,6 +70,9 @@ class NodeHandle(Protocol):
 
     def validators(self) -> ValidatorSet:
         """The validator set in force now."""
+
+    def consensus_state(self) -> dict[str, Any]:
+        """Per chain name: height, round, step, proposal and vote tallies (for operators)."""
 
     def get_validator_set(self, vs_hash: bytes) -> ValidatorSet | None:
         """Any validator set this node has known, by hash (sets before epoch changes too)."""

@@ -18,6 +18,7 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -34,6 +35,7 @@ from chain.store import ChainStore
 from chain.transition import get_nonce
 from chain.types import (
     CHAIN_IDS,
+    CHAIN_NAMES,
     CHAIN_REWARD,
     Block,
     BlockHeader,
@@ -46,6 +48,7 @@ from consensus.mempool import AddResult, Mempool, Outcome
 from node.core.feed import Committed, Feed, PeerAhead, Penalized, RoundStarted, TxAdmitted
 from node.core.ports import ImportReport, SystemSource
 from node.engine.config import EngineConfig
+from node.engine.consensus_view import describe_runner
 from node.engine.earnings import PendingEarnings
 from node.engine.ports import BlockBuilder
 from node.engine.runner import ChainRunner
@@ -127,6 +130,10 @@ class Engine:
     def validators(self) -> ValidatorSet:
         """The validator set in force now: the reward chain's current one."""
         return self.validator_sets.current()
+
+    def consensus_state(self) -> dict[str, Any]:
+        """Per chain name, where its consensus stands (`node.engine.consensus_view`)."""
+        return {CHAIN_NAMES[c]: describe_runner(r) for c, r in self.runners.items()}
 
     def get_validator_set(self, vs_hash: bytes) -> ValidatorSet | None:
         return self.validator_sets.get(vs_hash)

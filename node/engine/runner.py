@@ -59,6 +59,8 @@ MAX_FUTURE_EVENTS = 2048
 REGOSSIP_TXS = 32
 REGOSSIP_EVERY = 5
 """Pending transactions are gossiped again every this many rebroadcast ticks."""
+MAX_REBROADCAST_BACKOFF = 8
+"""Most times `rebroadcast_s` between two resends of the same votes while a height is stuck."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,14 +457,28 @@ class ChainRunner:
     # --- keeping gossip alive ---------------------------------------------------------------
 
     async def _rebroadcast_loop(self) -> None:
+        """Every `rebroadcast_s` (jittered), stretched while the height stays stuck: each stuck
+        tick doubles the wait up to `MAX_REBROADCAST_BACKOFF` times. Every validator resends its
+        votes on each tick of a stall, so without the backoff a stall that comes from load (16
+        daemons on 2 cores) feeds itself: more rounds, more votes, more load."""
         port = self.port
+        backoff = 1
+        last = None
         while True:
-            await trio.sleep(port.config.rebroadcast_s * (1.0 + 0.2 * port.rng.random()))
-            await self._rebroadcast()
+            await trio.sleep(port.config.rebroadcast_s * backoff * (1.0 + 0.2 * port.rng.random()))
+            where = (self.height, self.machine.round, self.machine.step)
+            stalled = where == last
+            last = where
+            backoff = min(2 * backoff, MAX_REBROADCAST_BACKOFF) if stalled else 1
+            await self._rebroadcast(stalled)
 
-    async def _rebroadcast(self) -> None:
+    async def _rebroadcast(self, stalled: bool = True) -> None:
+        """Resend own votes and the proposals they lean on when `stalled` (no step taken since
+        the last tick: fresh votes went out when they were made); ask for wanted proposals;
+        every `REGOSSIP_EVERY` ticks, regossip pending transactions."""
         port = self.port
-        if self.started and self.machine.step != Step.COMMIT:
+        live = self.started and self.machine.step != Step.COMMIT
+        if live and stalled:
             # Own votes of the last two rounds, and of every round a live proposal leans on
             # (its POL round, our lock): a node that joins late needs them to follow a
             # re-proposal (lines 28-33), and nobody else can send our signatures for us.
@@ -479,6 +495,7 @@ class ChainRunner:
             for r in sorted(rounds):
                 if r in self.proposal_msgs:
                     await port.publish(TOPIC_PROPOSALS, self.proposal_msgs[r])
+        if live:
             await self._fetch_wanted()
         self._ticks += 1
         if self._ticks % REGOSSIP_EVERY:

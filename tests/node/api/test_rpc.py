@@ -588,3 +588,4 @@ async def test_invalid_port_in_use_is_config_error(node: Node, tmp_path: Path) -
         with pytest.raises(ConfigError, match="cannot serve RPC on .*Address already in use"):
             await nursery.start(other.serve)
     assert not (tmp_path / "other" / COOKIE_FILE).exists()
+
