@@ -144,6 +144,27 @@ def register(main: click.Group) -> None:
                                                     progress.get("blocks_per_s"))
             click.echo(line)
 
+    @main.command("consensus")
+    @rpc_options
+    @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+    def consensus(client: RPCClient, data_dir: Path | None, as_json: bool) -> None:
+        """Where each chain's consensus stands: height, round, step, proposal, vote stake."""
+        state = client.call("blyan_consensusState")
+        if as_json:
+            _echo_json(state)
+            return
+        for name, c in state.items():
+            if not c["started"]:
+                click.echo(f"  {name:<10} height {c['height']:>8}  idle (no work)")
+                continue
+            total = c["total_power"] or 1
+            pv, pc = c["votes"]["prevote"], c["votes"]["precommit"]
+            proposal = (c["proposal"] or "none yet")[:16]
+            click.echo(f"  {name:<10} height {c['height']:>8}  round {c['round']}  {c['step']:<9}  "
+                       f"proposal {proposal}  prevotes {pv['power'] / total:.0%}  "
+                       f"precommits {pc['power'] / total:.0%}  ({c['voters_this_round']}/"
+                       f"{c['validators']} validators heard this round)")
+
     @main.command("account")
     @click.argument("address", callback=_address)
     @rpc_options

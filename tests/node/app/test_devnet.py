@@ -84,6 +84,14 @@ def test_four_daemons_finalize_a_transfer_everywhere(tmp_path: Path) -> None:
         with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         assert 'blyan_chain_height{chain="reward"}' in text and "blyan_peers" in text
+        assert 'blyan_gossip_mesh_peers{topic="votes"}' in text and "blyan_peers_known" in text
+        import subprocess
+        import sys
+
+        shown = subprocess.run([sys.executable, "-m", "node", "consensus", "--data-dir", str(dirs[2])],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert "reward" in shown.stdout and "height" in shown.stdout, shown.stdout
     finally:
         codes = stop_nodes(procs)
     assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-2000:] for d in dirs]
