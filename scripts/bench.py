@@ -43,6 +43,7 @@ if str(SCRIPTS) not in sys.path:
 
 import bench_core  # noqa: E402,F401 - registers its sections
 import bench_data  # noqa: E402,F401 - registers its sections (data)
+import bench_devnet  # noqa: E402,F401 - registers its sections (finality, gossip16)
 import bench_fastsync  # noqa: E402,F401 - registers its sections
 import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_infer  # noqa: E402,F401 - registers its sections
