@@ -12,6 +12,11 @@ In `block_names()` order:
 One layer is `x = attn(x); r = route(x); x = x + combine(r, {j: expert_j(r.hidden[rows_j])})`.
 The pieces are public so that an executor can run experts on other nodes; `forward` is exactly
 their composition, operation for operation. There is no dropout, so train and eval modes agree.
+
+Generation can keep a `KVCache`: the keys and values of positions already run, so that each new
+token runs one row through the model instead of the whole context. Positions are absolute and
+learned, so the cache holds only positions 0..max_seq_len-1; the rule for what a step runs is
+`select_step_input`, shared with the distributed executor.
 """
 
 from __future__ import annotations
@@ -113,9 +118,58 @@ class Embed(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        pos = torch.arange(idx.shape[1], device=idx.device)  # [T]
+    def forward(self, idx: Tensor, start: int = 0) -> Tensor:
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)  # [T]
         return self.tok(idx) + self.pos(pos)  # [B, T, D]
+
+
+class KVCache:
+    """Per layer, the keys and values of the positions a batch of sequences has run so far.
+
+    Capacity is `max_seq_len` positions, 0..max_seq_len-1: the window of absolute positions whose
+    embeddings do not change while a sequence grows. Buffers are allocated on first use.
+    """
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        self.capacity = cfg.max_seq_len
+        self.keys: list[Tensor | None] = [None] * cfg.n_layers  # each [B, H, S, Dh]
+        self.values: list[Tensor | None] = [None] * cfg.n_layers  # each [B, H, S, Dh]
+        self.lengths = [0] * cfg.n_layers  # positions held, per layer
+
+    @property
+    def length(self) -> int:
+        """Positions that every layer holds: the absolute position of the next token."""
+        return min(self.lengths)
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store new keys and values [B, H, T, Dh]; return all of the layer's [B, H, P+T, Dh]."""
+        past, end = self.lengths[layer], self.lengths[layer] + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} positions cannot take position {end - 1}")
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            B, H, _, Dh = k.shape
+            keys = self.keys[layer] = k.new_empty(B, H, self.capacity, Dh)  # [B, H, S, Dh]
+            values = self.values[layer] = v.new_empty(B, H, self.capacity, Dh)  # [B, H, S, Dh]
+        elif keys.shape[:2] != k.shape[:2]:
+            raise ValueError(f"KV cache holds [B, H] = {list(keys.shape[:2])}, got {list(k.shape[:2])}")
+        keys[:, :, past:end] = k
+        values[:, :, past:end] = v
+        self.lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]  # 2 x [B, H, P+T, Dh]
+
+
+def select_step_input(idx: Tensor, cache: KVCache | None, max_seq_len: int) -> tuple[Tensor, KVCache | None]:
+    """What one generation step of sequences `idx` [B, L] runs: (tokens, cache to run them with).
+
+    While the sequence fits in the window (L <= max_seq_len) and a cache is given: the tokens the
+    cache has not seen (the prompt at the first step, then the last token), with the cache. Past
+    the window the positions of every token slide by one per step, so no cached key stays valid:
+    each step runs the last max_seq_len tokens without a cache, exactly as uncached generation.
+    """
+    if cache is not None and idx.shape[1] <= cache.capacity:
+        return idx[:, cache.length :], cache  # [B, L-P]
+    return idx[:, -max_seq_len:], None  # [B, <=S]
 
 
 class Attention(nn.Module):
@@ -126,12 +180,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """Causal self-attention of `x` [B, T, D]; with a cache, over its positions and then `x`'s."""
         B, T, D = x.shape
         q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)  # 3 x [B, T, D]
         H = self.n_heads
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Dh]
+        past = 0 if cache is None else cache.lengths[layer]
+        k_all, v_all = (k, v) if cache is None else cache.append(layer, k, v)  # [B, H, P+T, Dh]
+        if past == 0:  # nothing before x: as without a cache, operation for operation
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Dh]
+        elif T == 1:  # one new row sees every key
+            y = F.scaled_dot_product_attention(q, k_all, v_all)  # [B, H, 1, Dh]
+        else:  # row i is position past+i: it sees keys 0..past+i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)  # [T, P+T]
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
         return x + self.proj(y)  # [B, T, D]
 
@@ -231,13 +294,16 @@ class MoEModel(nn.Module):
 
     # --- the pieces of a forward pass --------------------------------------------------
 
-    def embed_tokens(self, idx: Tensor) -> Tensor:
-        if idx.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds {self.cfg.max_seq_len}")
-        return self.embed(idx)  # [B, T, D]
+    def embed_tokens(self, idx: Tensor, start: int = 0) -> Tensor:
+        """Embeddings of `idx` [B, T] at positions start..start+T-1."""
+        if start < 0 or start + idx.shape[1] > self.cfg.max_seq_len:
+            end, size = start + idx.shape[1], self.cfg.max_seq_len
+            raise ValueError(f"positions {start}..{end - 1} do not fit in max_seq_len {size}")
+        return self.embed(idx, start)  # [B, T, D]
 
-    def attn_forward(self, layer: int, x: Tensor) -> Tensor:
-        return self.layers[layer].attn(x)  # [B, T, D]
+    def attn_forward(self, layer: int, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Attention of `x` [B, T, D]; with a cache, `x` follows its positions and is appended."""
+        return self.layers[layer].attn(x, cache, layer)  # [B, T, D]
 
     def route(self, layer: int, x: Tensor) -> Routing:
         """The top-k experts and gates for each token of hidden states `x` [B, T, D]."""
@@ -260,13 +326,16 @@ class MoEModel(nn.Module):
         return self.head(x)  # [B, T, V]
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None
+        self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """(logits [B, T, V], mean cross-entropy or None, mean load-balancing loss over layers)."""
-        x = self.embed_tokens(idx)  # [B, T, D]
+        """(logits [B, T, V], mean cross-entropy or None, mean load-balancing loss over layers).
+
+        With a cache, `idx` is the tokens that follow the cached positions, and is appended.
+        """
+        x = self.embed_tokens(idx, 0 if cache is None else cache.length)  # [B, T, D]
         aux_loss = x.new_zeros(())  # []
         for layer in range(self.cfg.n_layers):
-            x = self.attn_forward(layer, x)  # [B, T, D]
+            x = self.attn_forward(layer, x, cache)  # [B, T, D]
             x, layer_aux = self.moe_forward(layer, x)  # [B, T, D], []
             aux_loss = aux_loss + layer_aux
         logits = self.head_forward(x)  # [B, T, V]
@@ -283,11 +352,19 @@ class MoEModel(nn.Module):
         max_new_tokens: int,
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
-        """Append `max_new_tokens` tokens to `idx` [B, T]; temperature 0 is greedy."""
+        """Append `max_new_tokens` tokens to `idx` [B, T]; temperature 0 is greedy.
+
+        With `use_cache` the prompt runs once and each later token one row, while the sequence
+        fits in `max_seq_len`; past it, each token recomputes the last `max_seq_len` tokens, as
+        without the cache (`select_step_input`). Tokens are those of uncached generation up to
+        float rounding (a row's matmuls may round differently in a batch of another length).
+        """
+        cache = KVCache(self.cfg) if use_cache else None
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.max_seq_len :]  # [B, <=S]
-            logits, _, _ = self(context)
+            step, cache = select_step_input(idx, cache, self.cfg.max_seq_len)  # [B, T_step]
+            logits, _, _ = self(step, cache=cache)
             last = logits[:, -1, :]  # [B, V]
             if temperature == 0:
                 token = last.argmax(dim=-1, keepdim=True)  # [B, 1]

@@ -46,8 +46,10 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
 @section("inference", "Distributed inference: 4 daemons on loopback vs one process", notes=[
     "Ours: `blyan_generate` on node 0 of a 4-node devnet whose experts are spread two replicas "
     "each (no node holds them all): embed, attention, routers and head run on node 0, experts on "
-    "the nodes serving them (one libp2p request per node per layer per token, no KV cache). "
-    "Baseline: `MoEModel.generate` in one process with the same genesis weights. Spot checks off.",
+    "the nodes serving them (one libp2p request per node per layer per token; with the KV cache, "
+    "so after the prompt each token sends each of its experts one row). "
+    "Baseline: `MoEModel.generate` (also with the cache) in one process with the same genesis weights. "
+    "Spot checks off.",
     "Greedy; the two produce the same tokens (tests/node/test_devnet_inference.py checks it).",
 ])
 def bench_inference(run: SectionRun) -> None:
@@ -90,14 +92,22 @@ def bench_inference(run: SectionRun) -> None:
         local = _single_process(root, dirs[0], answer["prompt_tokens"], tokens)
     ours = wall / tokens
     trips = answer["round_trips"] / tokens
+    rows = _rows_per_token(answer["rows_sent"])
     run.row(Row(
         name="inference.4nodes", what=f"{tokens} greedy tokens, prompt {PROMPT!r}",
         ours=1 / ours, baseline=1 / local, unit="tokens/s",
-        ours_text=f"{1 / ours:.1f} tokens/s, {trips:.1f} round trips/token",
+        ours_text=f"{1 / ours:.1f} tokens/s, {trips:.1f} round trips/token, {rows:.1f} rows/token",
         baseline_text=f"{1 / local:.1f} tokens/s", baseline_what="MoEModel.generate, one process",
         ratio=local / ours, better="higher", goal=0.5,
-        extra={"round_trips_per_token": trips, "s_per_token": ours, "local_s_per_token": local},
+        extra={"round_trips_per_token": trips, "s_per_token": ours, "local_s_per_token": local,
+               "rows_sent_per_token": rows},
     ))
+
+
+def _rows_per_token(rows_sent: list[int]) -> float:
+    """Mean expert rows sent to other nodes per token after the prompt's step."""
+    later = rows_sent[1:]
+    return sum(later) / len(later) if later else 0.0
 
 
 def _bench_simulated(run: SectionRun, tokens: int) -> None:
@@ -164,11 +174,12 @@ def _bench_simulated(run: SectionRun, tokens: int) -> None:
     local = (time.perf_counter() - start) / tokens
     ours = result["wall"] / tokens
     trips = result["gen"].round_trips / tokens
+    rows = _rows_per_token(result["gen"].rows_sent)
     run.row(Row(
         name="inference.sim4", what=f"{tokens} greedy tokens, 4 simulated nodes (quick mode)",
         ours=1 / ours, baseline=1 / local, unit="tokens/s",
-        ours_text=f"{1 / ours:.1f} tokens/s, {trips:.1f} round trips/token",
+        ours_text=f"{1 / ours:.1f} tokens/s, {trips:.1f} round trips/token, {rows:.1f} rows/token",
         baseline_text=f"{1 / local:.1f} tokens/s", baseline_what="MoEModel.generate, one process",
         ratio=local / ours, better="higher", goal=None,
-        extra={"round_trips_per_token": trips},
+        extra={"round_trips_per_token": trips, "rows_sent_per_token": rows},
     ))

@@ -26,8 +26,11 @@ async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     seed = args.get("seed", 0)
     if not is_int(seed) or not 0 <= seed < 2**63:
         raise bad_params("seed must be a non-negative integer")
+    use_cache = args.get("cache", True)
+    if not isinstance(use_cache, bool):
+        raise bad_params("cache must be a boolean")
     try:
-        return await services.experts.generate(prompt, max_tokens, float(temperature), seed)
+        return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache)
     except ValueError as err:  # a prompt the tokenizer cannot encode
         raise bad_params(str(err)) from err
     except BlyanError as err:  # the service's typed failures (no serving node, every replica failed)

@@ -94,13 +94,21 @@ METHODS: dict[str, Method] = {m.name: m for m in (
               "New tokens to generate (default 16).", required=False),
         Param("temperature", {"type": "number", "minimum": 0}, "0 (default) is greedy.", required=False),
         Param("seed", {"type": "integer", "minimum": 0}, "Sampling seed (default 0).", required=False),
+        Param("cache", {"type": "boolean"}, "Keep a KV cache: after the prompt, one row per token goes "
+              "to the experts (default true).", required=False),
     ), {"type": "object", "properties": {
         "prompt_tokens": {"type": "array", "items": {"type": "integer"}},
         "tokens": {"type": "array", "items": {"type": "integer"}}, "text": {"type": "string"},
         "latency_ms": {"type": "array", "items": {"type": "number"}, "description": "Per new token."},
         "layers": {"type": "array", "description": "Per token, per layer: expert -> node that computed it."},
         "round_trips": {"type": "integer"}, "failovers": {"type": "integer"},
-        "spot_checks": {"type": "integer"}, "faults": {"type": "array", "items": {"type": "string"}}}},
+        "spot_checks": {"type": "integer"}, "faults": {"type": "array", "items": {"type": "string"}},
+        "cache": {"type": "boolean", "description": "Whether the KV cache was used."},
+        "positions": {"type": "array", "items": {"type": "integer"}, "description": "Per token, positions run."},
+        "rows_sent": {"type": "array", "items": {"type": "integer"},
+                      "description": "Per token, expert input rows sent to other nodes."},
+        "bytes_sent": {"type": "array", "items": {"type": "integer"},
+                       "description": "Per token, bytes of expert requests sent to other nodes."}}},
         generate, target="experts"),
     Method("blyan_experts", "Experts this node serves and the registry of serving peers.", (), {
         "type": "object", "properties": {

@@ -28,7 +28,8 @@ class SyncStatus(Protocol):
 class ExpertsAPI(Protocol):
     """The expert service, as the API sees it."""
 
-    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
+                       use_cache: bool = True) -> dict:
         """Text in, text out, with the trace `blyan_generate` returns."""
 
     def describe(self) -> dict[str, Any]:

@@ -1,14 +1,19 @@
 """Distributed inference: the shared modules run here, experts wherever they are served.
 
-Per generated token the executor runs the model exactly as `MoEModel.generate` does (no KV
-cache: the whole context every step), piece by piece: embed, then per layer attention and
-router here; the router's choices become a plan (`node.experts.plan`: one request per node per
-layer); remote tasks run concurrently, each with a deadline; a task that fails (timeout,
-unreachable, refused, malformed or inconsistent answer) is re-planned onto the next replica,
-or onto local compute when this node can load the weights, a bounded number of times. Every
-answer names the block hashes used; a wrong one is rejected and its sender penalised. With
-probability `spot_check` an answer is recomputed here (when this node can load the weights) and
-a peer whose output disagrees beyond `tolerance` is penalised; the local result is used.
+Per generated token the executor runs the model exactly as `MoEModel.generate` does, piece by
+piece: embed, then per layer attention and router here; the router's choices become a plan
+(`node.experts.plan`: one request per node per layer); remote tasks run concurrently, each with
+a deadline; a task that fails (timeout, unreachable, refused, malformed or inconsistent answer)
+is re-planned onto the next replica, or onto local compute when this node can load the weights,
+a bounded number of times. Every answer names the block hashes used; a wrong one is rejected
+and its sender penalised. With probability `spot_check` an answer is recomputed here (when this
+node can load the weights) and a peer whose output disagrees beyond `tolerance` is penalised;
+the local result is used.
+
+With the KV cache (the default) keys and values stay on this node, in a `KVCache`, and the rule
+of `gpu.model.select_step_input` decides what a step runs: the prompt once, then one row per
+token, so a later token sends each of its top_k experts per layer one row instead of the whole
+context; past `max_seq_len` positions slide and every step runs the window again.
 
 Torch work goes through a `Compute` (a worker thread with a limiter in the daemon; inline in the
 simulator, where a thread would let the mock clock jump past every deadline).
@@ -28,7 +33,7 @@ import trio
 from torch import Tensor
 
 from chain import codec
-from gpu.model import MoEModel, Routing, combine_expert_outputs
+from gpu.model import KVCache, MoEModel, Routing, combine_expert_outputs, select_step_input
 from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts
@@ -111,6 +116,14 @@ class Generation:
     """Peers caught with wrong answers (one entry per fault)."""
     failovers: int = 0
     """Tasks re-planned after a failure."""
+    cache: bool = False
+    """Whether the KV cache was used (asked for, and the prompt fit in the window)."""
+    positions: list[int] = field(default_factory=list)
+    """Per new token (per `forward`), positions run: prompt, then 1 with the cache; else the window."""
+    rows_sent: list[int] = field(default_factory=list)
+    """Per new token, expert input rows sent to other nodes (all layers and requests, retries too)."""
+    bytes_sent: list[int] = field(default_factory=list)
+    """Per new token, bytes of the expert requests sent to other nodes."""
 
 
 class Executor:
@@ -123,17 +136,19 @@ class Executor:
         self.compute, self.rng = compute, rng
 
     async def generate(self, prompt: list[int], max_new_tokens: int, heads: dict[ExpertKey, bytes],
-                       temperature: float = 0.0, seed: int = 0) -> Generation:
+                       temperature: float = 0.0, seed: int = 0, use_cache: bool = True) -> Generation:
         """`MoEModel.generate` for one sequence, with experts computed across the network."""
         if not prompt:
             raise ValueError("empty prompt")
-        gen = Generation(prompt=list(prompt))
+        cfg = self.model.cfg
+        gen = Generation(prompt=list(prompt), cache=use_cache and len(prompt) <= cfg.max_seq_len)
         generator = torch.Generator().manual_seed(seed)
         idx = torch.tensor([prompt], dtype=torch.long)  # [1, T]
+        cache = KVCache(cfg) if use_cache else None
         for _ in range(max_new_tokens):
             start = trio.current_time()
-            context = idx[:, -self.model.cfg.max_seq_len:]  # [1, <=S]
-            logits, trace = await self.forward(context, heads, gen)
+            step, cache = select_step_input(idx, cache, cfg.max_seq_len)  # [1, T_step]
+            logits, trace = await self.forward(step, heads, gen, cache)
             last = logits[:, -1, :]  # [1, V]
             token = await self.compute.run(_pick, last, temperature, generator)  # [1, 1]
             idx = torch.cat([idx, token], dim=1)  # [1, T+1]
@@ -142,13 +157,21 @@ class Executor:
             gen.layers.append(trace)
         return gen
 
-    async def forward(self, idx: Tensor, heads: dict[ExpertKey, bytes],
-                      gen: Generation) -> tuple[Tensor, list[dict[int, str]]]:
-        """Logits [B, T, V] of `idx` [B, T], and per layer which node computed each expert."""
+    async def forward(self, idx: Tensor, heads: dict[ExpertKey, bytes], gen: Generation,
+                      cache: KVCache | None = None) -> tuple[Tensor, list[dict[int, str]]]:
+        """Logits [B, T, V] of `idx` [B, T], and per layer which node computed each expert.
+
+        With a cache, `idx` follows its positions and is appended, as in `MoEModel.forward`.
+        Each call adds one entry to `gen.positions`, `gen.rows_sent` and `gen.bytes_sent`.
+        """
         model, trace = self.model, []
-        x = await self.compute.run(_no_grad(model.embed_tokens), idx)  # [B, T, D]
+        gen.positions.append(idx.shape[1])
+        gen.rows_sent.append(0)
+        gen.bytes_sent.append(0)
+        start = 0 if cache is None else cache.length
+        x = await self.compute.run(_no_grad(model.embed_tokens), idx, start)  # [B, T, D]
         for layer in range(model.cfg.n_layers):
-            x = await self.compute.run(_no_grad(model.attn_forward), layer, x)  # [B, T, D]
+            x = await self.compute.run(_no_grad(model.attn_forward), layer, x, cache)  # [B, T, D]
             routing = await self.compute.run(_no_grad(model.route), layer, x)
             outputs, used = await self.run_experts(layer, routing.hidden, routing.experts.tolist(), heads, gen)
             x = await self.compute.run(_no_grad(_combine), routing, outputs, x)  # [B, T, D]
@@ -221,8 +244,11 @@ class Executor:
             ForwardItem(e, heads[(layer, e)], len(rows), encode_rows(rows_of[e]))
             for e, rows in task.experts.items()))
         start = trio.current_time()
+        payload = codec.encode(req)
         gen.round_trips += 1
-        data = await self.net.request(task.node, self.protocol, codec.encode(req),
+        gen.rows_sent[-1] += sum(item.rows for item in req.items)
+        gen.bytes_sent[-1] += len(payload)
+        data = await self.net.request(task.node, self.protocol, payload,
                                       timeout=self.config.request_timeout_s, max_response_bytes=MAX_FORWARD_BYTES)
         try:
             resp = decode_message(ForwardResponse, data, MAX_FORWARD_BYTES)

@@ -494,16 +494,18 @@ class ExpertService:
         return self._shared.model
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
-                              seed: int = 0) -> Generation:
+                              seed: int = 0, use_cache: bool = True) -> Generation:
         model = await self.shared_model()
         executor = Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
                             self.compute, self.rng)
-        return await executor.generate(prompt, max_tokens, get_expert_heads(self.view), temperature, seed)
+        heads = get_expert_heads(self.view)
+        return await executor.generate(prompt, max_tokens, heads, temperature, seed, use_cache)
 
-    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> dict:
+    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
+                       use_cache: bool = True) -> dict:
         """Text in, text out, with the trace `blyan_generate` returns."""
         tokenizer = await self.tokenizer()
-        gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed)
+        gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed, use_cache)
         me = self.net.local_id
         return {
             "prompt_tokens": gen.prompt,
@@ -514,6 +516,8 @@ class ExpertService:
                         for layer, used in enumerate(step)] for step in gen.layers],
             "round_trips": gen.round_trips, "failovers": gen.failovers,
             "spot_checks": gen.spot_checks, "faults": gen.faults,
+            "cache": gen.cache, "positions": gen.positions,
+            "rows_sent": gen.rows_sent, "bytes_sent": gen.bytes_sent,
         }
 
     def describe(self) -> dict:

@@ -1,4 +1,5 @@
-"""The MoE model: seeded init, shapes, training, per-block blobs, layerwise composition, generation.
+"""The MoE model: seeded init, shapes, training, per-block blobs, layerwise composition, generation
+(with and without the KV cache).
 
 Also the tensor-block encoding of `gpu.weights`, which every block round trip goes through.
 """
@@ -10,6 +11,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
@@ -17,10 +20,12 @@ from chain.errors import DecodingError
 from chain.tensors import KIND_EXPERT, ModelSpec, TensorInfo
 from gpu.model import (
     InvalidBlockTensors,
+    KVCache,
     MoEConfig,
     MoEModel,
     combine_expert_outputs,
     init_seeded,
+    select_step_input,
 )
 from gpu.tiles import compute_tensor_root
 from gpu.weights import decode_block, encode_block, make_tensor_record
@@ -289,6 +294,102 @@ def test_generate_sampling_seeded() -> None:
     again = model.generate(prompt, 8, temperature=1.0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(first, again)
 
+
+
+# --- the KV cache ---------------------------------------------------------------------------
+
+
+def _step_logits(model: MoEModel, prompt: torch.Tensor, n: int, use_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy generation step by step by the rule of `generate`: (tokens [B, n], last logits [n, B, V])."""
+    idx, cache, lasts = prompt, KVCache(model.cfg) if use_cache else None, []
+    with torch.no_grad():
+        for _ in range(n):
+            step, cache = select_step_input(idx, cache, model.cfg.max_seq_len)  # [B, T_step]
+            lasts.append(model(step, cache=cache)[0][:, -1])  # [B, V]
+            idx = torch.cat([idx, lasts[-1].argmax(-1, keepdim=True)], dim=1)  # [B, L+1]
+    return idx[:, prompt.shape[1]:], torch.stack(lasts)
+
+
+def test_kv_cache_prefill_is_the_uncached_forward() -> None:
+    model = init_seeded(TINY, 3)
+    idx = _tokens(2, 9)
+    with torch.no_grad():
+        cache = KVCache(TINY)
+        assert torch.equal(model(idx, cache=cache)[0], model(idx)[0])  # same ops, same order
+    assert cache.length == 9 and all(k.shape == (2, TINY.n_heads, 16, 8) for k in cache.keys)
+
+
+def test_kv_cache_chunks_match_one_forward() -> None:
+    model = init_seeded(TINY, 3)
+    idx = _tokens(2, 16)
+    with torch.no_grad():
+        full = model(idx)[0]  # [B, 16, V]
+        cache = KVCache(TINY)
+        chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 9), (9, 10), (10, 16))]
+    assert cache.length == 16
+    assert torch.allclose(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-5)  # masked chunk of 4 too
+
+
+@pytest.mark.parametrize("length", [1, 2, 8, 15, 16])
+def test_generate_cache_matches_uncached(length: int) -> None:
+    """Within the window and past it (16 new tokens always run past max_seq_len = 16)."""
+    model = init_seeded(TINY, 7)
+    prompt = _tokens(2, length, seed=length)
+    cached = model.generate(prompt, 16)
+    assert torch.equal(cached, model.generate(prompt, 16, use_cache=False))
+    tokens, logits = _step_logits(model, prompt, 16, use_cache=True)
+    ref_tokens, ref_logits = _step_logits(model, prompt, 16, use_cache=False)
+    assert torch.equal(tokens, cached[:, length:]) and torch.equal(tokens, ref_tokens)
+    assert torch.equal(logits[0], ref_logits[0])  # the prefill is the uncached forward
+    assert torch.allclose(logits, ref_logits, rtol=0, atol=1e-5)
+    first_slid = TINY.max_seq_len + 1 - length  # from this step the context exceeds the window:
+    assert torch.equal(logits[first_slid:], ref_logits[first_slid:])  # recomputed, so identical
+
+
+def test_generate_cache_sampling_matches_uncached() -> None:
+    model = init_seeded(TINY, 7)
+    prompt = _tokens(1, 3)
+    outs = [model.generate(prompt, 20, temperature=0.9, generator=torch.Generator().manual_seed(4),
+                           use_cache=use_cache) for use_cache in (True, False)]
+    assert torch.equal(*outs)
+
+
+@settings(max_examples=12, deadline=None)
+@given(length=st.integers(1, TINY.max_seq_len + 2), new=st.integers(1, 2 * TINY.max_seq_len), seed=st.integers(0, 9))
+def test_generate_cache_any_prompt_length(length: int, new: int, seed: int) -> None:
+    model = init_seeded(TINY, seed)
+    prompt = _tokens(1, length, seed=seed)
+    assert torch.equal(model.generate(prompt, new), model.generate(prompt, new, use_cache=False))
+
+
+def test_select_step_input_rule() -> None:
+    cache = KVCache(TINY)
+    prompt = _tokens(1, 5)
+    step, same = select_step_input(prompt, cache, 16)
+    assert torch.equal(step, prompt) and same is cache  # prefill: the whole prompt
+    with torch.no_grad():
+        init_seeded(TINY, 3)(prompt, cache=cache)
+    longer = _tokens(1, 6)
+    step, same = select_step_input(longer, cache, 16)
+    assert torch.equal(step, longer[:, 5:]) and same is cache  # then one row
+    past = _tokens(1, 17)
+    step, none = select_step_input(past, cache, 16)
+    assert torch.equal(step, past[:, 1:]) and none is None  # past the window: the last 16, no cache
+
+
+def test_invalid_kv_cache_past_capacity() -> None:
+    model = init_seeded(TINY, 3)
+    cache = KVCache(TINY)
+    with torch.no_grad():
+        model(_tokens(2, 16), cache=cache)
+        with pytest.raises(ValueError, match="positions 16..16 do not fit"):
+            model(_tokens(2, 1), cache=cache)  # position 16 has no embedding
+        with pytest.raises(ValueError, match="cannot take position 16"):
+            model.attn_forward(0, torch.zeros(2, 1, TINY.d_model), cache)
+        other = KVCache(TINY)
+        model(_tokens(2, 2), cache=other)
+        with pytest.raises(ValueError, match=r"\[B, H\]"):
+            model.attn_forward(0, torch.zeros(3, 1, TINY.d_model), other)  # another batch size
 
 GOLDEN_EXPERT_SHA256 = "2f31b49d1a7273dcdf2d73c8f033c10fa17e2c6e31c86da8bb2184178c07fec8"
 GOLDEN_BLOCK = (

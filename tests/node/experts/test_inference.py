@@ -1,4 +1,4 @@
-"""Distributed inference over the simulated network: exact tokens, spot checks, failover.
+"""Distributed inference over the simulated network: exact tokens, the KV cache, spot checks, failover.
 
 Every test runs under `autojump_clock`; nodes compute inline (`InlineCompute`) so the mock
 clock never jumps while torch runs. Waits are on conditions (`hub.wait_idle()`), never sleeps.
@@ -19,11 +19,11 @@ from chain.blobs import BlobStore
 from chain.crypto import PrivateKey
 from chain.records import ExpertState
 from chain.tensors import KIND_EXPERT, KIND_MODULE, ModelSpec
-from gpu.model import MoEConfig, init_seeded
+from gpu.model import KVCache, MoEConfig, init_seeded, select_step_input
 from gpu.weights import encode_block, make_tensor_record
 from node.experts.config import ExpertsConfig
-from node.experts.inference import InlineCompute
-from node.experts.service import ExpertService
+from node.experts.inference import Executor, Generation, InlineCompute
+from node.experts.service import ExpertService, get_expert_heads
 from node.experts.weights import StaticModelView
 from node.experts.wire import ForwardItem, ForwardOutput, ForwardRequest, encode_rows
 from p2p.network import RemoteError
@@ -49,9 +49,9 @@ def build_weights(blob_dir: Path, spec: ModelSpec = SPEC) -> tuple[StaticModelVi
 
 
 def reference_tokens(model: torch.nn.Module, prompt: list[int], n: int, temperature: float = 0.0,
-                     seed: int = 0) -> list[int]:
+                     seed: int = 0, use_cache: bool = True) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
-    out = model.generate(torch.tensor([prompt]), n, temperature=temperature, generator=gen)
+    out = model.generate(torch.tensor([prompt]), n, temperature=temperature, generator=gen, use_cache=use_cache)
     return out[0, len(prompt):].tolist()
 
 
@@ -106,6 +106,100 @@ async def test_sampling_with_a_seed_matches_single_process(
             nursery.cancel_scope.cancel()
     assert gen.tokens == reference_tokens(model, PROMPT, 8, temperature=0.8, seed=42)
 
+
+ROWS_PER_TOKEN = SPEC.n_layers * SPEC.top_k  # expert input rows of one position
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("length", [1, 7, SPEC.max_seq_len - 1, SPEC.max_seq_len, SPEC.max_seq_len + 2])
+async def test_cached_generation_matches_single_process(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, length: int, use_cache: bool
+) -> None:
+    """Greedy and seeded sampling; 6 new tokens run past max_seq_len for the longer prompts."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    prompt = (PROMPT * 2)[:length]
+    async with SimNetworkHub(seed=length) as hub:
+        services = [make_service(hub.add_node(f"n{i}"), view, blobs, ring(i)) for i in range(4)]
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, services)
+            greedy = await services[0].generate_tokens(prompt, 6, use_cache=use_cache)
+            sampled = await services[1].generate_tokens(prompt, 6, 0.8, 42, use_cache=use_cache)
+            nursery.cancel_scope.cancel()
+    assert greedy.tokens == reference_tokens(model, prompt, 6, use_cache=use_cache)
+    assert sampled.tokens == reference_tokens(model, prompt, 6, 0.8, 42, use_cache=use_cache)
+    S = SPEC.max_seq_len  # step t runs a sequence of length + t tokens
+    if use_cache and length <= S:
+        positions = [length] + [1 if length + t <= S else S for t in range(1, 6)]
+    else:
+        positions = [min(length + t, S) for t in range(6)]
+    assert greedy.cache == (use_cache and length <= S) and greedy.positions == positions
+
+
+async def test_cached_executor_logits_equal_single_process(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Step by step, the executor's logits with a cache are `MoEModel`'s with a cache, bit for bit."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=2) as hub:
+        servers = [make_service(hub.add_node(f"n{i}"), view, blobs, ring(i)) for i in range(4)]
+        client = make_service(hub.add_node("client"), view, blobs, ("none",))
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers, client])
+            executor = Executor(client.net, client.protocol, await client.shared_model(), client.local,
+                                client.registry, client.inference, client.compute, client.rng)
+            idx, mine, ref, gen = torch.tensor([PROMPT]), KVCache(model.cfg), KVCache(model.cfg), Generation(PROMPT)
+            for _ in range(SPEC.max_seq_len - len(PROMPT) + 1):  # until the cache is full
+                step, mine = select_step_input(idx, mine, SPEC.max_seq_len)  # [1, T_step]
+                logits, _ = await executor.forward(step, get_expert_heads(client.view), gen, mine)
+                with torch.no_grad():
+                    expected = model(step, cache=ref)[0]  # [1, T_step, V]
+                assert torch.equal(logits, expected)
+                idx = torch.cat([idx, logits[:, -1:].argmax(-1)], dim=1)  # [1, L+1]
+            nursery.cancel_scope.cancel()
+    assert mine is not None and mine.length == SPEC.max_seq_len
+    assert gen.positions == [len(PROMPT)] + [1] * (SPEC.max_seq_len - len(PROMPT))
+
+
+class Counter(ExpertService):
+    """Serves as usual, and logs the rows of every item it is asked, in arrival order."""
+
+    log: list[int]
+
+    def compute_outputs(self, req: ForwardRequest) -> list[ForwardOutput]:
+        self.log.extend(item.rows for item in req.items)
+        return super().compute_outputs(req)
+
+
+async def test_cached_generation_sends_one_row_per_expert_and_token(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    n = 8  # 14 + 8 positions fit in max_seq_len = 24
+    runs, logs = {}, {}
+    for use_cache in (True, False):
+        log: list[int] = []
+        async with SimNetworkHub(seed=3) as hub:
+            servers = [make_service(hub.add_node(f"n{i}"), view, blobs, ring(i), cls=Counter) for i in range(4)]
+            for server in servers:
+                server.log = log  # one log: requests arrive token by token
+            client = make_service(hub.add_node("client"), view, blobs, ("none",))
+            async with trio.open_nursery() as nursery:
+                await start_all(nursery, hub, [*servers, client])
+                runs[use_cache] = await client.generate_tokens(PROMPT, n, use_cache=use_cache)
+                nursery.cancel_scope.cancel()
+        logs[use_cache] = log
+    cached, uncached = runs[True], runs[False]
+    assert cached.tokens == uncached.tokens == reference_tokens(model, PROMPT, n)
+    prefill = len(PROMPT) * ROWS_PER_TOKEN
+    assert cached.rows_sent == [prefill] + [ROWS_PER_TOKEN] * (n - 1)
+    assert uncached.rows_sent == [(len(PROMPT) + t) * ROWS_PER_TOKEN for t in range(n)]
+    assert sum(logs[True]) == sum(cached.rows_sent) and sum(logs[False]) == sum(uncached.rows_sent)
+    cut = next(i for i in range(len(logs[True]) + 1) if sum(logs[True][:i]) == prefill)
+    after = logs[True][cut:]
+    assert after == [1] * len(after) and len(after) == (n - 1) * ROWS_PER_TOKEN  # one row per request item
+    pairs = zip(cached.bytes_sent[1:], uncached.bytes_sent[1:], strict=True)
+    assert all(mine < 0.2 * theirs for mine, theirs in pairs)  # 1 row vs 15 to 21 per expert
+    assert cached.cache and not uncached.cache
 
 class Liar(ExpertService):
     """Serves every expert, and answers wrongly."""
