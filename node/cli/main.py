@@ -215,13 +215,16 @@ def _parse_seeds(text: str) -> range:
               "validation_trained,wrong_result,copy_reveal,resign_copy.")
 @click.option("--byzantine-kinds", default=None, help="What the byzantine validators do (comma list; "
               "false_pol_votes signs the opposite of its verifier's verdict) [default: the consensus ones].")
+@click.option("--peers", default=0, show_default=True,
+              help="Connections per node in a peer graph (0: every node connected to every other).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sim(nodes: int, validators: int | None, byzantine: int, faults: str, seed: int, seeds: str | None,
         duration: float, tx_rate: float, deltas: int, forgeries: str, byzantine_kinds: str | None,
-        as_json: bool) -> None:
+        peers: int, as_json: bool) -> None:
     """Run the deterministic network simulation and check its invariants."""
     kinds = tuple(k for k in faults.split(",") if k)
-    extra: dict = {"deltas": deltas, "forgeries": tuple(k for k in forgeries.split(",") if k)}
+    extra: dict = {"deltas": deltas, "forgeries": tuple(k for k in forgeries.split(",") if k),
+                   "peers_per_node": peers}
     if byzantine_kinds:
         extra["byzantine_kinds"] = tuple(k for k in byzantine_kinds.split(",") if k)
     try:

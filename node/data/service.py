@@ -58,6 +58,11 @@ Pin = Callable[[str, bytes], None]
 
 QUEUE = 256
 FEED_QUEUE = 4096
+RETRY_FIRST_S = 2.0
+"""A submission whose step failed (its content could not be fetched, a transaction refused) is
+tried again after this, then after twice as long each time, up to RETRY_MAX_S: a holder that was
+offline or partitioned away comes back, and no later block need touch the record to wake it."""
+RETRY_MAX_S = 60.0
 
 
 @dataclass
@@ -113,6 +118,9 @@ class DataService:
         self.votes = 0
         self._send, self._recv = trio.open_memory_channel[bytes](QUEUE)
         self._queued: set[bytes] = set()
+        self._retry_after: dict[bytes, float] = {}
+        """Submissions waiting to be tried again -> the delay of their next failure's retry."""
+        self._nursery: trio.Nursery | None = None
         self._load()
 
     # --- running ------------------------------------------------------------------------------
@@ -121,6 +129,7 @@ class DataService:
         feed = self.node.feed.subscribe("data", (Committed,), maxlen=FEED_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._worker)
                 self._scan(self.node.store.state(CHAIN_DATASET))
                 task_status.started(self)
@@ -165,11 +174,27 @@ class DataService:
                 await self.step(submission)
             except (BlyanError, OSError) as err:
                 self._note_error(submission, str(err))
-                logger.warning("%s: dataset %s: %s", self.name, submission.hex()[:16], err)
+                self._schedule_retry(submission, str(err))
             except Exception as err:  # noqa: BLE001 - a bug here must not stop the node's consensus
                 self._note_error(submission, f"internal error: {type(err).__name__}: {err}")
                 logger.exception("%s: dataset %s: internal error (a bug: please report it)", self.name,
                                  submission.hex()[:16])
+            else:
+                self._retry_after.pop(submission, None)
+
+    def _schedule_retry(self, submission: bytes, error: str) -> None:
+        delay = self._retry_after.get(submission)
+        first = delay is None
+        delay = RETRY_FIRST_S if first else min(2 * delay, RETRY_MAX_S)
+        self._retry_after[submission] = delay
+        logger.warning("%s: dataset %s: %s (trying again in %g s)", self.name, submission.hex()[:16], error, delay)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retry, submission, delay)
+
+    async def _retry(self, submission: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        if self._retry_after.get(submission) == delay:  # else: done meanwhile, or a newer failure's
+            self.enqueue(submission)
 
     def _note_error(self, submission: bytes, error: str) -> None:
         work = self.work.get(submission)

@@ -12,8 +12,10 @@ Fetching walks the DAG depth first, `MAX_IN_FLIGHT` blocks at a time, rotating o
 that still serve this fetch. A peer that sends a block that does not match its CID (or an
 oversized one) is penalised and dropped for the rest of the fetch; one that says it cannot serve
 is dropped without penalty; one that times out is skipped for that block (dropped after
-`MAX_TIMEOUTS_PER_PEER`). A DAG whose sizes do not add up, or that claims more than `max_size`
-bytes, is refused before it is downloaded in full.
+`MAX_TIMEOUTS_PER_PEER`). Requests are hedged: a block not answered within
+`DEFAULT_HEDGE_AFTER_S` is asked of the next peer as well, first match wins, so that a lost
+request or a stalled holder costs seconds, not the block timeout. A DAG whose sizes do not add
+up, or that claims more than `max_size` bytes, is refused before it is downloaded in full.
 
 Reading, hashing and writing whole datasets run off the event loop through `offload` (a thread by
 default; tests under `MockClock` pass `run_inline`, since a thread's wall time is invisible to an
@@ -61,8 +63,10 @@ Offload = Callable[[Callable[[], T]], Awaitable[T]]
 PROTOCOL_DATASET = "dataset-block"
 MAX_REQUEST_BYTES = 2 * (MAX_CID_CHARS + 3) + 1
 """A msgpack array of two CIDs of at most MAX_CID_CHARS characters."""
-DEFAULT_BLOCK_TIMEOUT_S = 30.0
-"""How long one block request may take."""
+DEFAULT_BLOCK_TIMEOUT_S = 10.0
+"""How long one block request may take (a 256 KiB block: 26 KB/s at the least)."""
+DEFAULT_HEDGE_AFTER_S = 3.0
+"""How long a block request goes unanswered before the next holder is asked as well."""
 DEFAULT_FETCH_DEADLINE_S = 600.0
 """How long `fetch_dataset` may take, all blocks, peers and the IPFS fallback together."""
 MAX_IN_FLIGHT = 4
@@ -246,8 +250,9 @@ class _DagFetch:
     """One fetch of one dataset's blocks from peers: its peers, the blocks got, the walk's stack."""
 
     def __init__(self, net: Network, protocol: str, root: Cid, peers: list[PeerId], timeout: float,
-                 max_size: int) -> None:
+                 max_size: int, hedge_after: float = DEFAULT_HEDGE_AFTER_S) -> None:
         self.net, self.protocol, self.root = net, protocol, root
+        self.hedge_after = min(hedge_after, timeout)
         self.peers = list(peers)
         self.live = list(peers)
         """Peers still asked in this fetch, in the caller's order."""
@@ -297,35 +302,55 @@ class _DagFetch:
                 self.changed = trio.Event()
 
     async def get_block(self, cid: Cid) -> bytes:
-        """Block `cid` from the first live peer (in turn) that serves one matching the CID."""
+        """Block `cid` from the first live peer (in turn) that serves one matching the CID.
+
+        Hedged: a peer that has not answered within `hedge_after` (a lost request, a stalled
+        holder) does not hold up the block for its whole timeout; the next peer is asked too,
+        and the first matching answer wins (the others are cancelled). A peer that fails at once
+        hands over at once. Each peer is asked at most once per block."""
         request = codec.encode(DatasetBlockRequest(root=self.root, block=cid))
         start, self.turn = self.turn, self.turn + 1
         order = self.live[start % len(self.live):] + self.live[:start % len(self.live)] if self.live else []
-        for peer in order:  # each peer at most once per block
-            if peer not in self.live:
-                continue
-            try:
-                block = await self.net.request(peer, self.protocol, request, self.timeout,
-                                               max_response_bytes=unixfs.MAX_BLOCK_BYTES)
-                unixfs.verify_block(cid, block)
-            except RequestTimeout:
-                self.timeouts[peer] = self.timeouts.get(peer, 0) + 1
-                if self.timeouts[peer] >= MAX_TIMEOUTS_PER_PEER:
-                    self.drop(peer)
-                continue
-            except ResponseTooLarge as err:
-                self.reject(peer, f"oversized block {cid[:20]} of dataset {self.root[:20]}: {err.reason}")
-                continue
-            except RequestFailed as err:
-                logger.debug("dataset %s: %s does not serve it (%s)", self.root[:20], peer, err.reason)
-                self.drop(peer)
-                continue
-            except unixfs.BlockMismatch:
-                self.reject(peer, f"block {cid[:20]} of dataset {self.root[:20]} does not match its CID")
-                continue
-            self.served[peer] = self.served.get(peer, 0) + 1
-            return block
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            for peer in order:
+                if got:
+                    break
+                if peer not in self.live:
+                    continue
+                answered = trio.Event()
+                nursery.start_soon(self.ask, peer, cid, request, got, answered, nursery.cancel_scope)
+                with trio.move_on_after(self.hedge_after):
+                    await answered.wait()
+        if got:
+            return got[0]
         raise _NoHolder(f"no peer of {len(self.peers)} served block {cid[:20]}")
+
+    async def ask(self, peer: PeerId, cid: Cid, request: bytes, got: list[bytes], answered: trio.Event,
+                  won: trio.CancelScope) -> None:
+        """One peer's attempt at a block: on a match, into `got` and the other attempts cancelled."""
+        try:
+            block = await self.net.request(peer, self.protocol, request, self.timeout,
+                                           max_response_bytes=unixfs.MAX_BLOCK_BYTES)
+            unixfs.verify_block(cid, block)
+        except RequestTimeout:
+            self.timeouts[peer] = self.timeouts.get(peer, 0) + 1
+            if self.timeouts[peer] >= MAX_TIMEOUTS_PER_PEER:
+                self.drop(peer)
+        except ResponseTooLarge as err:
+            self.reject(peer, f"oversized block {cid[:20]} of dataset {self.root[:20]}: {err.reason}")
+        except RequestFailed as err:
+            logger.debug("dataset %s: %s does not serve it (%s)", self.root[:20], peer, err.reason)
+            self.drop(peer)
+        except unixfs.BlockMismatch:
+            self.reject(peer, f"block {cid[:20]} of dataset {self.root[:20]} does not match its CID")
+        else:
+            if not got:
+                got.append(block)
+                self.served[peer] = self.served.get(peer, 0) + 1
+                won.cancel()
+        finally:
+            answered.set()
 
     def reject(self, peer: PeerId, reason: str) -> None:
         """Penalise and drop a peer that sent a bad block: once per fetch, though several of its

@@ -26,7 +26,7 @@ from chain.errors import (
 from chain.state import State
 from chain.transition import apply_block
 from chain.types import CHAIN_NAMES, Block, CommitCertificate, ValidatorSet
-from chain.votes import SignedVote, Vote
+from chain.votes import STEP_PREVOTE, SignedVote, Vote
 from consensus.messages import InvalidProposal, Proposal, validate_signed_proposal
 from consensus.tendermint import (
     BroadcastProposal,
@@ -268,10 +268,30 @@ class ChainRunner:
             return  # signed for another validator set; not ours to judge
         valid = self._check_block(msg.block, peer)
         self.blocks.setdefault(msg.block.hash(), msg.block)
+        first = p.round not in self.proposal_msgs
         self.proposal_msgs.setdefault(p.round, msg)
         if not self.started:
             await self._start()
         await self._run_actions(self.machine.on_proposal(msg.signed, valid))
+        if first and p.pol_round >= 0 and p.height == self.height:
+            await self._send_pol_prevotes(p.pol_round, p.block_hash)
+
+    async def _send_pol_prevotes(self, pol_round: int, block_hash: bytes) -> None:
+        """A re-proposal of `block_hash` (POL round `pol_round`) is accepted only by who holds 2/3
+        prevotes for it at that round; a node that missed some (a partition, lost messages, a
+        voter that is banned here or gone) is what keeps a locked minority from finalizing, and
+        the votes' own senders may never send them again. So, once per proposal, relay the
+        prevotes of that POL round that we hold: the whole polka when we have it, else our own
+        (signed votes are anyone's to forward: CometBFT's reactor sends a peer the POL prevotes
+        of the proposal it has, the same)."""
+        votes = self.machine.votes
+        if votes.has_two_thirds_for(pol_round, STEP_PREVOTE, block_hash):
+            relay = votes.get_votes(pol_round, STEP_PREVOTE, block_hash)
+        else:
+            relay = [signed for signed in self.own_votes
+                     if signed.vote.round == pol_round and signed.vote.step == STEP_PREVOTE]
+        for signed in relay:
+            await self.port.publish(TOPIC_VOTES, VoteMsg(signed))
 
     async def _on_vote(self, peer: PeerId, signed: SignedVote) -> None:
         if self._defer(("vote", peer, signed)):
@@ -373,6 +393,8 @@ class ChainRunner:
         msg = ProposalMsg(signed, self.blocks[proposal.block_hash])
         self.proposal_msgs[proposal.round] = msg
         await port.publish(TOPIC_PROPOSALS, msg)
+        if proposal.pol_round >= 0:  # a re-proposal: its POL, for whoever missed part of it
+            await self._send_pol_prevotes(proposal.pol_round, proposal.block_hash)
         return self.machine.on_proposal(signed, self.checked.get(proposal.block_hash) is not None)
 
     async def _broadcast_vote(self, vote: Vote) -> list:

@@ -86,6 +86,10 @@ class SimConfig:
     (0 and no forgeries: no learning, and the quick genesis without model weights)."""
     forgeries: tuple[str, ...] = ()
     """Byzantine contributors, one for each of these FORGERY_KINDS."""
+    peers_per_node: int = 0
+    """0: every node is connected to every other. N: a peer graph of about N connections per
+    node (as a daemon's `target_peers` keeps), so that handshakes, catch-up and requests go to
+    neighbours only; gossip still reaches every subscriber (the mesh's result), after its delay."""
 
     @property
     def learning(self) -> bool:
@@ -94,6 +98,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.validators <= self.nodes:
             raise ValueError("need 1 <= validators <= nodes")
+        if self.peers_per_node < 0:
+            raise ValueError("need peers_per_node >= 0")
         if not 0 <= self.byzantine <= self.validators:
             raise ValueError("need 0 <= byzantine <= validators")
         unknown = set(self.faults) - set(FAULT_KINDS)
@@ -119,6 +125,10 @@ class SimConfig:
         learning += f" --forgeries {','.join(self.forgeries)}" if self.forgeries else ""
         if self.byzantine and self.byzantine_kinds != BYZANTINE_KINDS:
             learning += f" --byzantine-kinds {','.join(self.byzantine_kinds)}"
+        if self.peers_per_node:
+            learning += f" --peers {self.peers_per_node}"
+        if self.tx_rate != 2.0:
+            learning += f" --tx-rate {self.tx_rate:g}"
         return (
             f"blyan sim --nodes {self.nodes} --validators {self.validators} --byzantine {self.byzantine}"
             f"{faults}{learning} --seed {self.seed} --duration {self.duration:g} --json"

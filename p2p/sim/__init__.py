@@ -12,8 +12,14 @@ How a message travels: the sender samples a delay on its directed link (each lin
 derived from the seed by hashing, so one link's draws never depend on another's traffic) and
 pushes the copy onto the destination's heap, keyed by (due time, sender, per-link sequence). One
 delivery task per node pops the heap in that order and calls the handler, so deliveries at the
-same instant are ordered the same way in every run. Conditions are checked twice: when a copy is
-sent and when it arrives (a partition, crash or ban in between drops it). A gossip handler runs
+same instant are ordered the same way in every run. A delivery task with nothing due parks; the
+hub's one timer task holds an alarm for each node's next item and, under an autojumping
+`MockClock`, moves the clock itself once every task is blocked (to the next alarm or trio's next
+deadline, whichever is first), so an alarm costs no cancel scope. A woken node delivers all that
+is due by then. With `tick_s` (the simulation uses 1 ms) arrival times are rounded up to a grid,
+so that what falls due in one step is one wakeup per node. A link's RNG is a SplitMix64 stream
+(`LinkRandom`), one int of state for each of a run's N*(N-1) links. Conditions are checked
+twice: when a copy is sent and when it arrives (a partition, crash or ban in between drops it). A gossip handler runs
 in its node's delivery task: while it awaits, that node receives nothing else, so handlers stay
 quick (validate, push to a channel). At most `max_in_flight_per_link` messages are in flight on
 a link; beyond that gossip copies are dropped (`dropped_overflow`) and requests time out.

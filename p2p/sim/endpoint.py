@@ -42,7 +42,10 @@ class SimNetwork:
         self._view: set[PeerId] = set()
         self._scores = PeerScores(hub.score_config)
         self._heap: list[HeapEntry] = []
-        self._wakeup = trio.Event()
+        self._parked: trio.lowlevel.Task | None = None
+        """The delivery task while it waits for an item to fall due."""
+        self._alarm_due = math.inf
+        """When the hub's timer wakes the delivery task next (inf: no alarm set)."""
         self._scopes: dict[trio.CancelScope, None] = {}  # cancelled on crash (ordered, unlike set)
         self._inbound = 0
 
@@ -66,6 +69,7 @@ class SimNetwork:
         if topic in self._gossip:
             raise ValueError(f"{self.local_id} already subscribes to {topic}")
         self._gossip[topic] = (handler, max_bytes)
+        self._hub._subscribers.pop(topic, None)
 
     async def request(
         self,

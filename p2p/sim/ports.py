@@ -37,6 +37,8 @@ class Switchboard(Protocol):
     max_inbound_requests: int
     _nursery: trio.Nursery | None
     _nodes: dict[PeerId, Endpoint]
+    _subscribers: dict[str, list]
+    """Per topic, the live subscribers (an endpoint clears a topic it subscribes to)."""
 
     def get_clock_skew(self, peer_id: PeerId) -> int:
         """A node's clock skew in milliseconds."""

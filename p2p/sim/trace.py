@@ -67,12 +67,14 @@ class TraceLog:
         self._instant = 0.0
         self._instant_events: list[bytes] = []
 
-    def record(self, now: float, kind: str, src: PeerId, dst: PeerId, name: str, data: bytes) -> None:
+    def record(self, now: float, kind: str, src: PeerId, dst: PeerId, name: str, data: bytes,
+               data_hash: bytes | None = None) -> None:
+        """One event; `data_hash` is sha256(data) when the caller has it already."""
         if now != self._instant:
             self._fold_instant()
             self._instant = now
         line = f"{now!r}\x1f{kind}\x1f{src}\x1f{dst}\x1f{name}\x1f".encode()
-        self._instant_events.append(line + hashlib.sha256(data).digest())
+        self._instant_events.append(line + (data_hash or hashlib.sha256(data).digest()))
         if self.events.maxlen:
             self.events.append(TraceEvent(now, kind, src, dst, name, data))
 

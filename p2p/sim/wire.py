@@ -3,13 +3,14 @@ the state of one directed link. Internal to `p2p.sim`."""
 
 from __future__ import annotations
 
+import hashlib
 import math
-import random
 from dataclasses import dataclass
 
 import trio
 
 from p2p.network import PeerId
+from p2p.sim.faults import LinkRandom
 
 
 class Pending:
@@ -40,6 +41,13 @@ class Delivery:
     pending: Pending | None = None
     deadline: float = math.inf
     connected: bool = False
+    data_hash: bytes | None = None
+    """sha256 of `data` for the trace, computed once for all the copies of a publish."""
+
+    def get_data_hash(self) -> bytes:
+        if self.data_hash is None:
+            self.data_hash = hashlib.sha256(self.data).digest()
+        return self.data_hash
 
 
 HeapEntry = tuple[float, PeerId, int, Delivery]
@@ -50,6 +58,6 @@ HeapEntry = tuple[float, PeerId, int, Delivery]
 class Link:
     """A directed link: its own RNG (derived from the seed), its sequence and in-flight count."""
 
-    rng: random.Random
+    rng: LinkRandom
     seq: int = 0
     in_flight: int = 0

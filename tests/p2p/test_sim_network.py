@@ -117,6 +117,87 @@ async def test_gossip_fifo_on_a_fixed_latency_link(autojump_clock: trio.testing.
         assert trio.current_time() == pytest.approx(0.020)
 
 
+async def test_tick_rounds_arrivals_up_to_its_grid(autojump_clock: trio.testing.MockClock) -> None:
+    """With `tick_s`, each copy arrives at its sampled time rounded up to the grid: what falls
+    due within one step is delivered together, never earlier than sampled, in sender order."""
+    arrivals: list[tuple[float, str, int]] = []
+    async with SimNetworkHub(seed=9, faults=FaultConfig(latency_ms=(1.0, 30.0)), tick_s=0.01) as hub:
+        nets = [hub.add_node(f"n{i}") for i in range(4)]
+
+        async def record(sender: str, data: bytes) -> Verdict:
+            arrivals.append((trio.current_time(), sender, data[0]))
+            return Verdict.ACCEPT
+
+        nets[3].subscribe(TOPIC, record)
+        for i in range(30):
+            await nets[i % 3].publish(TOPIC, bytes([i]))
+        await hub.wait_idle()
+    assert len(arrivals) == 30
+    times = sorted({t for t, _, _ in arrivals})
+    assert all(abs(t / 0.01 - round(t / 0.01)) < 1e-9 for t in times)
+    assert len(times) < 30 and times[0] >= 0.01  # grouped, and nothing before its delay
+    for t in times:  # one instant: in (sender, per-link sequence) order
+        at = [(sender, i) for when, sender, i in arrivals if when == t]
+        assert at == sorted(at)
+
+
+@pytest.mark.parametrize("tick", [-0.001, math.inf, math.nan])
+def test_tick_must_be_finite_and_non_negative(tick: float) -> None:
+    with pytest.raises(SimError, match="tick_s"):
+        SimNetworkHub(seed=1, tick_s=tick)
+
+
+def test_hub_runs_on_a_real_clock_too() -> None:
+    """Without an autojumping MockClock the hub's timer sleeps to each alarm (a deadline per
+    alarm) instead of moving the clock: the same deliveries, in real (short) time."""
+
+    async def main() -> list[bytes]:
+        async with SimNetworkHub(seed=2, faults=FaultConfig.fixed(5.0)) as hub:
+            a, b = hub.add_node("a"), hub.add_node("b")
+            inbox = Inbox(b)
+            for i in range(5):
+                await a.publish(TOPIC, bytes([i]))
+            with trio.fail_after(10):
+                await hub.wait_idle()
+            return [data for _, data in inbox.got]
+
+    assert trio.run(main) == [bytes([i]) for i in range(5)]
+
+
+async def test_peer_graph_limits_connections_not_gossip(autojump_clock: trio.testing.MockClock) -> None:
+    """With `peers_per_node`, a node's connections are its graph neighbours (symmetric, from the
+    seed, about that many each, the whole graph connected), and gossip still reaches every
+    subscriber; a crashed node comes back to the same neighbours."""
+    async with SimNetworkHub(seed=6, peers_per_node=4) as hub:
+        nets = {f"n{i:02d}": hub.add_node(f"n{i:02d}") for i in range(30)}
+        inboxes = {name: Inbox(net) for name, net in nets.items()}
+        await hub.wait_idle()
+        for name, net in nets.items():
+            assert sorted(net.peers()) == hub.neighbours(name) and name not in hub.neighbours(name)
+            assert all(name in hub.neighbours(peer) for peer in hub.neighbours(name))
+        degrees = [len(hub.neighbours(name)) for name in nets]
+        assert min(degrees) >= 2 and 3 <= sum(degrees) / len(degrees) <= 6 and max(degrees) < 29
+        seen, todo = {"n00"}, ["n00"]
+        while todo:  # connected: a walk from n00 reaches every node
+            for peer in hub.neighbours(todo.pop()):
+                if peer not in seen:
+                    seen.add(peer)
+                    todo.append(peer)
+        assert seen == set(nets)
+        await nets["n07"].publish(TOPIC, b"to all")
+        await hub.wait_idle()
+        assert all(inbox.got == [("n07", b"to all")] for name, inbox in inboxes.items() if name != "n07")
+        before = hub.neighbours("n05")
+        hub.crash("n05")
+        await hub.wait_idle()
+        assert all("n05" not in nets[p].peers() for p in before)
+        again = hub.restart("n05")
+        await hub.wait_idle()
+        assert sorted(again.peers()) == before == hub.neighbours("n05")
+    with pytest.raises(SimError, match="peers_per_node"):
+        SimNetworkHub(seed=1, peers_per_node=-1)
+
+
 async def test_gossip_overflow_is_bounded_per_link(autojump_clock: trio.testing.MockClock) -> None:
     async with SimNetworkHub(seed=5, max_in_flight_per_link=5) as hub:
         a, b = hub.add_node("a"), hub.add_node("b")

@@ -25,6 +25,7 @@ from node.data.content import (
 )
 from node.data.transfer import (
     BLOCK_PENALTY,
+    DEFAULT_HEDGE_AFTER_S,
     ContentService,
     ContentUnavailable,
     DatasetBlockRequest,
@@ -81,6 +82,7 @@ class StallingNode(Node):
     """Never answers."""
 
     async def on_request(self, peer: str, data: bytes) -> bytes:
+        self.requests.append(codec.decode(DatasetBlockRequest, data).block)
         await trio.sleep_forever()
         return b""
 
@@ -285,6 +287,25 @@ async def test_a_stalling_holder_is_passed_over_within_the_block_timeout(
         with pytest.raises(DatasetUnavailable, match="within 5 s") as info:
             await me.fetch(["slow"], unixfs.compute_dataset_cid(b"z" * 1000), deadline_s=5.0)
         assert info.value.cid == unixfs.compute_dataset_cid(b"z" * 1000)
+
+
+async def test_a_silent_holder_costs_the_hedge_delay_not_the_block_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A request that is never answered (lost, or a holder that stalls) is hedged: the next
+    holder is asked after DEFAULT_HEDGE_AFTER_S, and the block does not wait out its timeout."""
+    data = make_data(MB, 15)
+    async with SimNetworkHub(seed=5) as hub:
+        slow = StallingNode(tmp_path / "slow", hub.add_node("slow"), (data,))
+        good = Node(tmp_path / "good", hub.add_node("good"), (data,))
+        me = Node(tmp_path / "me", hub.add_node("me"))
+        cid = good.store.cids()[0]
+        start = trio.current_time()
+        await me.fetch(["slow", "good"], cid, block_timeout_s=30.0)
+        elapsed = trio.current_time() - start
+        assert me.store.read(cid) == data and me.net.score("slow") == 0.0
+        assert slow.requests, "the stalling holder was never asked: the test proves nothing"
+        assert DEFAULT_HEDGE_AFTER_S <= elapsed < 3 * DEFAULT_HEDGE_AFTER_S + 1.0 < 30.0
 
 
 async def test_no_holder_is_unavailable_and_leaves_nothing(
