@@ -37,7 +37,7 @@ from chain.rounds import get_model_head
 from chain.state import Overlay
 from chain.store import ChainStore
 from chain.types import CHAIN_IDS, CHAIN_PARAMETER, CHAIN_REWARD
-from gpu.devices import compute_tier, discover_devices
+from gpu.devices import compute_memory_budget, compute_tier, discover_devices, get_cpu_device
 from gpu.loader import BlobLoader
 from node.api.metrics import NodeMetrics
 from node.api.server import RPCServer
@@ -164,16 +164,20 @@ async def run_expert_service(net: Network, key: PrivateKey, store: ChainStore, d
     """The daemon's expert service: the chain's model (every head with accepted deltas built
     here: validators verify on it, contributors train on it), the data dir's blobs, libp2p
     identities."""
-    devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls
+    devices = await trio.to_thread.run_sync(discover_devices)  # blocking driver calls, best tier first
     tier = max(int(compute_tier(d)) for d in devices)
-    logger.info("devices: %s; serving tier %d", ", ".join(d.name for d in devices), tier)
+    budget = compute_memory_budget(devices[0])
+    if not devices[0].is_cpu:  # served expert modules are held in RAM today (LocalExperts), wherever they run
+        budget = min(budget, compute_memory_budget(await trio.to_thread.run_sync(get_cpu_device)))
+    logger.info("devices: %s; serving tier %d, expert budget %d MiB", ", ".join(d.name for d in devices),
+                tier, budget >> 20)
     blobs = BlobStore(Path(data_dir) / BLOBS_DIR)
     heads = Materialiser(blobs, Path(data_dir) / HEADS_FILE)
     view = StoreModelView(store, heads)
     loader = BlobLoader(hash_dir=Path(data_dir) / TILE_HASHES_DIR)
     tiles = TileService(store.pact.network_id, blobs, loader, ChainRecords(view))
     service = ExpertService(net, key, view, blobs, config.experts, network_id=store.pact.network_id,
-                            clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier,
+                            clock=WallClock(), peer_binding=is_libp2p_identity, tier=tier, budget_bytes=budget,
                             loader=loader, tiles=tiles, materialiser=heads, feed=feed, materialise_all=True)
     await service.run(task_status=task_status)
 

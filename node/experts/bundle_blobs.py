@@ -96,6 +96,21 @@ async def fetch_blob(
     """Bring `ref` into `blobs` (the store `tiles` writes into) from `peers`, tile by tile, each tile
     verified against `ref.root`, then the whole blob against `ref.blob_id`. A no-op when a good copy
     is here; `BlobUnavailable` (nothing left behind) when no peer has it within `deadline_s`."""
+    await _fetch(tiles, net, peers, ref, blob_record(ref), blobs, deadline_s, tile_timeout_s)
+
+
+async def fetch_record_blob(
+    tiles: TileService, net: Network, peers: Sequence[PeerId], record: TensorRecord, blobs: BlobStore, *,
+    deadline_s: float = DEFAULT_FETCH_DEADLINE_S, tile_timeout_s: float = DEFAULT_TILE_TIMEOUT_S,
+) -> None:
+    """`fetch_blob` for a chain record (an expert's blob): its tiles checked against the record's
+    own geometry and root."""
+    ref = BlobRef(record.blob_id, record.size, record.merkle_root, record.name)
+    await _fetch(tiles, net, peers, ref, record, blobs, deadline_s, tile_timeout_s)
+
+
+async def _fetch(tiles: TileService, net: Network, peers: Sequence[PeerId], ref: BlobRef, record: TensorRecord,
+                 blobs: BlobStore, deadline_s: float, tile_timeout_s: float) -> None:
     if tiles.blob_store.root != blobs.root:
         raise ValueError("fetch_blob writes through the tile service: give it the service's blob store")
     if await _is_good(tiles, blobs, ref):
@@ -107,7 +122,7 @@ async def fetch_blob(
     existed = blobs.has(ref.blob_id)
     try:
         with trio.fail_after(deadline_s):
-            await tiles.repair_from_peers(net, peers, blob_record(ref), tile_timeout_s)
+            await tiles.repair_from_peers(net, peers, record, tile_timeout_s)
     except RepairFailed as err:
         _drop_partial(blobs, ref, existed)
         raise BlobUnavailable(ref, f"no peer of {len(peers)} served tiles {err.tiles}") from err

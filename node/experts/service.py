@@ -7,7 +7,8 @@
     await nursery.start(service.run)      # loads the served experts, then announces forever
     gen = await service.generate("Hello", max_tokens=16)
 
-Serving: the experts named by the config are loaded and pinned at start; a forward request for
+Serving: the experts named by the config are loaded and pinned at start (with "auto", those
+`node.experts.placement` chooses, re-evaluated every `placement_interval_s`); a forward request for
 anything else (another expert, or other weights of it) is refused with `ExpertNotServed`; at
 most `MAX_INFLIGHT` requests run at once (beyond: `Overloaded`); a malformed request costs its
 sender a penalty. Announcements are signed and bound to the sender's peer id (on libp2p), and
@@ -43,6 +44,7 @@ from chain.errors import ConfigError, StoreError
 from chain.records import ExpertState, is_expert_key
 from chain.tensors import TOKENIZER_BLOCK, TensorRecord
 from chain.types import CHAIN_PARAMETER
+from gpu.devices import Tier
 from gpu.loader import BlobLoader
 from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokenizer_block
 from node.core.feed import Committed, Feed, Subscription
@@ -50,6 +52,7 @@ from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
 from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materialiser
+from node.experts.placement import UNBOUNDED_BUDGET, Placer
 from node.experts.registry import ExpertRegistry
 from node.experts.tiles import RepairFailed, TileService
 from node.experts.weights import (
@@ -142,7 +145,8 @@ class BlockTokenizer:
 
 
 def choose_served(serve: tuple[str, ...], view: ModelView, blobs: BlobStore | None) -> list[ExpertKey]:
-    """The experts a node serves, from its config: "auto", "none" or block names."""
+    """The experts a node serves, from its config: "none", block names, or for "auto" the
+    candidates here (weights here, or buildable here), which `Placer.choose_initial` narrows."""
     spec = view.spec
     every = [(layer, e) for layer in range(spec.n_layers) for e in range(spec.n_experts)]
     if tuple(serve) == ("none",) or not serve:
@@ -177,6 +181,7 @@ class ExpertService:
         rng: random.Random | None = None, peer_binding: Callable[[PeerId, bytes], bool] | None = None,
         tier: int = 0, loader: BlobLoader | None = None, tiles: TileService | None = None,
         materialiser: Materialiser | None = None, feed: Feed | None = None, materialise_all: bool = False,
+        budget_bytes: int | None = None,
     ) -> None:
         self.net, self.key, self.view, self.blobs, self.config = net, key, view, blobs, config
         self.network_id, self.clock, self.tier = network_id, clock, tier
@@ -197,8 +202,15 @@ class ExpertService:
         self.heads_listeners: list[Callable[[], None]] = []
         """Called after each pass of `on_heads_moved` (the snapshot service signs what it built)."""
         self.wanted: list[ExpertKey] = []
-        """The experts the config asks this node to serve."""
-        self._heads_lock = trio.Lock()
+        """The experts this node means to serve (the config's, or placement's with "auto")."""
+        self.heads_lock = trio.Lock()
+        """Held while the served experts or their versions change."""
+        self.placer: Placer | None = None
+        """Chooses the served experts with "auto" (`node.experts.placement`)."""
+        if tuple(config.serve) == ("auto",):
+            budget = config.budget_mib << 20 if config.budget_mib else budget_bytes
+            self.placer = Placer(self, Tier(min(max(tier, 0), Tier.TIER_3)),
+                                 UNBOUNDED_BUDGET if budget is None else budget)
         self.local = LocalExperts(view, blobs, loader, cache_bytes=config.cache_mib << 20)
         self.inference = InferenceConfig(request_timeout_s=config.request_timeout_s,
                                          spot_check=config.spot_check, local_fallback=config.local_fallback)
@@ -218,6 +230,8 @@ class ExpertService:
             self.tiles.register(self.net)
         broken = []
         self.wanted = choose_served(self.config.serve, self.view, self.blobs)
+        if self.placer is not None:
+            self.wanted = self.placer.choose_initial(self.wanted)
         for key in self.wanted:
             try:
                 await self.compute.run(self.local.serve, key)
@@ -236,6 +250,8 @@ class ExpertService:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._announce_loop)
+                if self.placer is not None:
+                    nursery.start_soon(self.placer.run)
                 if broken:
                     nursery.start_soon(self._repair_and_serve, broken)
                 if self.materialiser is not None:
@@ -255,6 +271,8 @@ class ExpertService:
             peers = self.net.peers()
             still = []
             for key, record in broken:
+                if key not in self.wanted:  # placement dropped it meanwhile
+                    continue
                 try:
                     if not peers:
                         raise RepairFailed(record.name, [])
@@ -262,7 +280,7 @@ class ExpertService:
                     self.loader.forget(self.blobs.path_of(record.blob_id))
                     await self.compute.run(self.local.serve, key)
                     logger.info("repaired %s (%d tiles from peers); serving it", record.name, len(tiles))
-                    self._announce_now.set()
+                    self.announce_soon()
                 except (RepairFailed, ExpertError) as err:
                     logger.info("repair of %s not done yet: %s", record.name, err)
                     still.append((key, record))
@@ -303,7 +321,7 @@ class ExpertService:
         unserved until the next move."""
         if self.materialiser is None:
             return
-        async with self._heads_lock:
+        async with self.heads_lock:
             built = 0
             for name in self.used_blocks():
                 state = self.view.get_state(name)
@@ -330,7 +348,7 @@ class ExpertService:
                     logger.warning("the shared model stays at its old heads: %s", err)
             if switched:
                 logger.info("heads moved: %d versions materialised; now serving %s", built, ", ".join(switched))
-                self._announce_now.set()
+                self.announce_soon()
             self._collect_garbage()
         for listener in self.heads_listeners:
             listener()
@@ -403,9 +421,13 @@ class ExpertService:
                 await self._announce_now.wait()
             self._announce_now = trio.Event()
 
+    def announce_soon(self) -> None:
+        """Announce now rather than at the next interval (what this node serves changed)."""
+        self._announce_now.set()
+
     def _on_peer_event(self, peer: PeerId, connected: bool) -> None:
         if connected:
-            self._announce_now.set()  # tell the newcomer what we serve
+            self.announce_soon()  # tell the newcomer what we serve
         else:
             self.registry.remove(peer)
 

@@ -360,6 +360,13 @@ class LocalExperts:
             self.served[key] = state.head
         return state.head
 
+    def unserve(self, key: ExpertKey) -> None:
+        """Stop serving the expert and unpin it (forwards already running keep their module)."""
+        with self._lock:
+            old = self.served.pop(key, None)
+            if old is not None:
+                self._pinned.pop((key, old), None)
+
     def is_served(self, key: ExpertKey, block_hash: bytes) -> bool:
         return self.served.get(key) == block_hash
 
