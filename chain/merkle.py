@@ -49,6 +49,37 @@ def compute_root(leaves: Sequence[bytes], arity: int = 2) -> bytes:
     return _seal(len(leaves), compute_levels(leaves, arity)[-1][0])
 
 
+def update_levels(levels: list[list[bytes]], changed: dict[int, bytes], arity: int) -> list[list[bytes]]:
+    """The levels of the same-sized tree with leaves `changed` (index -> new hash) replaced:
+    only the paths above them are hashed again (k paths of depth d: k*d hashes, not n/(a-1)).
+    `levels` is left as it was."""
+    _check_arity(arity)
+    if not levels or not levels[0]:
+        raise ValueError("no tree to update")
+    count = len(levels[0])
+    if any(not 0 <= i < count for i in changed):
+        raise ValueError(f"a changed leaf is outside the {count} leaves")
+    out = [list(levels[0])]
+    for i, leaf in changed.items():
+        out[0][i] = leaf
+    dirty = set(changed)
+    for depth in range(1, len(levels)):
+        below, level = out[-1], list(levels[depth])
+        parents = {i // arity for i in dirty}
+        for p in parents:
+            level[p] = _node(below[p * arity : p * arity + arity])
+        out.append(level)
+        dirty = parents
+    return out
+
+
+def seal_levels(levels: list[list[bytes]]) -> bytes:
+    """The root of a tree given all its levels (`compute_levels`, `update_levels`)."""
+    if not levels or not levels[0]:
+        return _seal(0, b"")
+    return _seal(len(levels[0]), levels[-1][0])
+
+
 @wire
 class MerkleProof:
     """An inclusion proof of one leaf."""

@@ -46,7 +46,7 @@ def compute_bucket_hash(entries: Mapping[bytes, bytes]) -> bytes:
 class State:
     """The state of one chain after the block `head` at `height`. Never mutated."""
 
-    __slots__ = ("chain_id", "height", "head", "time_ms", "_buckets", "_hashes", "_root")
+    __slots__ = ("chain_id", "height", "head", "time_ms", "_buckets", "_hashes", "_root", "_levels")
 
     def __init__(
         self,
@@ -66,6 +66,9 @@ class State:
             hashes if hashes is not None else tuple(compute_bucket_hash(b) for b in self._buckets)
         )
         self._root: bytes | None = None
+        self._levels: list[list[bytes]] | None = None
+        """The bucket tree's levels once the root was asked for: a child state hashes only the
+        paths above the buckets it changed (`with_changes`)."""
 
     @classmethod
     def from_items(
@@ -96,7 +99,9 @@ class State:
     @property
     def root(self) -> bytes:
         if self._root is None:
-            self._root = merkle.compute_root(self._hashes, BUCKET_ARITY)
+            if self._levels is None:
+                self._levels = merkle.compute_levels(self._hashes, BUCKET_ARITY)
+            self._root = merkle.seal_levels(self._levels)
         return self._root
 
     def with_changes(
@@ -118,7 +123,12 @@ class State:
         for idx, bucket in touched.items():
             buckets[idx] = bucket
             hashes[idx] = compute_bucket_hash(bucket)
-        return State(self.chain_id, height, head, time_ms, tuple(buckets), tuple(hashes))
+        state = State(self.chain_id, height, head, time_ms, tuple(buckets), tuple(hashes))
+        if self._levels is not None and touched:
+            state._levels = merkle.update_levels(self._levels, {i: hashes[i] for i in touched}, BUCKET_ARITY)
+        elif self._levels is not None:
+            state._levels = self._levels
+        return state
 
     def same_content(self, other: State) -> bool:
         return self.root == other.root

@@ -29,17 +29,31 @@ from fractions import Fraction
 
 from chain.types import ValidatorSet
 
+_KNOWN: dict[tuple[int, int, int], tuple[tuple, bytes]] = {}
+"""(id(member tuple), height, round) -> (that tuple, proposer): every node of a process (a
+simulation) asks the same question of the same set, and with 100 validators an answer costs
+about 1 ms (Fractions in the slot adjustment; 0.3 us remembered)."""
+
 
 def compute_proposer(validators: ValidatorSet, height: int, round: int) -> bytes:
     """Address of the validator that proposes at `height` and `round` (both >= 0)."""
     if height < 0 or round < 0:
         raise ValueError(f"height {height} and round {round} must not be negative")
-    powers = [v.power for v in validators.validators]
+    members = validators.validators
+    key = (id(members), height, round)
+    known = _KNOWN.get(key)
+    if known is not None and known[0] is members:
+        return known[1]
+    powers = [v.power for v in members]
     total = sum(powers)
     if total <= 0:
         raise ValueError("a validator set without power has no proposer")
     won = compute_slots_won(powers, (height + round) % total)
-    return validators.validators[_next_slot(powers, won)].address
+    proposer = members[_next_slot(powers, won)].address
+    if len(_KNOWN) >= 4096:
+        _KNOWN.clear()
+    _KNOWN[key] = (members, proposer)  # holds the tuple: its id is not reused meanwhile
+    return proposer
 
 
 def compute_slots_won(powers: list[int], slots: int) -> list[int]:

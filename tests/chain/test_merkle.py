@@ -18,6 +18,8 @@ from chain.merkle import (
     compute_proof,
     compute_root,
     is_valid_proof,
+    seal_levels,
+    update_levels,
 )
 
 
@@ -320,3 +322,26 @@ def test_invalid_proof_bytes() -> None:
         codec.decode(MerkleProof, raw[:-1])
     with pytest.raises(DecodingError):
         codec.decode(MerkleProof, raw + b"\x00")
+
+
+@settings(deadline=None, max_examples=200)
+@given(n=st.integers(1, 300), arity=st.integers(2, 16), data=st.data())
+def test_update_levels_equals_recomputing(n: int, arity: int, data) -> None:
+    leaves = _leaves(n)
+    levels = compute_levels(leaves, arity)
+    before = [list(level) for level in levels]
+    changed = data.draw(st.dictionaries(st.integers(0, n - 1), st.binary(min_size=32, max_size=32), max_size=8))
+    updated = update_levels(levels, changed, arity)
+    new_leaves = [changed.get(i, leaf) for i, leaf in enumerate(leaves)]
+    assert updated == compute_levels(new_leaves, arity)
+    assert seal_levels(updated) == compute_root(new_leaves, arity)
+    assert levels == before  # the old tree is left as it was
+
+
+def test_update_levels_refuses_what_is_not_a_leaf() -> None:
+    levels = compute_levels(_leaves(5), 2)
+    with pytest.raises(ValueError, match="outside"):
+        update_levels(levels, {5: bytes(32)}, 2)
+    with pytest.raises(ValueError, match="no tree"):
+        update_levels([], {}, 2)
+    assert seal_levels([]) == compute_root([], 2)

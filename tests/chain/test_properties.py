@@ -6,11 +6,12 @@ from __future__ import annotations
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from chain import merkle
 from chain.context import Context
 from chain.errors import InvalidTransaction
 from chain.payloads import Stake, Transfer, Unstake
 from chain.reward import validate_supply
-from chain.state import Overlay, State
+from chain.state import BUCKET_ARITY, Overlay, State
 from chain.transition import apply_block, apply_tx, get_nonce
 from chain.types import CHAIN_REWARD
 from genesis.testkit import LocalChains, account_keys, make_pact, sign_tx, validator_keys
@@ -174,6 +175,26 @@ def test_state_root_independent_of_insertion_order(
     reordered = State.from_items(CHAIN_REWARD, 0, bytes(32), 0, dict(reversed(shuffled)))
     assert reordered.root == state.root
     assert state.same_content(fresh)
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.dictionaries(keys, values, max_size=20), change_batches)
+def test_incremental_state_root_equals_the_full_one(
+    initial: dict[bytes, bytes], batches: list[dict[bytes, bytes | None]]
+) -> None:
+    """A state whose parent's root was computed hashes only the changed buckets' paths; at
+    every step that root equals the root computed from scratch."""
+    state = State.from_items(CHAIN_REWARD, 0, bytes(32), 0, initial)
+    assert state.root == merkle.compute_root(state.bucket_hashes, BUCKET_ARITY)
+    for i, batch in enumerate(batches):
+        parent_root, before = state.root, state.bucket_hashes
+        state = state.with_changes(batch, i + 1, bytes(32), i + 1)
+        assert state._levels is not None  # the incremental path is the one under test
+        assert state.root == merkle.compute_root(state.bucket_hashes, BUCKET_ARITY)
+        fresh = State.from_items(CHAIN_REWARD, 0, bytes(32), 0, dict(state.items()))
+        assert fresh.root == state.root
+        if fresh.bucket_hashes == before:  # nothing changed: neither does the root
+            assert state.root == parent_root
 
 
 @settings(deadline=None, max_examples=100)
