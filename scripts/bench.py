@@ -64,6 +64,7 @@ from benchlib import (  # noqa: E402 - the path above comes first
     fmt_time,
     load_average,
     machine_info,
+    merge_sections,
     render_markdown,
     render_table,
     section,
@@ -142,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.tmpdir, load_at_start)  # after the runs: importing torch is not free
     markdown = render_markdown(results, machine, command, date, args.quick, seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown + "\n")
+    if args.only and args.out.exists():  # keep the other sections' figures: splice these in
+        note = (f"This section was run on its own (`{command}`, {date}, same report's machine; load "
+                f"{machine.get('load at start', '?')} at the start, {machine.get('load at end', '?')} at the end).")
+        markdown = merge_sections(args.out.read_text(), markdown, args.sections, note)
+    args.out.write_text(markdown.rstrip("\n") + "\n")
     log(f"bench: wrote {args.out}")
 
     rows = [r for s in results for r in s.rows]

@@ -433,3 +433,25 @@ def render_table(results: list[SectionResult]) -> str:
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def merge_sections(existing: str, fresh: str, names: list[str], note: str) -> str:
+    """`existing` (a whole report) with the sections `names` replaced by those of `fresh` (a
+    report of just them), each followed by `note` (when, how and under what load it ran). A
+    section `existing` lacks is appended. Everything else of `existing` is kept as it was, so a
+    `--only` run never erases the figures of the sections it did not run."""
+
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *blocks = text.split("\n## ")
+        sections = {}
+        for block in blocks:
+            name = block.split(":", 1)[0].split("\n", 1)[0].strip()
+            sections[name] = "## " + block.rstrip("\n") + "\n"
+        return head.rstrip("\n") + "\n", sections
+
+    head, old = split(existing)
+    _, new = split(fresh)
+    for name in names:
+        if name in new:
+            old[name] = new[name].rstrip("\n") + "\n\n" + note + "\n"
+    return head + "\n" + "\n".join(old.values())

@@ -112,6 +112,35 @@ def test_only_runs_the_named_sections(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "probe.a" in capsys.readouterr().out
 
 
+def test_an_only_run_splices_its_sections_into_the_existing_report(tmp_path: Path) -> None:
+    """`--only X` into an existing report replaces X's section (with a note of when it ran) and
+    keeps every other section's figures as they were."""
+
+    @bench.section("probe-c", "Probe C")
+    def probe_c(run) -> None:
+        ours, base = run.time_pair(lambda: None, lambda: None, repeat=2, number=10)
+        run.time_row("probe.c", "nothing", ours, base, "nothing either")
+
+    out = tmp_path / "report.md"
+    out.write_text("# Benchmarks\n\n- Date (UTC): then\n\n## codec: Codec\n\n| `codec.x` | kept |\n\n"
+                   "## probe-c: Probe C\n\n| `probe.c` | OLD FIGURE |\n\n## sync: Sync\n\nkept too\n")
+    try:
+        assert bench.main(["--only", "probe-c", "--out", str(out)]) == 0
+    finally:
+        del bench.SECTIONS["probe-c"]
+    markdown = out.read_text()
+    assert "| `codec.x` | kept |" in markdown and "kept too" in markdown and "- Date (UTC): then" in markdown
+    assert "OLD FIGURE" not in markdown and markdown.count("## probe-c: Probe C") == 1
+    section = markdown[markdown.index("## probe-c"):markdown.index("## sync")]
+    assert "`probe.c`" in section and "This section was run on its own (`" in section
+    assert markdown.index("## codec") < markdown.index("## probe-c") < markdown.index("## sync")
+
+
+def test_merge_appends_a_section_the_report_lacks() -> None:
+    merged = bench.merge_sections("# B\n\n## a: A\n\nx\n", "# B\n\n## new: New\n\ny\n", ["new"], "ran alone")
+    assert merged.index("## a: A") < merged.index("## new: New") and merged.rstrip().endswith("ran alone")
+
+
 def test_unknown_section_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(["--only", "nope"])
