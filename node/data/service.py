@@ -172,6 +172,14 @@ class DataService:
             self._queued.discard(submission)
             try:
                 await self.step(submission)
+            except DataRefused as err:
+                if self._still_owed(submission):
+                    self._note_error(submission, str(err))
+                    self._schedule_retry(submission, str(err))
+                else:  # the others decided first: nothing is owed any more, nothing to retry
+                    self._retry_after.pop(submission, None)
+                    logger.info("%s: dataset %s: closed before this validator's turn (%s)", self.name,
+                                submission.hex()[:16], err)
             except (BlyanError, OSError) as err:
                 self._note_error(submission, str(err))
                 self._schedule_retry(submission, str(err))
@@ -181,6 +189,15 @@ class DataService:
                                  submission.hex()[:16])
             else:
                 self._retry_after.pop(submission, None)
+
+    def _still_owed(self, submission: bytes) -> bool:
+        """Whether the committed record still waits for this validator's verdict or vote."""
+        rec = Overlay(self.node.store.state(CHAIN_DATASET)).get_record(dataset_key(submission), DatasetRecord)
+        if rec is None or self.key is None:
+            return False
+        me = self.key.address
+        return ((rec.status == STATUS_PENDING and me not in rec.audit_voters)
+                or (rec.status in (STATUS_AUDITED, STATUS_VOTED) and me not in rec.tier_voters))
 
     def _schedule_retry(self, submission: bytes, error: str) -> None:
         delay = self._retry_after.get(submission)

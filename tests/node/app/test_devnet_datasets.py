@@ -105,8 +105,11 @@ def test_datasets_are_audited_voted_and_refused_by_policy(tmp_path: Path) -> Non
         assert len(info["audits"]) >= 3 and all(a["passed"] for a in info["audits"])
         assert len(info["tier_votes"]) >= 3
         seconds = time.monotonic() - started
-        mine = dataset(dirs[2], cid)["this_validator"]
-        assert mine["passed"] and mine["report_hash"] == info["report_hash"] and mine["vote_sent"]
+        # Every validator audited it and got the submitted report; 3 of the 4 tier votes close the
+        # vote, so the last validator may find it closed (it then owes nothing and says so).
+        mine = [dataset(d, cid)["this_validator"] for d in dirs]
+        assert all(m["passed"] and m["report_hash"] == info["report_hash"] for m in mine), mine
+        assert sum(m["vote_sent"] for m in mine) >= 3, mine
         status = blyan("dataset", "status", cid, "--data-dir", str(dirs[0]))
         assert status.returncode == 0 and "approved" in status.stdout, status.stderr
         listed = json.loads(blyan("dataset", "list", "--status", "approved", "--data-dir", str(dirs[0]),
