@@ -193,11 +193,7 @@ class DataService:
     def _still_owed(self, submission: bytes) -> bool:
         """Whether the committed record still waits for this validator's verdict or vote."""
         rec = Overlay(self.node.store.state(CHAIN_DATASET)).get_record(dataset_key(submission), DatasetRecord)
-        if rec is None or self.key is None:
-            return False
-        me = self.key.address
-        return ((rec.status == STATUS_PENDING and me not in rec.audit_voters)
-                or (rec.status in (STATUS_AUDITED, STATUS_VOTED) and me not in rec.tier_voters))
+        return rec is not None and self.key is not None and _owed(rec, self.key.address) is not None
 
     def _schedule_retry(self, submission: bytes, error: str) -> None:
         delay = self._retry_after.get(submission)
@@ -230,13 +226,14 @@ class DataService:
         if rec is None or rec.submitted_height == 0:
             return  # unknown, or a genesis dataset
         work = self.work.setdefault(submission, Work(submission, rec.cid))
-        if rec.status == STATUS_PENDING and me not in rec.audit_voters:
+        owed = _owed(rec, me)
+        if owed == "verdict":
             if not work.verdict_sent:
                 await self._audit(work, rec, state)
             elif work.report is not None and self._dropped(work.verdict_tx):
                 work.verdict_tx = self._send_tx(AuditVerdict(submission, bool(work.passed),
                                                              codec.hash_of(work.report))).hash()
-        elif rec.status in (STATUS_AUDITED, STATUS_VOTED) and me not in rec.tier_voters:
+        elif owed == "vote":
             if not work.vote_sent:
                 await self._vote(work, rec, state)
             elif work.score is not None and self._dropped(work.vote_tx):
@@ -348,6 +345,15 @@ class DataService:
                 logger.warning("%s: ignoring %s: %s", self.name, file, err)
                 continue
             self.work[work.submission] = work
+
+
+def _owed(rec: DatasetRecord, me: bytes) -> str | None:
+    """What validator `me` owes the record now: "verdict", "vote", or None."""
+    if rec.status == STATUS_PENDING and me not in rec.audit_voters:
+        return "verdict"
+    if rec.status in (STATUS_AUDITED, STATUS_VOTED) and me not in rec.tier_voters:
+        return "vote"
+    return None
 
 
 class DataRefused(BlyanError):

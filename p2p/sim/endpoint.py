@@ -19,7 +19,7 @@ from p2p.network import (
 )
 from p2p.sim.ports import Switchboard
 from p2p.sim.requests import send_request
-from p2p.sim.wire import HeapEntry
+from p2p.sim.wire import HeapEntry, Parking
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class SimNetwork:
         self._view: set[PeerId] = set()
         self._scores = PeerScores(hub.score_config)
         self._heap: list[HeapEntry] = []
-        self._parked: trio.lowlevel.Task | None = None
+        self._parked = Parking()
         """The delivery task while it waits for an item to fall due."""
         self._alarm_due = math.inf
         """When the hub's timer wakes the delivery task next (inf: no alarm set)."""

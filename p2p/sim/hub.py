@@ -24,7 +24,7 @@ from p2p.sim.endpoint import SimNetwork
 from p2p.sim.faults import FaultConfig, LinkRandom, derive_seed
 from p2p.sim.requests import accept_request
 from p2p.sim.trace import SimStats, TraceEvent, TraceLog
-from p2p.sim.wire import Delivery, Link
+from p2p.sim.wire import Delivery, Link, Parking
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class SimNetworkHub:
         """(due, order, node): when a parked delivery task has its next item due."""
         self._alarm_order = 0
         self._timer: trio.CancelScope | None = None
-        self._timer_task: trio.lowlevel.Task | None = None
+        self._timer_idle = Parking()
         """The timer task while it waits for a first alarm (no alarm set)."""
         self._work = 0
         self._idle: trio.Event | None = None
@@ -436,16 +436,10 @@ class SimNetworkHub:
         timer = self._timer
         if timer is not None and due < timer.deadline:
             timer.deadline = due
-        task = self._timer_task
-        if task is not None:
-            self._timer_task = None
-            trio.lowlevel.reschedule(task)
+        self._timer_idle.wake()
 
     def _wake(self, net: SimNetwork) -> None:
-        task = net._parked
-        if task is not None:
-            net._parked = None
-            trio.lowlevel.reschedule(task)
+        net._parked.wake()
 
     def _ring_alarms(self) -> float:
         """Wake the nodes whose alarms are due; the time of the next alarm (inf: none)."""
@@ -478,32 +472,13 @@ class SimNetworkHub:
         the clock would do for a deadline). An alarm then costs no cancel scope."""
         while True:
             if self._ring_alarms() == math.inf:
-                await self._wait_for_alarm()  # trio's own autojump runs meanwhile
+                await self._timer_idle.park()  # trio's own autojump runs meanwhile
                 continue
             await trio.testing.wait_all_tasks_blocked()
             due = self._ring_alarms()  # alarms set while it waited count too
             step = min(due - trio.current_time(), trio.lowlevel.current_statistics().seconds_to_next_deadline)
             if 0 < step < math.inf:
                 clock.jump(step)
-
-    async def _wait_for_alarm(self) -> None:
-        self._timer_task = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._timer_task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-    async def _park(self, net: SimNetwork) -> None:
-        """Sleep until `_wake` (an alarm, or an item due now); cancellable (a crash)."""
-        net._parked = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            net._parked = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _delivery_loop(self, net: SimNetwork) -> None:
         with trio.CancelScope() as scope:
@@ -524,7 +499,7 @@ class SimNetworkHub:
                     continue
                 if heap:
                     self._set_alarm(net, heap[0][0], now)
-                await self._park(net)
+                await net._parked.park()  # until `_wake`: an alarm, or an item due now
 
     async def _dispatch(self, net: SimNetwork, item: Delivery) -> None:
         if item.kind == "event":
