@@ -61,10 +61,10 @@ class State:
         self.height = height
         self.head = head
         self.time_ms = time_ms
-        self._buckets = buckets if buckets is not None else tuple({} for _ in range(N_BUCKETS))
-        self._hashes = (
-            hashes if hashes is not None else tuple(compute_bucket_hash(b) for b in self._buckets)
-        )
+        self._buckets = buckets if buckets is not None else tuple([{} for _ in range(N_BUCKETS)])
+        self._hashes = hashes if hashes is not None else tuple(
+            [compute_bucket_hash(b) if b else _EMPTY_BUCKET for b in self._buckets]
+        )  # most buckets of a small state are empty: a store opening builds thousands of states
         self._root: bytes | None = None
         self._levels: list[list[bytes]] | None = None
         """The bucket tree's levels once the root was asked for: a child state hashes only the
@@ -74,10 +74,10 @@ class State:
     def from_items(
         cls, chain_id: int, height: int, head: bytes, time_ms: int, items: Mapping[bytes, bytes]
     ) -> State:
-        buckets: tuple[dict[bytes, bytes], ...] = tuple({} for _ in range(N_BUCKETS))
+        buckets: list[dict[bytes, bytes]] = [{} for _ in range(N_BUCKETS)]
         for key, value in items.items():
             buckets[bucket_of(key)][key] = value
-        return cls(chain_id, height, head, time_ms, buckets)
+        return cls(chain_id, height, head, time_ms, tuple(buckets))
 
     def get(self, key: bytes) -> bytes | None:
         return self._buckets[bucket_of(key)].get(key)

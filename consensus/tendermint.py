@@ -34,6 +34,7 @@ an equivocating proposer fed a different block can still follow the decision).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -158,6 +159,7 @@ Action = (
 )
 
 
+CHECK_SKIPS_ENV = "BLYAN_CHECK_SKIPPED_VOTES"
 _MAX_FIRINGS = 1000
 """Each rule fires at most once per round and step, so one input settles long before this."""
 
@@ -207,6 +209,11 @@ class SeenProposal:
 
 class Tendermint:
     """Algorithm 1 for one chain and height. `address` is ours; None (or a non-member) observes."""
+
+    check_skipped_votes = os.environ.get(CHECK_SKIPS_ENV) == "1"
+    """Tests (the suite sets `CHECK_SKIPS_ENV`, so simulator workers and daemons inherit it): run
+    the rules after a counted vote that `VoteSet.add` judged not decisive too, and raise if one
+    fires, since skipping them would have lost that firing."""
 
     def __init__(
         self,
@@ -320,8 +327,10 @@ class Tendermint:
         """A vote whose signature the engine checked (chain.commit.validate_signed_vote)."""
         result = self.votes.add(signed, self.state.round)
         actions: list[Action] = [ReportEvidence(result.evidence)] if result.evidence else []
-        if result.added:
+        if result.added and result.decisive:
             actions += self._apply_rules()
+        elif result.added and self.check_skipped_votes and self._apply_rules():
+            raise RuntimeError(f"a vote judged not decisive fired a rule: {signed.vote}")
         return actions
 
     def on_commit(self, commit: CommitCertificate) -> list[Action]:

@@ -42,6 +42,12 @@ class AddVoteResult:
     """Proof of equivocation, the first time one validator votes twice in a round and step."""
     reason: str = ""
     """Why the vote was not counted, or what was odd about it."""
+    decisive: bool = True
+    """Whether the vote may have made an upon-rule's precondition true: it took a tally of its
+    round and step (for its block, or for any block) above 2/3 of the power, or it is the first
+    vote of its signer in a round above the caller's current one (f+1 counts those voters). A
+    counted vote that is not decisive changes no rule's outcome, so the state machine need not
+    run them again (`consensus.tendermint`)."""
 
 
 class VoteSet:
@@ -103,10 +109,15 @@ class VoteSet:
         if first is not None:
             return self._add_conflicting(key, first, signed, power)
         self._first.setdefault(key, {})[vote.validator] = signed
-        self._any[key] = self._any.get(key, 0) + power
-        self._voters.setdefault(vote.round, set()).add(vote.validator)
-        self._count_for_block(key, signed, power)
-        return AddVoteResult(True)
+        before_any = self._any.get(key, 0)
+        self._any[key] = before_any + power
+        voters = self._voters.setdefault(vote.round, set())
+        new_voter = vote.validator not in voters
+        voters.add(vote.validator)
+        crossed = self._count_for_block(key, signed, power)
+        decisive = (crossed or self._crosses_quorum(before_any, power)
+                    or (new_voter and vote.round > current_round))
+        return AddVoteResult(True, decisive=decisive)
 
     def _add_conflicting(
         self, key: tuple[int, int], first: SignedVote, signed: SignedVote, power: int
@@ -120,15 +131,23 @@ class VoteSet:
         counted = self._by_hash.get(key, {}).get(vote.block_hash, {})
         if vote.block_hash not in self._tracked or vote.validator in counted:
             return AddVoteResult(False, evidence, reason="conflicting vote, not counted")
-        self._count_for_block(key, signed, power)
-        return AddVoteResult(True, evidence, reason="conflicting vote, counted for its block")
+        decisive = self._count_for_block(key, signed, power)
+        return AddVoteResult(True, evidence, reason="conflicting vote, counted for its block",
+                             decisive=decisive)
 
-    def _count_for_block(self, key: tuple[int, int], signed: SignedVote, power: int) -> None:
+    def _count_for_block(self, key: tuple[int, int], signed: SignedVote, power: int) -> bool:
+        """Count the vote for its block; whether that took the block's tally above 2/3."""
         vote = signed.vote
         self._by_hash.setdefault(key, {}).setdefault(vote.block_hash, {})[vote.validator] = signed
         tally = self._tally.setdefault(key, {})
-        tally[vote.block_hash] = tally.get(vote.block_hash, 0) + power
+        before = tally.get(vote.block_hash, 0)
+        tally[vote.block_hash] = before + power
         self._count += 1
+        return self._crosses_quorum(before, power)
+
+    def _crosses_quorum(self, before: int, power: int) -> bool:
+        quorum = self.validators.is_quorum
+        return quorum(before + power) and not quorum(before)
 
     # --- queries --------------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
-"""Test-wide settings: hypothesis profiles (CI runs derandomized)."""
+"""Test-wide settings: hypothesis profiles (CI runs derandomized); consensus checks its vote skips."""
 
 from __future__ import annotations
 
 import os
 
 from hypothesis import HealthCheck, settings
+
+# Before consensus is imported, and inherited by sweep workers and daemons: every counted vote
+# that Tendermint skips as not decisive is run through the rules anyway, and one that fires a
+# rule fails the run (consensus/tendermint.py `check_skipped_votes`).
+os.environ.setdefault("BLYAN_CHECK_SKIPPED_VOTES", "1")
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, print_blob=True,

@@ -6,6 +6,8 @@ These tests drive one machine by hand; test_tendermint_network.py runs four toge
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from chain.commit import (
@@ -557,3 +559,37 @@ def test_observer_decides_without_voting() -> None:
     actions += c.votes(4, 0, STEP_PREVOTE, A) + c.votes(4, 0, STEP_PRECOMMIT, A)
     assert votes_in(actions) == []
     assert m.decision == A
+
+
+# --- skipping votes that cannot fire a rule --------------------------------------------------
+
+
+def test_the_suite_checks_every_skipped_vote() -> None:
+    assert Tendermint.check_skipped_votes  # tests/conftest.py sets BLYAN_CHECK_SKIPPED_VOTES
+
+
+def test_a_skipped_vote_that_would_fire_a_rule_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consensus import voteset
+
+    c = Cluster()
+    c.machine.start()
+    c.machine.on_proposal(c.proposal(0, A), True)  # we prevote A
+    real_add = voteset.VoteSet.add
+    monkeypatch.setattr(voteset.VoteSet, "add",
+                        lambda self, signed, round: dataclasses.replace(real_add(self, signed, round), decisive=False))
+    c.votes(2, 0, STEP_PREVOTE, A)
+    with pytest.raises(RuntimeError, match="not decisive fired a rule"):
+        c.votes(3, 0, STEP_PREVOTE, A)  # the third is a polka: lines 36-41 would precommit A
+
+
+def test_without_the_check_only_decisive_votes_run_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Tendermint, "check_skipped_votes", False)
+    c = Cluster()
+    c.machine.start()
+    c.machine.on_proposal(c.proposal(0, A), True)
+    runs = []
+    real = c.machine._apply_rules
+    monkeypatch.setattr(c.machine, "_apply_rules", lambda: runs.append(1) or real())
+    c.votes(3, 0, STEP_PREVOTE, A)
+    assert len(runs) == 1  # the third prevote, the polka
+    assert c.machine.state.locked_value == A

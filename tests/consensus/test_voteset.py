@@ -181,3 +181,31 @@ def test_one_third_exactly_is_not_f_plus_one(keys: Keys) -> None:
     vs.add(vote(keys[1], 2, STEP_PREVOTE, NIL), 0)
     assert vs.has_one_third_any(2)
     assert not vs.has_two_thirds_any(2, STEP_PREVOTE)  # 2 of 3 is not more than 2/3
+
+
+def test_a_vote_is_decisive_when_it_takes_a_tally_over_two_thirds(keys: Keys, vals: ValidatorSet) -> None:
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    decisive = [vs.add(vote(k, 0, STEP_PREVOTE, BLOCK_A), 0).decisive for k in keys]
+    assert decisive == [False, False, True, False]  # 30 of 40 is the first quorum
+    vs.add(vote(keys[0], 0, STEP_PRECOMMIT, BLOCK_A), 0)
+    vs.add(vote(keys[1], 0, STEP_PRECOMMIT, BLOCK_A), 0)
+    # 2f+1 precommits "for anything" (line 47) is reached by a nil vote, though A's tally is not.
+    assert vs.add(vote(keys[2], 0, STEP_PRECOMMIT, NIL), 0).decisive
+    assert not vs.add(vote(keys[3], 0, STEP_PRECOMMIT, NIL), 0).decisive
+
+
+def test_a_first_vote_in_a_later_round_is_decisive(keys: Keys, vals: ValidatorSet) -> None:
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    assert vs.add(vote(keys[0], 2, STEP_PREVOTE, NIL), 0).decisive  # a new voter of round 2 (line 55)
+    assert not vs.add(vote(keys[0], 2, STEP_PRECOMMIT, NIL), 0).decisive  # the same voter again
+    assert not vs.add(vote(keys[1], 2, STEP_PREVOTE, NIL), 2).decisive  # round 2 is the current one
+
+
+def test_an_equivocators_counted_vote_is_decisive_when_it_makes_a_quorum(keys: Keys, vals: ValidatorSet) -> None:
+    vs = VoteSet(CHAIN, HEIGHT, vals)
+    vs.track_block(BLOCK_B)
+    vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_A), 0)
+    vs.add(vote(keys[1], 0, STEP_PREVOTE, BLOCK_B), 0)
+    vs.add(vote(keys[2], 0, STEP_PREVOTE, BLOCK_B), 0)
+    result = vs.add(vote(keys[0], 0, STEP_PREVOTE, BLOCK_B), 0)  # keys[0] votes B too
+    assert result.added and result.evidence is not None and result.decisive
