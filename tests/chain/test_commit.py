@@ -139,3 +139,17 @@ def test_invalid_evidence() -> None:
         validate_evidence(DuplicateVoteEvidence(ev.vote_a, precommit(KEYS[0], OTHER)), NET, VALS)
     with pytest.raises(InvalidEvidence):
         validate_evidence(ev, "othernet", VALS)
+
+
+def test_a_remembered_valid_vote_is_still_checked_against_another_set_network_or_signature() -> None:
+    good = precommit(KEYS[0])
+    validate_signed_vote(good, NET, VALS)
+    validate_signed_vote(good, NET, VALS)  # remembered
+    others = make_validator_set(0, [(k.public_key, 10) for k in KEYS[1:]])
+    with pytest.raises(InvalidSignature, match="non-validator"):
+        validate_signed_vote(good, NET, others)
+    with pytest.raises(InvalidSignature):
+        validate_signed_vote(good, "othernet", VALS)
+    forged = replace(good, signature=bytes(64))  # the same vote, an equal-looking object
+    with pytest.raises(InvalidSignature):
+        validate_signed_vote(forged, NET, VALS)
