@@ -63,6 +63,11 @@ RETRY_FIRST_S = 2.0
 tried again after this, then after twice as long each time, up to RETRY_MAX_S: a holder that was
 offline or partitioned away comes back, and no later block need touch the record to wake it."""
 RETRY_MAX_S = 60.0
+RECHECK_S = 10.0
+"""How often a validator looks again at the submissions whose verdict or vote it sent but that
+still wait for it: the transaction may have been dropped, or stuck behind a nonce that will
+never come (an earlier transaction of ours that every mempool dropped), and with no new block
+no commit would make it look."""
 
 
 @dataclass
@@ -120,6 +125,8 @@ class DataService:
         self._queued: set[bytes] = set()
         self._retry_after: dict[bytes, float] = {}
         """Submissions waiting to be tried again -> the delay of their next failure's retry."""
+        self._sent_nonces: dict[bytes, int] = {}
+        """Hash -> nonce of each verdict or vote sent and not yet seen final."""
         self._nursery: trio.Nursery | None = None
         self._load()
 
@@ -131,6 +138,7 @@ class DataService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._worker)
+                nursery.start_soon(self._recheck_loop)
                 self._scan(self.node.store.state(CHAIN_DATASET))
                 task_status.started(self)
                 async for event in feed:
@@ -189,6 +197,15 @@ class DataService:
                                  submission.hex()[:16])
             else:
                 self._retry_after.pop(submission, None)
+
+    async def _recheck_loop(self) -> None:
+        """Every `RECHECK_S`: each submission whose duty this validator sent but that still
+        waits for it goes through `step` again (which sends it anew if it was lost)."""
+        while True:
+            await trio.sleep(RECHECK_S)
+            for submission, work in list(self.work.items()):
+                if (work.verdict_sent or work.vote_sent) and self._still_owed(submission):
+                    self.enqueue(submission)
 
     def _still_owed(self, submission: bytes) -> bool:
         """Whether the committed record still waits for this validator's verdict or vote."""
@@ -296,10 +313,19 @@ class DataService:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
 
     def _dropped(self, tx_hash: bytes) -> bool:
-        """A transaction sent here that is neither pending nor on the chain (a mempool dropped
-        it, or the node restarted): its duty is owed again."""
-        return not tx_hash or (not self.node.is_pending(CHAIN_DATASET, tx_hash)
-                               and self.node.store.get_tx_location(CHAIN_DATASET, tx_hash) is None)
+        """A transaction sent here that will not be final: neither pending nor on the chain (a
+        mempool dropped it, or the node restarted), or pending behind a nonce gap (an earlier
+        transaction of ours was dropped, so no block can take this one). Its duty is owed again;
+        sent anew, it takes the missing nonce."""
+        if not tx_hash:
+            return True
+        if self.node.store.get_tx_location(CHAIN_DATASET, tx_hash) is not None:
+            self._sent_nonces.pop(tx_hash, None)
+            return False
+        if not self.node.is_pending(CHAIN_DATASET, tx_hash):
+            return True
+        nonce = self._sent_nonces.get(tx_hash)
+        return nonce is not None and self.node.next_nonce(CHAIN_DATASET, self.key.address) < nonce
 
     def _send_tx(self, payload: object) -> Transaction:
         nonce = self.node.next_nonce(CHAIN_DATASET, self.key.address)
@@ -308,6 +334,9 @@ class DataService:
         result = self.node.submit_tx(tx)
         if not result.added:
             raise DataRefused(f"{type(payload).__name__} refused: {result.outcome.value}: {result.reason}")
+        if len(self._sent_nonces) >= 4 * QUEUE:
+            self._sent_nonces.clear()  # only the gap check loses them; a dropped one is still seen
+        self._sent_nonces[tx.hash()] = nonce
         return tx
 
     # --- what it did --------------------------------------------------------------------------
