@@ -22,10 +22,10 @@ class SyncTiming:
     """How the sync service talks to peers while the node runs."""
 
     status_interval_s: float = 10.0
-    """How often this node gossips its heights. Every node's status reaches every node (about
-    D copies each), so this is the one gossip whose cost grows with the network: at 2 s it
-    was 80% of the messages a 16-daemon devnet handled. A lagging node learns of it sooner
-    anyway: from the handshake with each new peer and from consensus messages of later heights."""
+    """How often this node asks each connected peer for its heights (the handshake again). It
+    used to be a gossip that reached every node (about D copies each): at 2 s it was 80 % of the
+    messages a 16-daemon devnet handled. A lagging node learns of it sooner anyway: from the
+    handshake with each new peer and from consensus messages of later heights."""
     request_timeout_s: float = 2.0
     """Deadline of a handshake or blocks request."""
     batch: int = 32

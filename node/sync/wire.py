@@ -1,8 +1,8 @@
 """Messages of the sync wing: peers' heights, the handshake, blocks by range, and fast sync.
 
-Catch-up: a node learns that it lags from a peer's `StatusMsg` (gossiped now and then), from the
-`Handshake` two peers exchange first, or from consensus messages of a higher height, and asks
-that peer for `BlocksRequest` ranges; each block is checked against its commit certificate.
+Catch-up: a node learns that it lags from the `Handshake` it asks of each connected peer (when
+they connect, then every status interval), or from consensus messages of a higher height, and
+asks that peer for `BlocksRequest` ranges; each block is checked against its commit certificate.
 
 Fast sync: a state snapshot of a chain at a finalized height is the 4096 buckets of its `State`;
 the bucket hashes Merkle to the state root in the block header, and the header is certified by
@@ -18,8 +18,6 @@ from chain.state import N_BUCKETS
 from chain.types import Block, BlockHeader, CommitCertificate, ValidatorSet
 
 # Topic and protocol names (namespaced by network id with p2p.network.topic_name).
-TOPIC_STATUS = "status"
-"""Gossip: StatusMsg."""
 PROTOCOL_HANDSHAKE = "handshake"
 """Request: empty; response: Handshake."""
 PROTOCOL_BLOCKS = "blocks"
@@ -56,16 +54,9 @@ class ChainHead:
 
 
 @wire
-class StatusMsg:
-    """A node's finalized heights, gossiped now and then so that laggards learn they lag."""
-
-    heads: Seq(ChainHead, 8)
-    """One per chain."""
-
-
-@wire
 class Handshake:
-    """What two peers exchange first: a peer of another network or genesis is refused."""
+    """What two peers exchange first (and again every status interval, for their heights): a
+    peer of another network or genesis is refused."""
 
     network_id: Str(32)
     """Network id."""
