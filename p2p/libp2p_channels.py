@@ -299,6 +299,9 @@ class ChannelPool:
             logger.debug("%s does not speak persistent %s streams", peer, protocol)
             return None
         self._on_opened(protocol)
+        if self.nursery is None:  # the network stopped while the stream was negotiated
+            await reset_quietly(stream)
+            raise PeerUnreachable(peer, protocol, "this node is down")
         channel = RequestChannel(
             stream, peer, protocol, max_pending=self._max_pending, idle_s=self._idle_s,
             is_connected=lambda: self._is_connected(peer_id), on_violation=self._on_violation,
