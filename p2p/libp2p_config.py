@@ -32,8 +32,7 @@ class Libp2pConfig:
     request_timeout: float = 10.0
     """Server side: most seconds spent reading one request and running its handler."""
     max_streams_inbound: int = 64
-    """Requests served at once; more are answered "overloaded". Also the most persistent
-    request streams served at once (`p2p.libp2p_streams`)."""
+    """Requests served at once (both stream kinds); more are answered "overloaded"."""
     persistent_streams: bool = True
     """Send requests over one long-lived stream per (peer, protocol), falling back to a stream
     per request for peers without it; and serve such streams. False: per-request streams only

@@ -1,4 +1,4 @@
-"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub, one stream per request.
+"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub, persistent request streams.
 
     config = Libp2pConfig(seed=node_key_seed, listen="/ip4/0.0.0.0/tcp/4001",
                           bootstrap=("/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...",))
@@ -16,7 +16,9 @@ Semantics are those of `p2p.network` (and of `p2p.sim`, its deterministic twin):
   up to `MAX_GOSSIP_BYTES`. It has no flood-publish: a message published before the mesh has
   formed reaches mesh peers only (others through IHAVE gossip, or the replay a new subscriber
   gets): `wait_for_mesh` before a first publish where that matters.
-- Requests: wire format in `p2p.libp2p_reqresp`. The caller's deadline (`trio.fail_at`) covers
+- Requests: one persistent stream per (peer, protocol) carrying many requests by id
+  (`p2p.libp2p_streams`, `p2p.libp2p_channels`), else one stream per request
+  (`p2p.libp2p_reqresp`) with peers that lack it. The caller's deadline (`trio.fail_at`) covers
   dial, stream negotiation and exchange; inbound load is bounded by `max_streams_inbound`
   (excess: "overloaded"); a server spends at most `request_timeout` on one request.
 - Peers and scores: `peers()` holds the peers with a live connection (`p2p.libp2p_peers`); a peer
@@ -163,7 +165,7 @@ class Libp2pNetwork:
             # the requester's own requests in flight plus as many it gave up on (their
             # answers still to come): within this the server never stops reading a stream
             max_pending=2 * config.max_pending_per_stream,
-            max_streams=config.max_streams_inbound,
+            max_streams=config.max_peers * 4,  # a few protocols per connected peer
             idle_s=2 * config.stream_idle_s,  # the requester closes first; this frees leftovers
         )
         self._pool = ChannelPool(

@@ -25,8 +25,9 @@ protocol violation: the stream is reset and the peer penalised.
 
 Bounds: at most `max_pending` requests in flight per stream (the server reads no further frame
 until one is answered: back-pressure, not refusal), `max_inbound` handlers in flight across all
-streams of both kinds (excess: "overloaded"), `max_streams` persistent streams served at once,
-and an idle stream is reset after `idle_s`.
+streams of both kinds (excess: "overloaded"), `max_streams` persistent streams served at once
+and `MAX_STREAMS_PER_PEER` per (peer, protocol) (beyond: reset at once), and an idle stream is
+reset after `idle_s`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ RESPONSE_HEADER = struct.Struct(">IBI")
 """id, status, body length."""
 STATUS_TOO_LARGE = 2
 MAX_REQUEST_ID = 0xFFFFFFFF
+MAX_STREAMS_PER_PEER = 2
+"""Persistent streams one peer may hold open per protocol: its one stream, and the next while
+a broken one is still being torn down here."""
 
 
 def compute_stream_protocol(protocol: str) -> str:
@@ -113,21 +117,31 @@ class StreamServer:
         self.idle_s = idle_s
         self.open_streams: dict[str, int] = {}
         """Protocol -> persistent streams served now (keys: the protocols served)."""
+        self._per_peer: dict[tuple[PeerId, str], int] = {}
 
     async def serve(self, stream: INetStream, peer: PeerId) -> None:
         """Serve one persistent stream until the requester closes it, it breaks, it idles out
         or the peer violates the format (the caller's guard handles what escapes)."""
         protocol = str(stream.get_protocol()).removesuffix(STREAM_SUFFIX)
         entry = self.server.entries.get(protocol)
+        key = (peer, protocol)
         full = sum(self.open_streams.values()) >= self.max_streams
         if entry is None or self.server.is_banned(peer) or full:
             await reset_quietly(stream)
             return
+        if self._per_peer.get(key, 0) >= MAX_STREAMS_PER_PEER:
+            logger.info("%s opened a %s stream beyond %d: reset", peer, protocol, MAX_STREAMS_PER_PEER)
+            await reset_quietly(stream)
+            return
         self.open_streams[protocol] = self.open_streams.get(protocol, 0) + 1
+        self._per_peer[key] = self._per_peer.get(key, 0) + 1
         try:
             await _ServedStream(self, stream, peer, protocol, entry).run()
         finally:
             self.open_streams[protocol] -= 1
+            self._per_peer[key] -= 1
+            if not self._per_peer[key]:
+                del self._per_peer[key]
             await reset_quietly(stream)
 
 
@@ -206,13 +220,15 @@ class _ServedStream:
     async def _read_body(self, request_id: int, size: int) -> bytes | None:
         """The body within the server's timeout; None (answered, body dropped) above the cap."""
         cap = self.entry.max_request_bytes
-        with trio.move_on_after(self.server.timeout):
-            if size > cap:
-                self.server.on_oversized(self.peer, f"oversized request on {self.protocol}")
-                reason = encode_reason(f"request of {size} bytes exceeds the cap of {cap}")
-                self.send.send_nowait(Answer(request_id, STATUS_ERROR, reason, "failed"))
+        if size > cap:
+            self.server.on_oversized(self.peer, f"oversized request on {self.protocol}")
+            reason = encode_reason(f"request of {size} bytes exceeds the cap of {cap}")
+            self.send.send_nowait(Answer(request_id, STATUS_ERROR, reason, "failed"))
+            with trio.move_on_after(self.server.timeout):
                 await skip_exactly(self.stream, size)
                 return None
+            raise FrameError(f"oversized body of {size} bytes not sent in {self.server.timeout:g}s")
+        with trio.move_on_after(self.server.timeout):
             return await read_exactly(self.stream, size)
         self.server.on_outcome(self.protocol, "timed_out")
         raise FrameError(f"request body of {size} bytes not received in {self.server.timeout:g}s")

@@ -292,3 +292,43 @@ async def test_invalid_response_to_no_request_resets_and_penalises() -> None:
             await b.request(a.local_id, ECHO, b"x", timeout=5.0)
         assert b.score(a.local_id) == pytest.approx(-1.0, abs=1e-3)
         assert RESPONSE_HEADER.size == 9
+
+
+async def test_banned_peer_gets_no_request_over_its_open_stream() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        assert await b.request(a.local_id, ECHO, b"1", timeout=5.0) == b"echo:1"
+        b.penalize(a.local_id, "test", weight=100.0)
+        with pytest.raises(PeerUnreachable, match="banned"):
+            await b.request(a.local_id, ECHO, b"2", timeout=5.0)
+        assert a.stats().requests["echo"].served == 1
+
+
+def test_config_rejects_bad_stream_settings() -> None:
+    from chain.errors import ConfigError
+
+    for bad in ({"max_pending_per_stream": 0}, {"stream_idle_s": 0.0}, {"stream_idle_s": float("inf")}):
+        with pytest.raises(ConfigError):
+            Libp2pConfig.for_tests(seed(1), **bad)
+
+
+async def test_streams_per_peer_and_protocol_are_capped() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        protocol = [TProtocol(compute_stream_protocol(ECHO))]
+        streams = []
+        replies = []
+        for i in range(3):
+            try:
+                with trio.fail_after(WAIT):
+                    stream = await b._host.new_stream(ID.from_base58(a.local_id), protocol)
+                    streams.append(stream)  # held open: the cap counts open streams
+                    await stream.write(encode_request(1, 1024, b"%d" % i))
+                    header = await read_exactly(stream, RESPONSE_HEADER.size)
+                    _, status, size = RESPONSE_HEADER.unpack(header)
+                    replies.append((status, await read_exactly(stream, size)))
+            except Exception as err:  # beyond the cap: reset (during negotiation or after)
+                replies.append((None, type(err).__name__.encode()))
+        assert replies[:2] == [(STATUS_OK, b"echo:0"), (STATUS_OK, b"echo:1")]
+        assert replies[2][0] is None, replies
+        assert a._stream_server.open_streams[ECHO] == 2
