@@ -51,6 +51,15 @@ MAX_UNSUPPORTED = 4096
 peer disconnects; all of them if there are ever more)."""
 
 
+def compute_free_id(start: int, is_taken: Callable[[int], bool]) -> int:
+    """The first id from `start` (1..MAX_REQUEST_ID, wrapping) that is not taken. A channel
+    holds at most 2 x max_pending ids, far fewer than 2^32: the loop ends."""
+    request_id = start
+    while is_taken(request_id):
+        request_id = request_id % MAX_REQUEST_ID + 1
+    return request_id
+
+
 class ChannelClosed(Exception):
     """The channel closed before this request was registered: use a new one (internal)."""
 
@@ -120,9 +129,7 @@ class RequestChannel:
         return pending.response
 
     def _take_id(self) -> int:
-        request_id = self._next_id
-        while request_id in self.pending or request_id in self.abandoned:
-            request_id = request_id % MAX_REQUEST_ID + 1
+        request_id = compute_free_id(self._next_id, lambda i: i in self.pending or i in self.abandoned)
         self._next_id = request_id % MAX_REQUEST_ID + 1
         return request_id
 
@@ -226,12 +233,12 @@ class RequestChannel:
         """Every request in flight fails with the typed error of how the stream ended."""
         if not self.pending:
             return
-        if self._is_connected():
-            error: RequestFailed = RemoteError(self.peer, self.protocol, self._why)
-        else:
-            error = PeerUnreachable(self.peer, self.protocol, "connection lost")
-        for pending in self.pending.values():
-            pending.error = error
+        connected = self._is_connected()
+        for pending in self.pending.values():  # one error each: each is raised in its own task
+            if connected:
+                pending.error = RemoteError(self.peer, self.protocol, self._why)
+            else:
+                pending.error = PeerUnreachable(self.peer, self.protocol, "connection lost")
             pending.done.set()
         self.pending.clear()
 

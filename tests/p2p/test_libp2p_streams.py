@@ -10,12 +10,16 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from p2p.libp2p_channels import compute_free_id
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
 from p2p.libp2p_reqresp import read_exactly
 from p2p.libp2p_streams import (
+    MAX_REQUEST_ID,
     REQUEST_HEADER,
     RESPONSE_HEADER,
     STATUS_OK,
@@ -332,3 +336,32 @@ async def test_streams_per_peer_and_protocol_are_capped() -> None:
         assert replies[:2] == [(STATUS_OK, b"echo:0"), (STATUS_OK, b"echo:1")]
         assert replies[2][0] is None, replies
         assert a._stream_server.open_streams[ECHO] == 2
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@given(
+    request_id=st.integers(0, MAX_REQUEST_ID), cap=st.integers(0, 2**32 - 1),
+    body=st.binary(max_size=64), status=st.sampled_from([0, 1, 2]),
+)
+def test_frames_carry_their_header_then_body(
+    request_id: int, cap: int, body: bytes, status: int
+) -> None:
+    frame = encode_request(request_id, cap, body)
+    assert REQUEST_HEADER.unpack(frame[: REQUEST_HEADER.size]) == (request_id, cap, len(body))
+    assert frame[REQUEST_HEADER.size :] == body
+    frame = encode_response(request_id, status, body)
+    assert RESPONSE_HEADER.unpack(frame[: RESPONSE_HEADER.size]) == (request_id, status, len(body))
+    assert frame[RESPONSE_HEADER.size :] == body
+
+
+@given(
+    start=st.integers(1, MAX_REQUEST_ID),
+    taken=st.sets(st.integers(MAX_REQUEST_ID - 40, MAX_REQUEST_ID) | st.integers(1, 40), max_size=64),
+)
+def test_free_request_id_is_never_in_use(start: int, taken: set[int]) -> None:
+    request_id = compute_free_id(start, taken.__contains__)
+    assert 1 <= request_id <= MAX_REQUEST_ID and request_id not in taken
+    if start not in taken:
+        assert request_id == start
