@@ -32,7 +32,16 @@ class Libp2pConfig:
     request_timeout: float = 10.0
     """Server side: most seconds spent reading one request and running its handler."""
     max_streams_inbound: int = 64
-    """Requests served at once; more are answered "overloaded"."""
+    """Requests served at once (both stream kinds); more are answered "overloaded"."""
+    persistent_streams: bool = True
+    """Send requests over one long-lived stream per (peer, protocol), falling back to a stream
+    per request for peers without it; and serve such streams. False: per-request streams only
+    (as a node before persistent streams)."""
+    max_pending_per_stream: int = 32
+    """Requests in flight on one persistent stream, each way (more wait for a slot)."""
+    stream_idle_s: float = 30.0
+    """A persistent stream with nothing in flight for this long is closed by its requester
+    (its server closes it after twice this)."""
     dial_timeout: float = 5.0
     """Most seconds one dial may take (a request's own deadline may cut it shorter)."""
     redial_interval_s: float = 5.0
@@ -82,14 +91,14 @@ class Libp2pConfig:
             parse_peer_addr("bootstrap", addr)
         for name in (
             "handshake_timeout", "request_timeout", "dial_timeout", "redial_interval_s",
-            "maintenance_interval_s", "pex_interval_s",
+            "maintenance_interval_s", "pex_interval_s", "stream_idle_s",
             "shutdown_timeout", "gossip_heartbeat_s", "gossip_handler_timeout",
         ):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be positive and finite, got {value}")
         for name in (
-            "max_streams_inbound", "gossip_degree", "gossip_queue_size",
+            "max_streams_inbound", "max_pending_per_stream", "gossip_degree", "gossip_queue_size",
             "gossip_max_concurrent_handlers", "gossip_seen_ttl_s",
         ):
             if getattr(self, name) < 1:

@@ -1,4 +1,4 @@
-"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub, one stream per request.
+"""`Network` over py-libp2p 0.8.1: TCP, Noise, Yamux, GossipSub, persistent request streams.
 
     config = Libp2pConfig(seed=node_key_seed, listen="/ip4/0.0.0.0/tcp/4001",
                           bootstrap=("/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...",))
@@ -16,7 +16,9 @@ Semantics are those of `p2p.network` (and of `p2p.sim`, its deterministic twin):
   up to `MAX_GOSSIP_BYTES`. It has no flood-publish: a message published before the mesh has
   formed reaches mesh peers only (others through IHAVE gossip, or the replay a new subscriber
   gets): `wait_for_mesh` before a first publish where that matters.
-- Requests: wire format in `p2p.libp2p_reqresp`. The caller's deadline (`trio.fail_at`) covers
+- Requests: one persistent stream per (peer, protocol) carrying many requests by id
+  (`p2p.libp2p_streams`, `p2p.libp2p_channels`), else one stream per request
+  (`p2p.libp2p_reqresp`) with peers that lack it. The caller's deadline (`trio.fail_at`) covers
   dial, stream negotiation and exchange; inbound load is bounded by `max_streams_inbound`
   (excess: "overloaded"); a server spends at most `request_timeout` on one request.
 - Peers and scores: `peers()` holds the peers with a live connection (`p2p.libp2p_peers`); a peer
@@ -51,12 +53,20 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.connection_shutdown import is_expected_connection_shutdown
 from multiaddr import Multiaddr
 
+from p2p.libp2p_channels import ChannelPool
 from p2p.libp2p_config import Libp2pConfig
 from p2p.libp2p_discovery import Discovery, DiscoveryConfig, bootstrap_entries
 from p2p.libp2p_guard import GuardedPubsub, PeerNotifee, get_stream_peer, guard_stream_handler
 from p2p.libp2p_peers import PeerConnections
-from p2p.libp2p_reqresp import FrameError, RequestServer, ServerEntry, exchange
+from p2p.libp2p_reqresp import (
+    FrameError,
+    RequestServer,
+    ServerEntry,
+    UnsupportedProtocol,
+    exchange,
+)
 from p2p.libp2p_router import MeshRouter, install_record_memo
+from p2p.libp2p_streams import StreamServer, compute_stream_protocol
 from p2p.net_stats import NetCounters, NetStats, compute_short_name
 from p2p.network import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -150,6 +160,23 @@ class Libp2pNetwork:
             is_banned=self.is_banned,
             on_outcome=self._counters.count_request,
         )
+        self._stream_server = StreamServer(
+            self._server,
+            # the requester's own requests in flight plus as many it gave up on (their
+            # answers still to come): within this the server never stops reading a stream
+            max_pending=2 * config.max_pending_per_stream,
+            max_streams=config.max_peers * 4,  # a few protocols per connected peer
+            idle_s=2 * config.stream_idle_s,  # the requester closes first; this frees leftovers
+        )
+        self._pool = ChannelPool(
+            open_stream=self._open_stream,
+            is_connected=lambda peer_id: bool(self._peers.live_connections(peer_id)),
+            on_violation=self._on_fault,
+            on_opened=lambda protocol: self._counters.count_request(protocol, "streams_opened"),
+            max_pending=config.max_pending_per_stream,
+            idle_s=config.stream_idle_s,
+        )
+        self._peers.callbacks.append(self._on_peer_event)
         self._gossip: dict[str, tuple[GossipHandler, int]] = {}
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
@@ -213,7 +240,7 @@ class Libp2pNetwork:
                 await self._swarm.auto_connector.stop()
                 if not self._swarm.listeners:  # 0.8.1 logs a failed listen and runs on
                     raise NetworkError(f"cannot listen on {self.config.listen}")
-                self._nursery = self._peers.nursery = nursery
+                self._nursery = self._peers.nursery = self._pool.nursery = nursery
                 await self._pubsub.wait_until_ready()
                 self.discovery.load(trio.current_time())
                 await self._peers.dial_bootstrap()
@@ -243,6 +270,7 @@ class Libp2pNetwork:
         with pubsub streams open races libp2p's nurseries ("Nursery is closed to new arrivals")."""
         self._nursery = None
         self._peers.stop()  # no more events, dials or callbacks
+        self._pool.close_all()
         limit = self.config.shutdown_timeout
         with trio.CancelScope(shield=True), trio.move_on_after(limit) as scope:
             for topic in list(self._pubsub.topic_ids):
@@ -398,9 +426,19 @@ class Libp2pNetwork:
             raise ValueError(f"max_request_bytes must be >= 0, got {max_request_bytes}")
         self._server.entries[protocol] = ServerEntry(handler, max_request_bytes)
         self._host.set_stream_handler(TProtocol(protocol), self._serve_stream)
+        if self.config.persistent_streams:
+            stream_protocol = TProtocol(compute_stream_protocol(protocol))
+            self._host.set_stream_handler(stream_protocol, self._serve_persistent_stream)
 
     async def _serve_stream(self, stream: INetStream) -> None:
         await self._server.serve(stream, get_stream_peer(stream))
+
+    async def _serve_persistent_stream(self, stream: INetStream) -> None:
+        await self._stream_server.serve(stream, get_stream_peer(stream))
+
+    def _on_peer_event(self, peer: PeerId, connected: bool) -> None:
+        if not connected:
+            self._pool.forget_peer(peer)
 
     async def request(
         self,
@@ -435,7 +473,14 @@ class Libp2pNetwork:
             peer_id = ID.from_base58(peer)
         except Exception as err:
             raise PeerUnreachable(peer, protocol, "not a peer id") from err
-        stream = await self._open_stream(peer_id, peer, protocol)
+        if self.config.persistent_streams:
+            if self.is_banned(peer):
+                raise PeerUnreachable(peer, protocol, "peer is banned")
+            response = await self._pool.request(peer_id, peer, protocol, data, cap)
+            if response is not None:
+                return response
+        stream = await self._open_stream(peer_id, peer, protocol, protocol)
+        self._counters.count_request(protocol, "streams_opened")
         try:
             return await exchange(stream, peer, protocol, data, cap)
         except FrameError as err:
@@ -443,17 +488,20 @@ class Libp2pNetwork:
                 raise RemoteError(peer, protocol, f"stream broke off: {err}") from err
             raise PeerUnreachable(peer, protocol, "connection lost") from err
 
-    async def _open_stream(self, peer_id: ID, peer: PeerId, protocol: str) -> INetStream:
-        """A negotiated stream, dialling if needed; one retry on a fresh connection when the
-        listed one cannot carry a stream."""
+    async def _open_stream(
+        self, peer_id: ID, peer: PeerId, protocol: str, protocol_id: str
+    ) -> INetStream:
+        """A stream negotiated on `protocol_id` (`protocol` or its persistent stream's id),
+        dialling if needed; one retry on a fresh connection when the listed one cannot carry
+        a stream. Raises `UnsupportedProtocol` or `PeerUnreachable`."""
         failure: Exception | None = None
         for _ in range(2):
             await self._peers.dial(peer_id, peer, protocol)
             try:
-                return await self._host.new_stream(peer_id, [TProtocol(protocol)])
+                return await self._host.new_stream(peer_id, [TProtocol(protocol_id)])
             except Exception as err:
                 if _is_unsupported_protocol(err):
-                    raise RemoteError(peer, protocol, "unsupported protocol") from err
+                    raise UnsupportedProtocol(peer, protocol, "unsupported protocol") from err
                 failure = err
             logger.info("no stream to %s on its connection (%r): reconnecting", peer, failure)
             await self._peers.drop_all_connections(peer_id)

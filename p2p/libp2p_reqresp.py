@@ -44,6 +44,10 @@ class FrameError(Exception):
     """A stream that ended or broke before a whole frame arrived (internal to this package)."""
 
 
+class UnsupportedProtocol(RemoteError):
+    """The peer does not speak the protocol asked for in stream negotiation."""
+
+
 @dataclass(slots=True)
 class ServerEntry:
     """One served protocol."""
@@ -99,30 +103,50 @@ class RequestServer:
     ) -> None:
         self.entries: dict[str, ServerEntry] = {}
         self._slots = trio.Semaphore(max_inbound)
-        self._timeout = timeout
-        self._on_oversized = on_oversized
-        self._is_banned = is_banned
-        self._on_outcome = on_outcome
+        self.timeout = timeout
+        self.on_oversized = on_oversized
+        self.is_banned = is_banned
+        self.on_outcome = on_outcome
+
+    def try_admit(self) -> bool:
+        """Take one of the `max_inbound` slots (shared by both stream kinds); False when all
+        are taken ("overloaded"). Each True is paired with one `release`."""
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._slots.release()
+
+    async def handle(self, entry: ServerEntry, peer: PeerId, protocol: str, data: bytes) -> tuple[int, bytes, str]:
+        """Run the handler within the server's `timeout`: (status, body, outcome)."""
+        status, body = STATUS_ERROR, encode_reason("handler timed out")
+        with trio.move_on_after(self.timeout) as scope:
+            status, body = await self._run_handler(entry.handler, peer, protocol, data)
+        if scope.cancelled_caught:
+            logger.warning("request handler for %s overran %.1fs", protocol, self.timeout)
+            return status, body, "timed_out"
+        return status, body, "served" if status == STATUS_OK else "failed"
 
     async def serve(self, stream: INetStream, peer: PeerId) -> None:
         """Answer one request stream (the caller's guard handles what escapes)."""
         protocol = str(stream.get_protocol())
         entry = self.entries.get(protocol)
-        if entry is None or self._is_banned(peer):
+        if entry is None or self.is_banned(peer):
             await reset_quietly(stream)
             return
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            self._on_outcome(protocol, "failed")
+        if not self.try_admit():
+            self.on_outcome(protocol, "failed")
             await self._refuse(stream, "overloaded")
             return
         outcome = "failed"
         try:
             outcome = await self._serve_admitted(stream, peer, protocol, entry)
         finally:
-            self._slots.release()
-            self._on_outcome(protocol, outcome)
+            self.release()
+            self.on_outcome(protocol, outcome)
 
     async def _serve_admitted(
         self, stream: INetStream, peer: PeerId, protocol: str, entry: ServerEntry
@@ -131,12 +155,12 @@ class RequestServer:
         deadline is its own business; a requester that gave up just resets the stream).
         Returns the outcome: "served", "failed" or "timed_out"."""
         data: bytes | None = None
-        with trio.move_on_after(self._timeout):
+        with trio.move_on_after(self.timeout):
             try:
                 (size,) = LENGTH.unpack(await read_exactly(stream, LENGTH.size))
                 if size > entry.max_request_bytes:
                     reason = f"request of {size} bytes exceeds the cap of {entry.max_request_bytes}"
-                    self._on_oversized(peer, f"oversized request on {protocol}")
+                    self.on_oversized(peer, f"oversized request on {protocol}")
                     await self._refuse(stream, reason)
                     return "failed"
                 data = await read_exactly(stream, size)
@@ -145,17 +169,11 @@ class RequestServer:
                 await reset_quietly(stream)
                 return "failed"
         if data is None:
-            logger.info("request %s from %s not received in %.1fs", protocol, peer, self._timeout)
+            logger.info("request %s from %s not received in %.1fs", protocol, peer, self.timeout)
             await reset_quietly(stream)
             return "timed_out"
-        status, body = STATUS_ERROR, encode_reason("handler timed out")
-        with trio.move_on_after(self._timeout) as scope:
-            status, body = await self._run_handler(entry.handler, peer, protocol, data)
-        outcome = "served" if status == STATUS_OK else "failed"
-        if scope.cancelled_caught:
-            logger.warning("request handler for %s overran %.1fs", protocol, self._timeout)
-            outcome = "timed_out"
-        with trio.move_on_after(self._timeout):
+        status, body, outcome = await self.handle(entry, peer, protocol, data)
+        with trio.move_on_after(self.timeout):
             try:
                 await write_response(stream, status, body)
                 await stream.close()

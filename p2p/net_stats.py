@@ -49,6 +49,9 @@ class RequestStats:
     """Outbound requests that failed (unreachable, remote error, response too large)."""
     send_timed_out: int = 0
     """Outbound requests with no response before the caller's deadline."""
+    streams_opened: int = 0
+    """Streams opened for outbound requests: one per request over per-request streams, one per
+    persistent stream (which carries many)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Benchmark sections of the network: gossip latency over libp2p, block import while syncing."""
+"""Benchmark sections of the network: gossip latency over libp2p, request round trips over
+libp2p, block import while syncing."""
 
 from __future__ import annotations
 
@@ -261,6 +262,227 @@ def bench_gossip(run: SectionRun) -> None:
         baseline_what="raw py-libp2p gossipsub",
         ratio=o.p95 / b.p95, better="lower", goal=None,
     ))
+
+
+# --- request round trips ---------------------------------------------------------------------
+
+RAW_ECHO = "/bench/raw-echo/1"
+"""Protocol of the raw baseline's echo handler."""
+
+
+@asynccontextmanager
+async def open_raw_echo_pair() -> AsyncIterator[Callable]:
+    """Two bare py-libp2p 0.8.1 hosts on 127.0.0.1 (TCP, Noise, Yamux), connected; the first
+    serves `RAW_ECHO`: read a u32 length and that many bytes, write them back with the same
+    prefix, close. Yields `roundtrip(payload) -> bytes`: a new negotiated stream per call, as a
+    plain py-libp2p request/response does. No guards, caps, deadlines, ids or counters."""
+    import struct
+
+    import trio
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    length = struct.Struct(">I")
+    listen = Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+    async def read_exactly(stream: Any, size: int) -> bytes:
+        parts, missing = [], size
+        while missing:
+            chunk = await stream.read(min(missing, 1 << 20))
+            if not chunk:
+                raise EOFError(f"stream ended {missing} bytes short")
+            parts.append(chunk)
+            missing -= len(chunk)
+        return b"".join(parts)
+
+    async def echo(stream: Any) -> None:
+        (size,) = length.unpack(await read_exactly(stream, length.size))
+        body = await read_exactly(stream, size)
+        await stream.write(length.pack(size) + body)
+        await stream.close()
+
+    hosts = [new_host(key_pair=create_new_key_pair(bytes([3, i]) * 16), listen_addrs=[listen],
+                      connection_config=ConnectionConfig(max_connections_per_peer=1))
+             for i in range(2)]
+    async with AsyncExitStack() as stack:
+        for host in hosts:
+            await stack.enter_async_context(host.run(listen_addrs=[listen]))
+            await host.get_network().auto_connector.stop()
+        server, client = hosts
+        server.set_stream_handler(TProtocol(RAW_ECHO), echo)
+        await client.connect(info_from_p2p_addr(server.get_addrs()[0].encapsulate(
+            Multiaddr(f"/p2p/{server.get_id()}"))))
+
+        async def roundtrip(payload: bytes) -> bytes:
+            stream = await client.new_stream(server.get_id(), [TProtocol(RAW_ECHO)])
+            await stream.write(length.pack(len(payload)) + payload)
+            (size,) = length.unpack(await read_exactly(stream, length.size))
+            body = await read_exactly(stream, size)
+            await stream.close()
+            return body
+
+        try:
+            yield roundtrip
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                await client.disconnect(server.get_id())
+
+
+async def raw_request_rtts(payload_bytes: int, count: int, warmup: int = 5) -> list[float]:
+    """Seconds per round trip of `count` sequential raw py-libp2p requests (`open_raw_echo_pair`)
+    of `payload_bytes` each way, after `warmup` uncounted ones."""
+    async with open_raw_echo_pair() as roundtrip:
+        return await time_requests(roundtrip, payload_bytes, count, warmup=warmup)
+
+
+async def time_requests(
+    request: Callable, payload_bytes: int, count: int, in_flight: int = 1, warmup: int = 0,
+    batches: list[float] | None = None,
+) -> list[float]:
+    """Seconds per round trip of `count` calls of `request(payload)`, in batches of
+    `in_flight` sent at once (each timed from its own send to its own response; each batch's
+    seconds appended to `batches`), after `warmup` uncounted sequential calls."""
+    import trio
+
+    payload = bytes(payload_bytes)
+    trips: list[float] = []
+    for _ in range(warmup):
+        await request(payload)
+
+    async def one() -> None:
+        start = time.perf_counter()
+        if len(await request(payload)) != payload_bytes:
+            raise RuntimeError("echo returned a short body")
+        trips.append(time.perf_counter() - start)
+
+    for _ in range(max(1, count // in_flight)):
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(in_flight):
+                nursery.start_soon(one)
+        if batches is not None:
+            batches.append(time.perf_counter() - start)
+    return trips
+
+
+def measure_raw_request_rtt(payload_bytes: int, count: int) -> float:
+    """Median seconds of one raw py-libp2p request/response on 127.0.0.1 (a new negotiated
+    stream per request, bare echo handler): the latency floor of one network hop."""
+    import trio
+
+    logging.disable(logging.WARNING)
+    try:
+        return statistics.median(trio.run(raw_request_rtts, payload_bytes, count))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@asynccontextmanager
+async def open_ours_echo_pair(persistent: bool) -> AsyncIterator[Callable]:
+    """Two `Libp2pNetwork`s on 127.0.0.1, the second bootstrapped to the first, which serves an
+    echo protocol; yields `request(payload) -> bytes` from the second. `persistent=False`: the
+    requester uses a new stream per request (as before persistent streams, and as today with a
+    peer that does not speak them)."""
+    from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
+    from p2p.network import protocol_name
+
+    protocol = protocol_name("bench", "echo")
+    tag = 5 if persistent else 4
+
+    async def echo(requester: str, data: bytes) -> bytes:
+        return data
+
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            Libp2pNetwork.open(Libp2pConfig.for_tests(bytes([tag, 1]) * 16)))
+        server.set_request_handler(protocol, echo, max_request_bytes=1 << 20)
+        client = await stack.enter_async_context(Libp2pNetwork.open(Libp2pConfig.for_tests(
+            bytes([tag, 2]) * 16, tuple(server.listen_addrs()), persistent_streams=persistent)))
+
+        async def request(payload: bytes) -> bytes:
+            return await client.request(server.local_id, protocol, payload, timeout=10.0)
+
+        yield request
+
+
+async def run_request_rtts(
+    sizes: list[int], count: int, rounds: int
+) -> dict[tuple[str, int], list[float]]:
+    """Round trips per (path, payload size), the paths' batches alternating over `rounds`
+    (load on the machine hits them alike); ("x8_batch", size): seconds per batch of 8."""
+    out: dict[tuple[str, int], list[float]] = {}
+    async with open_raw_echo_pair() as raw, open_ours_echo_pair(False) as per_request, \
+            open_ours_echo_pair(True) as persistent:
+        for size in sizes:
+            for key in ("raw", "per_request", "persistent", "persistent_x8", "x8_batch"):
+                out[key, size] = []
+            for request in (raw, per_request, persistent):
+                await time_requests(request, size, 0, warmup=5)
+            for _ in range(rounds):
+                n = count // rounds
+                out["raw", size] += await time_requests(raw, size, n)
+                out["per_request", size] += await time_requests(per_request, size, n)
+                out["persistent", size] += await time_requests(persistent, size, n)
+                out["persistent_x8", size] += await time_requests(
+                    persistent, size, n, in_flight=8, batches=out["x8_batch", size])
+    return out
+
+
+@section("reqresp", "Request round trip over libp2p: persistent streams vs a stream per request",
+         notes=[
+    "Two nodes in ONE process and one `trio.run` on 127.0.0.1 (TCP, Noise, Yamux), echo handler "
+    "(the response is the request), payload the same size each way. Baseline: bare py-libp2p "
+    "0.8.1 hosts, a new negotiated stream per request (multistream-select), u32 length prefix "
+    "each way, no caps, deadlines or counters (`measure_raw_request_rtt` in "
+    "`scripts/bench_net.py`, also the inference benchmark's latency floor).",
+    "Ours: `Libp2pNetwork.request`. *per request*: the requester has `persistent_streams=False`, "
+    "a new stream per request (the path kept for peers without persistent streams). "
+    "*persistent*: one long-lived stream per (peer, protocol), frames with request ids "
+    "(`p2p/libp2p_streams.py`). *x8*: batches of 8 requests sent at once on that stream, each "
+    "timed from its own send to its own response (throughput = 8 / batch time in the text).",
+    "All three pairs of nodes are up at once; per payload size, batches of each path "
+    "alternate (10 rounds), after 5 warm-up requests each. Sequential rows: one request at a "
+    "time; medians. The machine's 2 cores are shared: compare rows, not absolute figures.",
+])
+def bench_reqresp(run: SectionRun) -> None:
+    import trio
+
+    sizes = [1024, 64 * 1024]
+    count, rounds = run.pick((400, 10), (40, 2))
+    logging.disable(logging.WARNING)
+    try:
+        result = trio.run(run_request_rtts, sizes, count, rounds)
+    finally:
+        logging.disable(logging.NOTSET)
+    labels = {
+        "per_request": "ours, a new stream per request",
+        "persistent": "ours, one persistent stream, sequential",
+        "persistent_x8": "ours, one persistent stream, 8 in flight",
+    }
+    for size in sizes:
+        raw = Stat.of(result["raw", size])
+        kb = f"{size // 1024}KB"
+        for key, what in labels.items():
+            o = Stat.of(result[key, size])
+            text = f"p50 {fmt_time(o.median)}, p95 {fmt_time(o.p95)} (n={o.samples})"
+            extra = {"ours_p95_s": o.p95, "baseline_p95_s": raw.p95}
+            if key == "persistent_x8":
+                rate = 8 / statistics.median(result["x8_batch", size])
+                text += f"; {fmt_rate(rate)} req/s (raw sequential {fmt_rate(1 / raw.median)})"
+                extra["requests_per_s"] = rate
+            run.row(Row(
+                name=f"reqresp.{kb}.{key}",
+                what=f"{what}: {size}-byte request and response",
+                ours=o.median, baseline=raw.median, unit="s",
+                ours_text=text,
+                baseline_text=f"p50 {fmt_time(raw.median)}, p95 {fmt_time(raw.p95)} (n={raw.samples})",
+                baseline_what="raw py-libp2p, a new stream per request, bare echo",
+                ratio=o.median / raw.median, better="lower", goal=None, extra=extra,
+            ))
 
 
 # --- sync --------------------------------------------------------------------------------------

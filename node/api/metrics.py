@@ -257,7 +257,11 @@ def _net_families(stats: NetStats) -> Iterator[Metric]:
                                  labels=["protocol", "outcome"])
     sent = CounterMetricFamily("blyan_requests_sent", "Requests to peers, by outcome.",
                                labels=["protocol", "outcome"])
+    streams = CounterMetricFamily("blyan_request_streams_opened", "Streams opened for requests "
+                                  "to peers (per request, or one per persistent stream).",
+                                  labels=["protocol"])
     for protocol, q in stats.requests.items():
+        streams.add_metric([protocol], q.streams_opened)
         for outcome, value in (("ok", q.served), ("failed", q.failed), ("timeout", q.timed_out)):
             served.add_metric([protocol, outcome], value)
         for outcome, value in (("ok", q.sent), ("failed", q.send_failed), ("timeout", q.send_timed_out)):
@@ -269,4 +273,4 @@ def _net_families(stats: NetStats) -> Iterator[Metric]:
         mesh.add_metric([topic], peers)
     known = GaugeMetricFamily("blyan_peers_known", "Peers in the address book (discovery).")
     known.add_metric([], stats.known_peers)
-    yield from (messages, size, verdicts, served, sent, mesh, known)
+    yield from (messages, size, verdicts, served, sent, streams, mesh, known)

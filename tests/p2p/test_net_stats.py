@@ -59,8 +59,8 @@ async def test_stats_count_requests_on_both_sides() -> None:
         served, asked = a.stats().requests, b.stats().requests
         assert served["echo"] == RequestStats(served=1, failed=1)
         assert served["refuse"] == RequestStats(failed=1)
-        assert asked["echo"] == RequestStats(sent=1, send_failed=1)
-        assert asked["refuse"] == RequestStats(send_failed=1)
+        assert asked["echo"] == RequestStats(sent=1, send_failed=1, streams_opened=1)  # one stream
+        assert asked["refuse"] == RequestStats(send_failed=1, streams_opened=1)
 
 
 def test_short_names_of_topics_and_protocols() -> None:

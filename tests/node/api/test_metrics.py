@@ -153,4 +153,5 @@ async def test_counters_move_when_messages_flow_between_two_nodes() -> None:
     assert value(sb, "blyan_gossip_bytes_total", topic="votes", direction="out") == 30
     assert value(sa, "blyan_requests_served_total", protocol="echo", outcome="ok") == 2
     assert value(sb, "blyan_requests_sent_total", protocol="echo", outcome="ok") == 2
+    assert value(sb, "blyan_request_streams_opened_total", protocol="echo") == 1  # persistent
     assert value(sa, "blyan_peers") == 1

@@ -1,0 +1,367 @@
+"""Persistent request streams over real py-libp2p on 127.0.0.1 (`p2p/libp2p_streams.py`,
+`p2p/libp2p_channels.py` through `Libp2pNetwork.request`): pipelining on one stream,
+out-of-order answers, deadlines that do not disturb the other requests, size caps, broken
+streams, fallback to per-request streams, idle close, and peers that break the format.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+
+from p2p.libp2p_channels import compute_free_id
+from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
+from p2p.libp2p_reqresp import read_exactly
+from p2p.libp2p_streams import (
+    MAX_REQUEST_ID,
+    REQUEST_HEADER,
+    RESPONSE_HEADER,
+    STATUS_OK,
+    compute_stream_protocol,
+    encode_request,
+    encode_response,
+)
+from p2p.network import PeerUnreachable, RemoteError, RequestTimeout, ResponseTooLarge
+from tests.p2p.libp2p_support import ECHO, WAIT, Watch, echo, seed, star
+
+
+def streams_opened(net: Libp2pNetwork, protocol: str = ECHO) -> int:
+    stats = net.stats().requests.get("echo")
+    return stats.streams_opened if stats is not None else 0
+
+
+class Gate:
+    """A handler that holds each request until the test opens its gate: `b"<key>"` waits for
+    `open(key)`; records the order in which requests entered and left."""
+
+    def __init__(self) -> None:
+        self.gates: dict[bytes, trio.Event] = {}
+        self.entered: list[bytes] = []
+        self._changed = trio.Event()
+
+    def gate(self, key: bytes) -> trio.Event:
+        return self.gates.setdefault(key, trio.Event())
+
+    async def __call__(self, requester: str, data: bytes) -> bytes:
+        self.entered.append(data)
+        self._changed.set()
+        self._changed = trio.Event()
+        await self.gate(data).wait()
+        return b"done:" + data
+
+    async def until_entered(self, n: int) -> None:
+        with trio.fail_after(WAIT):
+            while len(self.entered) < n:
+                await self._changed.wait()
+
+
+async def test_sequential_requests_share_one_stream() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1 << 20)
+        for i in range(20):
+            assert await b.request(a.local_id, ECHO, b"%d" % i, timeout=5.0) == b"echo:%d" % i
+        assert streams_opened(b) == 1
+        assert a._stream_server.open_streams[ECHO] == 1
+        assert b.stats().requests["echo"].sent == 20
+        assert a.stats().requests["echo"].served == 20
+
+
+async def test_per_request_streams_without_persistent_streams() -> None:
+    async with star(2, persistent_streams=False) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        for i in range(5):
+            assert await b.request(a.local_id, ECHO, b"%d" % i, timeout=5.0) == b"echo:%d" % i
+        assert streams_opened(b) == 5
+
+
+async def test_many_concurrent_requests_on_one_stream() -> None:
+    async with star(2, max_pending_per_stream=8) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1 << 20)
+        results: dict[int, bytes] = {}
+
+        async def call(i: int) -> None:
+            body = bytes([i]) * (1000 * i)  # sizes differ: frames of every length interleave
+            results[i] = await b.request(a.local_id, ECHO, body, timeout=10.0)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):  # more than the 8 slots: the rest wait their turn
+                nursery.start_soon(call, i)
+        assert results == {i: b"echo:" + bytes([i]) * (1000 * i) for i in range(50)}
+        assert streams_opened(b) == 1
+
+
+async def test_responses_complete_out_of_order() -> None:
+    async with star(2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        finished: list[bytes] = []
+        done = {key: trio.Event() for key in (b"first", b"second", b"third")}
+
+        async def call(key: bytes) -> None:
+            finished.append(await b.request(a.local_id, ECHO, key, timeout=10.0))
+            done[key].set()
+
+        async with trio.open_nursery() as nursery:
+            for key in done:
+                nursery.start_soon(call, key)
+            await gate.until_entered(3)  # all three in flight on the one stream at once
+            for key in (b"third", b"first", b"second"):
+                gate.gate(key).set()
+                with trio.fail_after(WAIT):
+                    await done[key].wait()
+        assert finished == [b"done:third", b"done:first", b"done:second"]
+        assert streams_opened(b) == 1
+
+
+async def test_timed_out_request_does_not_disturb_the_others() -> None:
+    async with star(2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        gate.gate(b"fast").set()
+        async with trio.open_nursery() as nursery:
+
+            async def slow() -> None:
+                with pytest.raises(RequestTimeout):
+                    await b.request(a.local_id, ECHO, b"slow", timeout=0.3)
+
+            nursery.start_soon(slow)
+            await gate.until_entered(1)
+            for _ in range(5):
+                assert await b.request(a.local_id, ECHO, b"fast", timeout=5.0) == b"done:fast"
+        channel = b._pool.channels[(a.local_id, ECHO)]
+        assert len(channel.abandoned) == 1
+        gate.gate(b"slow").set()  # its late answer goes out before the next one's
+        assert await b.request(a.local_id, ECHO, b"fast", timeout=5.0) == b"done:fast"
+        assert channel.abandoned == {}  # read and dropped by its id
+        assert streams_opened(b) == 1
+        assert b.stats().requests["echo"].send_timed_out == 1
+        assert a.score(b.local_id) == 0.0 and b.score(a.local_id) == 0.0
+
+
+async def test_oversized_request_is_refused_and_penalised_stream_stays() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=100)
+        for size in (101, 1 << 20):  # within and beyond one yamux window
+            with pytest.raises(RemoteError, match="exceeds the cap"):
+                await b.request(a.local_id, ECHO, b"x" * size, timeout=5.0)
+            assert await b.request(a.local_id, ECHO, b"ok", timeout=5.0) == b"echo:ok"
+        assert a.score(b.local_id) == pytest.approx(-2.0, abs=1e-3)
+        assert streams_opened(b) == 1
+        assert a.stats().requests["echo"].failed == 2
+
+
+async def test_oversized_response_is_refused_by_the_server_stream_stays() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1 << 20)
+        with pytest.raises(ResponseTooLarge, match="exceeds the requester's cap of 100"):
+            await b.request(a.local_id, ECHO, b"x" * 1000, timeout=5.0, max_response_bytes=100)
+        assert await b.request(a.local_id, ECHO, b"x", timeout=5.0, max_response_bytes=100)
+        assert streams_opened(b) == 1
+        assert a.score(b.local_id) == 0.0 and b.score(a.local_id) == 0.0
+
+
+async def outstanding_requests_failing(
+    b: Libp2pNetwork, a: Libp2pNetwork, gate: Gate, cut: object, n: int = 4
+) -> list[Exception]:
+    """`n` requests from b held by a's gate, then `cut()`: what each request raised."""
+    errors: list[Exception] = []
+
+    async def call(i: int) -> None:
+        try:
+            await b.request(a.local_id, ECHO, b"%d" % i, timeout=10.0)
+        except (PeerUnreachable, RemoteError) as err:
+            errors.append(err)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(call, i)
+        await gate.until_entered(n)
+        nursery.start_soon(cut)  # type: ignore[arg-type]
+    return errors
+
+
+async def test_connection_lost_fails_every_outstanding_request_then_reconnects() -> None:
+    async with star(2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        errors = await outstanding_requests_failing(b, a, gate, lambda: a.disconnect(b.local_id))
+        assert len(errors) == 4
+        assert all(isinstance(err, PeerUnreachable) for err in errors), errors
+        assert b._pool.channels == {}
+        gate.gate(b"again").set()
+        # the next request dials again (a is still up) on a new stream
+        assert await b.request(a.local_id, ECHO, b"again", timeout=5.0) == b"done:again"
+        assert streams_opened(b) == 2
+
+
+async def test_peer_stopping_mid_request_fails_every_outstanding_request() -> None:
+    async with Libp2pNetwork.open(Libp2pConfig.for_tests(seed(2))) as b:
+        gate = Gate()
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def run_a(task_status: trio.TaskStatus[Libp2pNetwork]) -> None:
+                async with Libp2pNetwork.open(Libp2pConfig.for_tests(seed(1))) as a:
+                    a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+                    task_status.started(a)
+                    await stop.wait()
+
+            a = await nursery.start(run_a)
+            await b.connect(a.listen_addrs()[0])
+            async def stop_a() -> None:
+                stop.set()
+
+            errors = await outstanding_requests_failing(b, a, gate, stop_a)
+        assert len(errors) == 4
+        assert all(isinstance(err, PeerUnreachable) for err in errors), errors
+        with pytest.raises(PeerUnreachable):
+            await b.request(a.local_id, ECHO, b"x", timeout=2.0)
+
+
+async def test_fallback_to_a_peer_without_persistent_streams() -> None:
+    async with AsyncExitStack() as stack:
+        old = await stack.enter_async_context(
+            Libp2pNetwork.open(Libp2pConfig.for_tests(seed(1), persistent_streams=False))
+        )
+        new = await stack.enter_async_context(
+            Libp2pNetwork.open(Libp2pConfig.for_tests(seed(2), (old.listen_addrs()[0],)))
+        )
+        await Watch(old).connected_to(new.local_id)
+        old.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        new.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        for i in range(3):  # new asks old: per-request streams after one refused negotiation
+            assert await new.request(old.local_id, ECHO, b"%d" % i, timeout=5.0) == b"echo:%d" % i
+        assert (old.local_id, ECHO) in new._pool.unsupported
+        assert streams_opened(new) == 3
+        for i in range(3):  # old asks new: served on the per-request protocol as before
+            assert await old.request(new.local_id, ECHO, b"%d" % i, timeout=5.0) == b"echo:%d" % i
+        assert streams_opened(old) == 3
+        assert new._stream_server.open_streams.get(ECHO, 0) == 0
+
+
+async def test_unsupported_protocol_over_persistent_streams_is_remote_error() -> None:
+    async with star(2) as (a, b):
+        with pytest.raises(RemoteError, match="unsupported protocol"):
+            await b.request(a.local_id, ECHO, b"x", timeout=5.0)
+
+
+async def test_idle_stream_is_closed_and_replaced() -> None:
+    async with star(2, stream_idle_s=0.3) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        assert await b.request(a.local_id, ECHO, b"1", timeout=5.0) == b"echo:1"
+        channel = b._pool.channels[(a.local_id, ECHO)]
+        with trio.fail_after(WAIT):
+            await channel.ended.wait()
+        assert (a.local_id, ECHO) not in b._pool.channels
+        assert await b.request(a.local_id, ECHO, b"2", timeout=5.0) == b"echo:2"
+        assert streams_opened(b) == 2
+
+
+async def test_invalid_duplicate_request_id_resets_and_penalises() -> None:
+    async with star(2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        stream = await b._host.new_stream(
+            ID.from_base58(a.local_id), [TProtocol(compute_stream_protocol(ECHO))]
+        )
+        await stream.write(encode_request(7, 1024, b"x") + encode_request(7, 1024, b"y"))
+        with trio.fail_after(WAIT):
+            with pytest.raises(Exception):  # reset by the server  # noqa: B017
+                while await stream.read(1024):
+                    pass
+        assert a.score(b.local_id) == pytest.approx(-1.0, abs=1e-3)
+        gate.gate(b"z").set()  # a fresh stream is served
+        assert await b.request(a.local_id, ECHO, b"z", timeout=5.0) == b"done:z"
+
+
+async def test_invalid_response_to_no_request_resets_and_penalises() -> None:
+    async with star(2) as (a, b):
+        rogue_protocol = compute_stream_protocol(ECHO)
+
+        async def rogue(stream: object) -> None:  # answers every request with a stranger id
+            header = await read_exactly(stream, REQUEST_HEADER.size)  # type: ignore[arg-type]
+            _, _, size = REQUEST_HEADER.unpack(header)
+            await read_exactly(stream, size)  # type: ignore[arg-type]
+            await stream.write(encode_response(999, STATUS_OK, b"?"))  # type: ignore[attr-defined]
+            await trio.sleep_forever()
+
+        a._host.set_stream_handler(TProtocol(rogue_protocol), rogue)
+        with pytest.raises(RemoteError, match="not in flight"):
+            await b.request(a.local_id, ECHO, b"x", timeout=5.0)
+        assert b.score(a.local_id) == pytest.approx(-1.0, abs=1e-3)
+        assert RESPONSE_HEADER.size == 9
+
+
+async def test_banned_peer_gets_no_request_over_its_open_stream() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        assert await b.request(a.local_id, ECHO, b"1", timeout=5.0) == b"echo:1"
+        b.penalize(a.local_id, "test", weight=100.0)
+        with pytest.raises(PeerUnreachable, match="banned"):
+            await b.request(a.local_id, ECHO, b"2", timeout=5.0)
+        assert a.stats().requests["echo"].served == 1
+
+
+def test_config_rejects_bad_stream_settings() -> None:
+    from chain.errors import ConfigError
+
+    for bad in ({"max_pending_per_stream": 0}, {"stream_idle_s": 0.0}, {"stream_idle_s": float("inf")}):
+        with pytest.raises(ConfigError):
+            Libp2pConfig.for_tests(seed(1), **bad)
+
+
+async def test_streams_per_peer_and_protocol_are_capped() -> None:
+    async with star(2) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        protocol = [TProtocol(compute_stream_protocol(ECHO))]
+        streams = []
+        replies = []
+        for i in range(3):
+            try:
+                with trio.fail_after(WAIT):
+                    stream = await b._host.new_stream(ID.from_base58(a.local_id), protocol)
+                    streams.append(stream)  # held open: the cap counts open streams
+                    await stream.write(encode_request(1, 1024, b"%d" % i))
+                    header = await read_exactly(stream, RESPONSE_HEADER.size)
+                    _, status, size = RESPONSE_HEADER.unpack(header)
+                    replies.append((status, await read_exactly(stream, size)))
+            except Exception as err:  # beyond the cap: reset (during negotiation or after)
+                replies.append((None, type(err).__name__.encode()))
+        assert replies[:2] == [(STATUS_OK, b"echo:0"), (STATUS_OK, b"echo:1")]
+        assert replies[2][0] is None, replies
+        assert a._stream_server.open_streams[ECHO] == 2
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@given(
+    request_id=st.integers(0, MAX_REQUEST_ID), cap=st.integers(0, 2**32 - 1),
+    body=st.binary(max_size=64), status=st.sampled_from([0, 1, 2]),
+)
+def test_frames_carry_their_header_then_body(
+    request_id: int, cap: int, body: bytes, status: int
+) -> None:
+    frame = encode_request(request_id, cap, body)
+    assert REQUEST_HEADER.unpack(frame[: REQUEST_HEADER.size]) == (request_id, cap, len(body))
+    assert frame[REQUEST_HEADER.size :] == body
+    frame = encode_response(request_id, status, body)
+    assert RESPONSE_HEADER.unpack(frame[: RESPONSE_HEADER.size]) == (request_id, status, len(body))
+    assert frame[RESPONSE_HEADER.size :] == body
+
+
+@given(
+    start=st.integers(1, MAX_REQUEST_ID),
+    taken=st.sets(st.integers(MAX_REQUEST_ID - 40, MAX_REQUEST_ID) | st.integers(1, 40), max_size=64),
+)
+def test_free_request_id_is_never_in_use(start: int, taken: set[int]) -> None:
+    request_id = compute_free_id(start, taken.__contains__)
+    assert 1 <= request_id <= MAX_REQUEST_ID and request_id not in taken
+    if start not in taken:
+        assert request_id == start
