@@ -8,6 +8,8 @@ from chain.errors import BlyanError
 from node.api.client import RPCError
 from node.api.params import INFERENCE_FAILED, bad_params, is_int
 from node.api.services import Services
+from node.experts.plan_select import AUTO, PLAN_TYPES
+from node.experts.plan_wire import PlanUnsupported
 
 MAX_PROMPT_CHARS = 4096
 MAX_GENERATE_TOKENS = 256
@@ -29,8 +31,13 @@ async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     use_cache = args.get("cache", True)
     if not isinstance(use_cache, bool):
         raise bad_params("cache must be a boolean")
+    plan = args.get("plan", AUTO)
+    if plan not in (AUTO, *PLAN_TYPES):
+        raise bad_params(f"plan must be one of {', '.join((AUTO, *PLAN_TYPES))}")
     try:
-        return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache)
+        return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache, plan)
+    except PlanUnsupported as err:  # asked explicitly, and the network cannot run it now
+        raise bad_params(str(err)) from err
     except ValueError as err:  # a prompt the tokenizer cannot encode
         raise bad_params(str(err)) from err
     except BlyanError as err:  # the service's typed failures (no serving node, every replica failed)
