@@ -10,9 +10,10 @@ Three plan types (`node.experts.plans` runs them):
   from there): round trips seen by the requester, 1 per generation. `choose_delegate`: the node
   covering most of the prompt's expert group, then most experts overall, then cost, then id.
 
-`auto` (`select_plan`) picks by a rule, not a measurement: a delegate that covers the whole
-group (one round trip per generation), else a pipeline chain (one per stage and token), else
-dynamic. A plan's signature is the hash of its type, nodes and ranges and the heads digest.
+`auto` (`select_plan`) picks by a rule, not a measurement: dynamic when this node serves the
+whole group itself (no round trip), else a delegate that covers the whole group (one round trip
+per generation), else a pipeline chain (one per stage and token), else dynamic. A plan's
+signature is the hash of its type, nodes and ranges and the heads digest.
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def choose_delegate(candidates: Iterable[Candidate], group: frozenset[ExpertKey]
 
 
 def select_plan(asked: str, candidates: list[Candidate], group: frozenset[ExpertKey], n_layers: int,
-                n_experts: int, heads_digest: bytes, allow_delegate: bool = True) -> PlanChoice:
+                n_experts: int, heads_digest: bytes, allow_delegate: bool = True,
+                local: frozenset[ExpertKey] = frozenset()) -> PlanChoice:
     """The plan to run for `asked` (a plan type or "auto"); `PlanUnsupported` when the type asked
-    cannot run on these candidates (dynamic always can: its own failures come later, per layer)."""
+    cannot run on these candidates (dynamic always can: its own failures come later, per layer).
+    `local`: the experts of the group this node serves (all of them: auto runs dynamic, no round trip)."""
     if asked not in (*PLAN_TYPES, AUTO):
         raise PlanUnsupported(asked, f"unknown plan type; one of {', '.join((AUTO, *PLAN_TYPES))}")
-    if asked == DYNAMIC:
+    if asked == DYNAMIC or (asked == AUTO and group and group <= local):
         return PlanChoice(DYNAMIC, (), heads_digest)
     delegate = choose_delegate(candidates, group) if allow_delegate else None
     if asked == STATIC_DELEGATE:

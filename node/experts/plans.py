@@ -81,13 +81,15 @@ class PlanChooser:
         cfg, host = self.model.cfg, self.host
         candidates = get_candidates(host.registry, get_expert_heads(host.view), trio.current_time(), self.exclude)
         key = (asked, self.group, self.digest)
-        cache = getattr(host, "plan_cache", None)
-        held = cache.get(key) if cache is not None and not self.exclude else None
+        held = host.plan_cache.get(key) if not self.exclude else None
         if held is not None and is_plan_live(held, candidates, cfg.n_experts):
             return held
-        choice = select_plan(asked, candidates, self.group, cfg.n_layers, cfg.n_experts, self.digest, allow_delegate)
-        if cache is not None and not self.exclude:
-            cache.put(key, choice)
+        heads = get_expert_heads(host.view)
+        local = frozenset(k for k in self.group if host.local.is_served(k, heads.get(k, b"")))
+        choice = select_plan(asked, candidates, self.group, cfg.n_layers, cfg.n_experts, self.digest,
+                             allow_delegate, local)
+        if not self.exclude:
+            host.plan_cache.put(key, choice)
         return choice
 
 

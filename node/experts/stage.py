@@ -32,7 +32,7 @@ from torch import Tensor
 from chain import codec
 from gpu.model import KVCache
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, _no_grad
-from node.experts.plan_select import Stage
+from node.experts.plan_select import PlanCache, Stage
 from node.experts.plan_wire import (
     MAX_STAGE_BYTES,
     ExpertUse,
@@ -75,6 +75,7 @@ class PlanHost(Protocol):
     rng: random.Random
     stage_protocol: str
     delegate_protocol: str
+    plan_cache: PlanCache
 
     async def shared_model(self) -> Any: ...
 
@@ -142,8 +143,12 @@ class StageServer:
         self.validate_coverage(req.first, req.end, heads)
         if self.inflight >= MAX_STAGE_INFLIGHT:
             raise StageBusy(f"{self.inflight} stage steps in progress")
-        session = await self.get_session(key, req) if req.cached else None
-        return await self.run_step(key, req, session, heads)
+        self.inflight += 1
+        try:
+            session = await self.get_session(key, req) if req.cached else None
+            return await self.run_step(key, req, session, heads)
+        finally:
+            self.inflight -= 1
 
     def validate_coverage(self, first: int, end: int, heads: dict[ExpertKey, bytes]) -> None:
         spec = self.host.view.spec
@@ -187,7 +192,6 @@ class StageServer:
         gen.rows_sent.append(0)
         gen.bytes_sent.append(0)
         trace: list[dict[int, str]] = []
-        self.inflight += 1
         if session is not None:
             session.busy = True
         try:
@@ -198,7 +202,6 @@ class StageServer:
                 self.sessions.pop(key, None)
             raise
         finally:
-            self.inflight -= 1
             if session is not None:
                 session.busy = False
                 session.expires_at = trio.current_time() + SESSION_TTL_S
