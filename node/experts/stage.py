@@ -16,14 +16,17 @@ cache holds some layers' keys and not others').
 Client (`PipelineRunner`): the generating node embeds, sends each step through the chain of
 stages and runs the head; it holds no KV cache, only the position where the stages' caches stand
 (`RemoteCache`, which `select_step_input` reads as it reads a `KVCache`). A failed stage raises
-`PlanFailed` (a wrong answer also penalises it).
+`PlanFailed` (a malformed answer also penalises it). With probability `spot_check`, a step that
+needs no earlier keys (stateless, or a session's first: the prompt) is recomputed here when this
+node can load every expert of the range; a disagreeing stage is penalised and the plan fails
+over. Later cached steps are not checked (this node holds none of the stage's keys).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import trio
@@ -49,7 +52,7 @@ from node.experts.plan_wire import (
 )
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts, ModelView, get_expert_heads
-from node.experts.wire import InvalidExpertMessage, decode_message, decode_rows, encode_rows
+from node.experts.wire import InvalidExpertMessage, decode_message, decode_rows, encode_rows, is_close
 from p2p.network import Network, PeerId, RequestFailed
 
 logger = logging.getLogger(__name__)
@@ -277,9 +280,36 @@ class PipelineRunner:
             raise PlanFailed(stage.node, f"invalid stage answer: {err}") from err
         host.registry.record_latency(stage.node, trio.current_time() - began)
         gen.remote_round_trips += resp.round_trips
+        if cache is None or start == 0:
+            await self.spot_check(stage, x, y, cache is not None, gen)
         for layer in range(stage.first, stage.end):
             trace.append({u.expert: u.node or stage.node for u in resp.uses if u.layer == layer})
         return y
+
+    async def spot_check(self, stage: Stage, x: Tensor, y: Tensor, cached: bool, gen: Generation) -> None:
+        """With probability `spot_check`, when this node can load every expert of the range,
+        recompute a step that needs no earlier keys (stateless, or a session's first) here; a
+        stage whose rows disagree beyond `tolerance` is penalised and the plan fails over."""
+        host, cfg = self.host, self.model.cfg
+        if host.inference.spot_check <= 0 or host.rng.random() >= host.inference.spot_check:
+            return
+        heads = get_expert_heads(host.view)
+        keys = [(layer, e) for layer in range(stage.first, stage.end) for e in range(cfg.n_experts)]
+        if not all(host.local.can_load(k, heads.get(k, b"")) for k in keys):
+            return
+        gen.spot_checks += 1
+        local_only = Executor(host.net, "", self.model, host.local, ExpertRegistry(),
+                              replace(host.inference, local_fallback=True, spot_check=0.0), host.compute, host.rng)
+        scratch = Generation(prompt=[], rows_sent=[0], bytes_sent=[0])
+        mine = await local_only.run_layers(x, range(stage.first, stage.end), heads, scratch,
+                                           KVCache(cfg) if cached else None, [])  # [1, T, D]
+        if not is_close(y, mine, host.inference.tolerance):
+            logger.warning("stage %s answered layers [%d, %d) wrongly: penalised", stage.node, stage.first, stage.end)
+            host.net.penalize(stage.node, f"wrong output for layers [{stage.first}, {stage.end})",
+                              host.inference.wrong_output_penalty)
+            host.registry.record_failure(stage.node, trio.current_time())
+            gen.faults.append(stage.node)
+            raise PlanFailed(stage.node, f"wrong output for layers [{stage.first}, {stage.end}) (spot check)")
 
     async def close(self) -> None:
         """End the sessions opened (best effort: an unanswered close only leaves one to expire)."""

@@ -299,3 +299,37 @@ async def test_delegate_refuses_malformed_and_other_heads(
                     await ask(**bad)
             assert node.net.score("asker") < 0
             nursery.cancel_scope.cancel()
+
+
+class LyingStage(ExpertService):
+    """Serves as a stage, and answers rows shifted by 0.5 (well-formed, wrong)."""
+
+    def executor(self, model):
+        executor = super().executor(model)
+        honest = executor.run_layers
+
+        async def run_layers(x, *args):
+            return (await honest(x, *args)) + 0.5
+
+        executor.run_layers = run_layers
+        return executor
+
+
+async def test_wrong_stage_rows_are_caught_by_spot_check_penalised_and_replaced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    layout = {"liar": whole_layer(0), "b0": whole_layer(0), "a1": whole_layer(1), "b1": whole_layer(1)}
+    async with SimNetworkHub(seed=8) as hub:
+        client, servers = build(hub, view, blobs, layout, cls={"liar": LyingStage}, spot_check=1.0,
+                                local_fallback=True)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            client.registry.nodes["b0"].strikes = 2  # the liar is the layer-0 stage chosen first
+            gen = await client.generate_tokens(PROMPT, 4, plan=PIPELINE)
+            nursery.cancel_scope.cancel()
+        assert client.net.score("liar") < 0
+    assert gen.faults == ["liar"] and gen.spot_checks >= 1
+    assert len(gen.fallbacks) == 1 and "spot check" in gen.fallbacks[0]
+    assert gen.plan["type"] == PIPELINE and "liar" not in gen.plan["nodes"]
+    assert gen.tokens == reference_tokens(model, PROMPT, 4)
