@@ -8,11 +8,11 @@ from chain.errors import BlyanError
 from node.api.client import RPCError
 from node.api.params import INFERENCE_FAILED, bad_params, is_int
 from node.api.services import Services
-from node.experts.plan_select import AUTO, PLAN_TYPES
-from node.experts.plan_wire import PlanUnsupported
 
 MAX_PROMPT_CHARS = 4096
 MAX_GENERATE_TOKENS = 256
+PLAN_NAMES = ("auto", "dynamic", "static_delegate", "pipeline")
+"""Plan types `blyan_generate` takes (`node.experts.plan_select`; api does not import experts)."""
 
 
 async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
@@ -31,14 +31,12 @@ async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     use_cache = args.get("cache", True)
     if not isinstance(use_cache, bool):
         raise bad_params("cache must be a boolean")
-    plan = args.get("plan", AUTO)
-    if plan not in (AUTO, *PLAN_TYPES):
-        raise bad_params(f"plan must be one of {', '.join((AUTO, *PLAN_TYPES))}")
+    plan = args.get("plan", "auto")
+    if plan not in PLAN_NAMES:
+        raise bad_params(f"plan must be one of {', '.join(PLAN_NAMES)}")
     try:
         return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache, plan)
-    except PlanUnsupported as err:  # asked explicitly, and the network cannot run it now
-        raise bad_params(str(err)) from err
-    except ValueError as err:  # a prompt the tokenizer cannot encode
+    except ValueError as err:  # a prompt the tokenizer cannot encode, a plan the network cannot run
         raise bad_params(str(err)) from err
     except BlyanError as err:  # the service's typed failures (no serving node, every replica failed)
         raise RPCError(INFERENCE_FAILED, f"inference failed: {err}") from err

@@ -55,7 +55,13 @@ from node.experts.inference import Compute, Executor, Generation, InferenceConfi
 from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materialiser
 from node.experts.placement import UNBOUNDED_BUDGET, Placer
 from node.experts.plan_select import AUTO, DYNAMIC, PlanCache
-from node.experts.plan_wire import MAX_DELEGATE_BYTES, MAX_STAGE_BYTES, PROTOCOL_EXPERT_DELEGATE, PROTOCOL_EXPERT_STAGE
+from node.experts.plan_wire import (
+    MAX_DELEGATE_BYTES,
+    MAX_STAGE_BYTES,
+    PROTOCOL_EXPERT_DELEGATE,
+    PROTOCOL_EXPERT_STAGE,
+    PlanUnsupported,
+)
 from node.experts.plans import generate_planned
 from node.experts.registry import ExpertRegistry
 from node.experts.stage import StageServer
@@ -540,9 +546,13 @@ class ExpertService:
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
                        use_cache: bool = True, plan: str = AUTO) -> dict:
-        """Text in, text out, with the trace `blyan_generate` returns."""
+        """Text in, text out, with the trace `blyan_generate` returns; `ValueError` for a prompt
+        the tokenizer cannot encode or a plan type the network cannot run (`PlanUnsupported`)."""
         tokenizer = await self.tokenizer()
-        gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed, use_cache, plan)
+        try:
+            gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed, use_cache, plan)
+        except PlanUnsupported as err:  # the caller's choice, not a failure of the network
+            raise ValueError(str(err)) from err
         me = self.net.local_id
         return {
             "prompt_tokens": gen.prompt,

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 
 from node.api.client import RPCError
-from node.api.expert_methods import generate
+from node.api.expert_methods import PLAN_NAMES, generate
 from node.api.services import Services
+from node.experts.plan_select import AUTO, PLAN_TYPES
 from p2p.sim import SimNetworkHub
 from tests.node.experts.test_inference import (
     ROWS_PER_TOKEN,
@@ -63,6 +64,7 @@ async def test_generate_takes_a_plan_and_refuses_one_the_network_cannot_run(
                 await generate(services, {"prompt": "Hi", "plan": "fastest"})
             nursery.cancel_scope.cancel()
     assert auto["plan"]["type"] == "dynamic" and auto["fallbacks"] == []
+    assert PLAN_NAMES == (AUTO, *PLAN_TYPES)  # the API's names are the planner's
     assert delegated["plan"]["type"] == "static_delegate" and delegated["round_trips"] == 1
     assert delegated["remote_round_trips"] > 0  # the delegate serves half of each layer: the rest it asks for
     assert auto["tokens"] == delegated["tokens"] == reference_tokens(model, list(b"Hi there"), 3)
