@@ -203,6 +203,14 @@ def validate_uses(uses: tuple[ExpertUse, ...], layers: range, steps: int, n_expe
         raise InvalidExpertMessage("more routed experts than the rows can choose")
 
 
+class PlansExhausted(PlanError):
+    """Every plan tried for a generation failed (at most `max_attempts`)."""
+
+    def __init__(self, failures: list[str]) -> None:
+        self.failures = list(failures)
+        super().__init__(f"{len(self.failures)} plans failed: {'; '.join(self.failures)}")
+
+
 class PlanFailed(PlanError):
     """A stage or delegate that failed this generation (timeout, unreachable, refused, wrong
     answer): the generation falls back to the next plan without it."""

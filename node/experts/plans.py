@@ -26,7 +26,7 @@ from torch import Tensor
 
 from gpu.model import KVCache, select_step_input
 from node.experts.delegate import DelegateRunner
-from node.experts.inference import Executor, Generation, InferenceFailed, _pick
+from node.experts.inference import Executor, Generation, _pick
 from node.experts.plan_select import (
     AUTO,
     DYNAMIC,
@@ -37,7 +37,7 @@ from node.experts.plan_select import (
     is_plan_live,
     select_plan,
 )
-from node.experts.plan_wire import PlanFailed, compute_heads_digest
+from node.experts.plan_wire import PlanFailed, PlansExhausted, compute_heads_digest
 from node.experts.stage import PipelineRunner, PlanHost, RemoteCache
 from node.experts.weights import ExpertKey, get_expert_heads
 
@@ -121,7 +121,7 @@ async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: in
             gen.fallbacks.append(f"{choice.kind}: {err}")
             chooser.exclude.add(err.node)
             choice = chooser.choose(AUTO, allow_delegate=not gen.tokens)
-    raise InferenceFailed(0, f"{host.inference.max_attempts} plans failed: {'; '.join(gen.fallbacks)}")
+    raise PlansExhausted(gen.fallbacks)
 
 
 def _runner(host: PlanHost, model: Any, choice: PlanChoice) -> DynamicRunner | PipelineRunner:

@@ -458,7 +458,7 @@ class ExpertService:
         body = AnnouncementBody(
             node=self.net.local_id, public_key=self.key.public_key, time_ms=self.clock.now_ms(),
             ttl_ms=int(self.config.announce_interval_s * 3000), tier=self.tier,
-            load=min(self.inflight, 65_535), offers=offers)
+            load=min(self.inflight + self.stages.inflight + self.delegates.inflight, 65_535), offers=offers)
         await self.net.publish(self.topic, codec.encode(sign_announcement(body, self.key, self.network_id)))
 
     # --- peers' input -------------------------------------------------------------------

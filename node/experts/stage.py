@@ -9,7 +9,7 @@ dynamic requests), more than `MAX_STAGE_INFLIGHT` steps at once or no room for a
 (`StageOutOfStep`). Its experts run locally through the same `Executor.run_layers` as the
 generating node's (experts it lacks, e.g. after a head moved, go to peers dynamically). With the
 cache, a session keeps the keys and values of its layers; sessions are per requester, bounded
-(`MAX_SESSIONS`, `MAX_SESSION_BYTES` of caches), expire `SESSION_TTL_S` after their last step
+(`MAX_SESSIONS`, `MAX_SESSIONS_PER_PEER`, `MAX_SESSION_BYTES` of caches), expire `SESSION_TTL_S` after their last step
 (swept on each request) or end with a close; a step that fails half-way drops its session (its
 cache holds some layers' keys and not others').
 
@@ -58,6 +58,8 @@ from p2p.network import Network, PeerId, RequestFailed
 logger = logging.getLogger(__name__)
 
 MAX_SESSIONS = 64
+MAX_SESSIONS_PER_PEER = 8
+"""So that one requester cannot take every session."""
 SESSION_TTL_S = 60.0
 MAX_SESSION_BYTES = 256 << 20
 """KV caches all sessions may hold (each counted at its capacity)."""
@@ -173,6 +175,8 @@ class StageServer:
             used = sum(s.nbytes for s in self.sessions.values())
             if len(self.sessions) >= MAX_SESSIONS or used + nbytes > MAX_SESSION_BYTES:
                 raise StageBusy(f"{len(self.sessions)} sessions holding {used >> 20} MiB: no room for another")
+            if sum(peer == key[0] for peer, _ in self.sessions) >= MAX_SESSIONS_PER_PEER:
+                raise StageBusy(f"{MAX_SESSIONS_PER_PEER} sessions of this requester already: no room for another")
             model = await self.host.shared_model()
             session = StageSession(req.first, req.end, req.heads_digest, model, KVCache(model.cfg), nbytes,
                                    trio.current_time() + SESSION_TTL_S)

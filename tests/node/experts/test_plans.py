@@ -250,11 +250,12 @@ async def test_stage_sessions_are_bounded_and_expire(
 ) -> None:
     from node.experts import stage as stage_module
 
-    monkeypatch.setattr(stage_module, "MAX_SESSIONS", 2)
+    monkeypatch.setattr(stage_module, "MAX_SESSIONS", 3)
+    monkeypatch.setattr(stage_module, "MAX_SESSIONS_PER_PEER", 2)
     view, blobs, _ = build_weights(tmp_path / "blobs")
     async with SimNetworkHub(seed=1) as hub:
         _, servers = build(hub, view, blobs, {"a0": whole_layer(0)})
-        asker, stage = hub.add_node("asker"), servers["a0"]
+        asker, other, stage = hub.add_node("asker"), hub.add_node("other"), servers["a0"]
         row = encode_rows(torch.zeros(1, SPEC.d_model))
 
         def open_session(sid: bytes) -> bytes:
@@ -265,8 +266,11 @@ async def test_stage_sessions_are_bounded_and_expire(
             await nursery.start(stage.run)
             for i in range(2):
                 await asker.request("a0", stage.stage_protocol, open_session(bytes([i]) * 16), timeout=2.0)
-            with pytest.raises(RemoteError, match="no room"):
+            with pytest.raises(RemoteError, match="sessions of this requester"):
                 await asker.request("a0", stage.stage_protocol, open_session(b"z" * 16), timeout=2.0)
+            await other.request("a0", stage.stage_protocol, open_session(b"o" * 16), timeout=2.0)
+            with pytest.raises(RemoteError, match="3 sessions .* no room"):
+                await other.request("a0", stage.stage_protocol, open_session(b"p" * 16), timeout=2.0)
             await trio.sleep(stage_module.SESSION_TTL_S + 1)  # the mock clock: the sessions' idle time runs out
             await asker.request("a0", stage.stage_protocol, open_session(b"z" * 16), timeout=2.0)
             assert list(stage.stages.sessions) == [("asker", b"z" * 16)]
