@@ -30,7 +30,9 @@ def by_range(n_layers: int, n_experts: int, nodes: int, ranges: int) -> list[tup
     "serves the whole model (four replicas, twice the memory). The same prompts run under each plan; "
     "every plan's tokens are checked equal to dynamic's.",
     "With a layer's experts together, dynamic sends one request per layer and token, a pipeline one per "
-    "stage and token: the ratio is 1 / (layers per stage), so 70 % fewer needs stages of 4 layers or more.",
+    "remote stage and token: the ratio is 1 / (layers per stage), so 70 % fewer needs stages of 4 layers or "
+    "more. The delegate (serving layers 0-1) runs its own range as a local stage and sends layers 2-3 to a "
+    "stage: 1 round trip per token plus 1 per generation.",
     "Round trips: requests the client sent, plus (for the delegate, the honest total) the expert requests "
     "the delegate sent on its behalf. `dynamic, ring` is today's devnet layout (node i serves experts "
     "{i, i+1, i+4, i+5} of every layer), in `extra` for reference.",

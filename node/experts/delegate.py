@@ -3,8 +3,9 @@
 Server (`DelegateServer.on_delegate`): refuses a malformed request (penalised), tokens outside
 the vocabulary, more than `MAX_DELEGATE_TOKENS`, a temperature that is not finite in [0, 10]
 (all malformed), other heads (`HeadsDiffer`), and more than `MAX_DELEGATIONS` at once
-(`StageBusy`); then runs the generation itself with the `dynamic` plan (its own experts local, the
-others from peers; never delegated again) and answers the tokens, who computed each expert, and
+(`StageBusy`); then runs the generation itself under `auto` without delegation (its own experts
+local; the others through a pipeline chain whose LOCAL stage is its own range, or dynamically
+from peers; never delegated again) and answers the tokens, who computed each expert, and
 its own round trips.
 
 Client (`DelegateRunner`): one request per generation; its deadline is the per-request timeout
@@ -22,7 +23,7 @@ import trio
 
 from chain import codec
 from node.experts.inference import Generation
-from node.experts.plan_select import DYNAMIC
+from node.experts.plan_select import AUTO
 from node.experts.plan_wire import (
     MAX_DELEGATE_BYTES,
     MAX_DELEGATE_TOKENS,
@@ -80,7 +81,7 @@ class DelegateServer:
         self.inflight += 1
         try:
             gen = await host.generate_tokens(list(req.prompt), req.max_new_tokens, temperature, req.seed,
-                                             req.use_cache, DYNAMIC)
+                                             req.use_cache, AUTO, allow_delegate=False)
         finally:
             self.inflight -= 1
         self.served += 1

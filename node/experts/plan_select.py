@@ -4,11 +4,13 @@ Three plan types (`node.experts.plans` runs them):
 - `dynamic`: the generating node runs embed, attention, routers and head; per token and layer
   one request per node serving a routed expert (`node.experts.plan`).
 - `pipeline`: a chain of stages, each a node serving every expert of a contiguous range of
-  layers, covers [0, n_layers); a token travels the chain (round trips per token = stages).
-  `find_stage_chain`: fewest stages, then the lowest summed expected cost, then peer ids.
-- `static_delegate`: one node runs the whole generation (its experts local, the rest dynamic
-  from there): round trips seen by the requester, 1 per generation. `choose_delegate`: the node
-  covering most of the prompt's expert group, then most experts overall, then cost, then id.
+  layers, covers [0, n_layers); a token travels the chain (round trips per token = remote
+  stages: a range this node serves whole runs here, a LOCAL stage). `find_stage_chain`: fewest
+  remote stages, then the lowest summed expected cost, then fewest stages, then peer ids.
+- `static_delegate`: one node runs the whole generation (under `auto` without delegation: its
+  experts local, the rest through a chain or dynamic from there): round trips seen by the
+  requester, 1 per generation. `choose_delegate`: the node covering most of the prompt's expert
+  group, then most experts overall, then cost, then id.
 
 `auto` (`select_plan`) picks by a rule, not a measurement: dynamic when this node serves the
 whole group itself (no round trip), else a delegate that covers the whole group (one round trip
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from chain import codec
 from chain.codec import U16, Hash32, Seq, Str, wire
+from node.experts.plan import LOCAL
 from node.experts.plan_wire import PlanUnsupported
 from node.experts.registry import ExpertKey, ExpertRegistry
 from node.experts.wire import MAX_PEER_ID
@@ -104,10 +107,11 @@ def compute_full_layers(experts: frozenset[ExpertKey], n_layers: int, n_experts:
 
 def find_stage_chain(candidates: Iterable[Candidate], n_layers: int, n_experts: int) -> tuple[Stage, ...] | None:
     """Stages covering [0, n_layers), each a node serving every expert of its range: fewest
-    stages, then lowest summed cost, then lexicographic peer ids; None when no chain exists."""
+    remote stages (a LOCAL stage, this node's own range, costs no round trip), then lowest
+    summed cost, then fewest stages, then lexicographic peer ids; None when no chain exists."""
     full = {c.node: (compute_full_layers(c.experts, n_layers, n_experts), c.cost) for c in candidates}
-    best: list[tuple[int, float, tuple[str, ...], tuple[Stage, ...]] | None] = [None] * (n_layers + 1)
-    best[0] = (0, 0.0, (), ())
+    best: list[tuple[int, float, int, tuple[str, ...], tuple[Stage, ...]] | None] = [None] * (n_layers + 1)
+    best[0] = (0, 0.0, 0, (), ())
     for first in range(n_layers):
         here = best[first]
         if here is None:
@@ -116,10 +120,11 @@ def find_stage_chain(candidates: Iterable[Candidate], n_layers: int, n_experts: 
             end = first
             while end < n_layers and end in layers:
                 end += 1
-                option = (here[0] + 1, here[1] + cost, (*here[2], node), (*here[3], Stage(node, first, end)))
-                if best[end] is None or option[:3] < best[end][:3]:
+                option = (here[0] + (node != LOCAL), here[1] + cost, here[2] + 1, (*here[3], node),
+                          (*here[4], Stage(node, first, end)))
+                if best[end] is None or option[:4] < best[end][:4]:
                     best[end] = option
-    return None if best[n_layers] is None else best[n_layers][3]
+    return None if best[n_layers] is None else best[n_layers][4]
 
 
 def choose_delegate(candidates: Iterable[Candidate], group: frozenset[ExpertKey]) -> Candidate | None:
@@ -133,7 +138,8 @@ def select_plan(asked: str, candidates: list[Candidate], group: frozenset[Expert
                 local: frozenset[ExpertKey] = frozenset()) -> PlanChoice:
     """The plan to run for `asked` (a plan type or "auto"); `PlanUnsupported` when the type asked
     cannot run on these candidates (dynamic always can: its own failures come later, per layer).
-    `local`: the experts of the group this node serves (all of them: auto runs dynamic, no round trip)."""
+    `local`: the experts this node serves (the whole group: auto runs dynamic, no round trip;
+    whole layers: a LOCAL stage of a pipeline chain)."""
     if asked not in (*PLAN_TYPES, AUTO):
         raise PlanUnsupported(asked, f"unknown plan type; one of {', '.join((AUTO, *PLAN_TYPES))}")
     if asked == DYNAMIC or (asked == AUTO and group and group <= local):
@@ -146,7 +152,8 @@ def select_plan(asked: str, candidates: list[Candidate], group: frozenset[Expert
         return PlanChoice(STATIC_DELEGATE, (Stage(delegate.node, 0, n_layers),), heads_digest)
     if asked == AUTO and delegate is not None and group <= delegate.experts:
         return PlanChoice(STATIC_DELEGATE, (Stage(delegate.node, 0, n_layers),), heads_digest)
-    chain = find_stage_chain(candidates, n_layers, n_experts)
+    chain = find_stage_chain([*candidates, Candidate(LOCAL, local, 0.0)] if local else candidates,
+                             n_layers, n_experts)
     if chain is not None:
         return PlanChoice(PIPELINE, chain, heads_digest)
     if asked == PIPELINE:
@@ -169,24 +176,28 @@ def is_plan_live(choice: PlanChoice, candidates: Iterable[Candidate], n_experts:
     return True
 
 
+PlanKey = tuple[str, bool, frozenset[ExpertKey], bytes]
+"""(type asked, delegation allowed, expert group, heads digest)."""
+
+
 class PlanCache:
-    """The last plans chosen, by (type asked, expert group, heads digest); least recently used out."""
+    """The last plans chosen, by `PlanKey`; least recently used out."""
 
     def __init__(self, max_entries: int = PLAN_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self.entries: OrderedDict[tuple[str, frozenset[ExpertKey], bytes], PlanChoice] = OrderedDict()
+        self.entries: OrderedDict[PlanKey, PlanChoice] = OrderedDict()
 
-    def get(self, key: tuple[str, frozenset[ExpertKey], bytes]) -> PlanChoice | None:
+    def get(self, key: PlanKey) -> PlanChoice | None:
         choice = self.entries.get(key)
         if choice is not None:
             self.entries.move_to_end(key)
         return choice
 
-    def put(self, key: tuple[str, frozenset[ExpertKey], bytes], choice: PlanChoice) -> None:
+    def put(self, key: PlanKey, choice: PlanChoice) -> None:
         self.entries[key] = choice
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:
             self.entries.popitem(last=False)
 
-    def drop(self, key: tuple[str, frozenset[ExpertKey], bytes]) -> None:
+    def drop(self, key: PlanKey) -> None:
         self.entries.pop(key, None)

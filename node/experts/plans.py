@@ -27,11 +27,13 @@ from torch import Tensor
 from gpu.model import KVCache, select_step_input
 from node.experts.delegate import DelegateRunner
 from node.experts.inference import Executor, Generation, _pick
+from node.experts.plan import LOCAL
 from node.experts.plan_select import (
     AUTO,
     DYNAMIC,
     PIPELINE,
     STATIC_DELEGATE,
+    Candidate,
     PlanChoice,
     get_candidates,
     is_plan_live,
@@ -73,19 +75,20 @@ def compute_prompt_group(model: Any, prompt: list[int]) -> frozenset[ExpertKey]:
 class PlanChooser:
     """Choosing (and caching) the plan of one generation on one host."""
 
-    def __init__(self, host: PlanHost, model: Any, asked: str, group: frozenset[ExpertKey], digest: bytes) -> None:
-        self.host, self.model, self.asked, self.group, self.digest = host, model, asked, group, digest
+    def __init__(self, host: PlanHost, model: Any, group: frozenset[ExpertKey], digest: bytes) -> None:
+        self.host, self.model, self.group, self.digest = host, model, group, digest
         self.exclude: set[str] = set()
 
     def choose(self, asked: str, allow_delegate: bool) -> PlanChoice:
+        """The plan for `asked`: the cached one while it is live (first choice only), else `select_plan`."""
         cfg, host = self.model.cfg, self.host
-        candidates = get_candidates(host.registry, get_expert_heads(host.view), trio.current_time(), self.exclude)
-        key = (asked, self.group, self.digest)
-        held = host.plan_cache.get(key) if not self.exclude else None
-        if held is not None and is_plan_live(held, candidates, cfg.n_experts):
-            return held
         heads = get_expert_heads(host.view)
-        local = frozenset(k for k in self.group if host.local.is_served(k, heads.get(k, b"")))
+        candidates = get_candidates(host.registry, heads, trio.current_time(), self.exclude)
+        local = frozenset(k for k, h in heads.items() if host.local.is_served(k, h))
+        key = (asked, allow_delegate, self.group, self.digest)
+        held = host.plan_cache.get(key) if not self.exclude else None
+        if held is not None and is_plan_live(held, [*candidates, Candidate(LOCAL, local, 0.0)], cfg.n_experts):
+            return held
         choice = select_plan(asked, candidates, self.group, cfg.n_layers, cfg.n_experts, self.digest,
                              allow_delegate, local)
         if not self.exclude:
@@ -94,17 +97,19 @@ class PlanChooser:
 
 
 async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
-                           seed: int = 0, use_cache: bool = True, plan: str = AUTO) -> Generation:
+                           seed: int = 0, use_cache: bool = True, plan: str = AUTO,
+                           allow_delegate: bool = True) -> Generation:
     """`MoEModel.generate` for one sequence under plan type `plan` ("auto": the rule of
-    `select_plan`); `PlanUnsupported` at once when a type asked cannot run."""
+    `select_plan`; without `allow_delegate`, as a delegate runs, never a delegate);
+    `PlanUnsupported` at once when a type asked cannot run."""
     if not prompt:
         raise ValueError("empty prompt")
     model = await host.shared_model()
     cfg = model.cfg
     digest = compute_heads_digest(host.view)
     group = frozenset() if plan == DYNAMIC else await host.compute.run(compute_prompt_group, model, prompt)
-    chooser = PlanChooser(host, model, plan, group, digest)
-    choice = chooser.choose(plan, allow_delegate=True)
+    chooser = PlanChooser(host, model, group, digest)
+    choice = chooser.choose(plan, allow_delegate)
     gen = Generation(prompt=list(prompt), cache=use_cache and len(prompt) <= cfg.max_seq_len)
     generator = torch.Generator().manual_seed(seed)
     for _attempt in range(host.inference.max_attempts):
@@ -120,7 +125,7 @@ async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: in
             logger.info("plan %s failed on %s: %s; falling back", choice.kind, err.node, err.reason)
             gen.fallbacks.append(f"{choice.kind}: {err}")
             chooser.exclude.add(err.node)
-            choice = chooser.choose(AUTO, allow_delegate=not gen.tokens)
+            choice = chooser.choose(AUTO, allow_delegate and not gen.tokens)
     raise PlansExhausted(gen.fallbacks)
 
 

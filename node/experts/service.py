@@ -540,9 +540,10 @@ class ExpertService:
                         self.compute, self.rng)
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
-                              seed: int = 0, use_cache: bool = True, plan: str = DYNAMIC) -> Generation:
+                              seed: int = 0, use_cache: bool = True, plan: str = DYNAMIC,
+                              allow_delegate: bool = True) -> Generation:
         """One generation under plan type `plan` (`node.experts.plans`)."""
-        return await generate_planned(self, prompt, max_tokens, temperature, seed, use_cache, plan)
+        return await generate_planned(self, prompt, max_tokens, temperature, seed, use_cache, plan, allow_delegate)
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
                        use_cache: bool = True, plan: str = AUTO) -> dict:
@@ -561,7 +562,9 @@ class ExpertService:
             "latency_ms": [round(s * 1000, 3) for s in gen.latency_s],
             "layers": [[{"layer": layer, "experts": {str(e): (n or me) for e, n in sorted(used.items())}}
                         for layer, used in enumerate(step)] for step in gen.layers],
-            "plan": gen.plan, "fallbacks": gen.fallbacks,
+            "plan": {**gen.plan, "nodes": [n or me for n in gen.plan.get("nodes", [])],
+                     "stages": [{**s, "node": s["node"] or me} for s in gen.plan.get("stages", [])]},
+            "fallbacks": gen.fallbacks,
             "round_trips": gen.round_trips, "remote_round_trips": gen.remote_round_trips,
             "failovers": gen.failovers,
             "spot_checks": gen.spot_checks, "faults": gen.faults,

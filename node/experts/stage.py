@@ -14,7 +14,8 @@ cache, a session keeps the keys and values of its layers; sessions are per reque
 cache holds some layers' keys and not others').
 
 Client (`PipelineRunner`): the generating node embeds, sends each step through the chain of
-stages and runs the head; it holds no KV cache, only the position where the stages' caches stand
+stages and runs the head (a LOCAL stage, a range it serves whole, runs here with its own cache);
+of the remote stages' layers it holds no keys, only the position where their caches stand
 (`RemoteCache`, which `select_step_input` reads as it reads a `KVCache`). A failed stage raises
 `PlanFailed` (a malformed answer also penalises it). With probability `spot_check`, a step that
 needs no earlier keys (stateless, or a session's first: the prompt) is recomputed here when this
@@ -35,6 +36,7 @@ from torch import Tensor
 from chain import codec
 from gpu.model import KVCache
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, _no_grad
+from node.experts.plan import LOCAL
 from node.experts.plan_select import PlanCache, Stage
 from node.experts.plan_wire import (
     MAX_STAGE_BYTES,
@@ -87,7 +89,8 @@ class PlanHost(Protocol):
     def executor(self, model: Any) -> Executor: ...
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                              use_cache: bool = True, plan: str = "dynamic") -> Generation: ...
+                              use_cache: bool = True, plan: str = "dynamic",
+                              allow_delegate: bool = True) -> Generation: ...
 
 
 @dataclass(slots=True)
@@ -229,10 +232,13 @@ class PipelineRunner:
     def __init__(self, host: PlanHost, model: Any, stages: tuple[Stage, ...], heads_digest: bytes) -> None:
         self.host, self.model, self.stages, self.heads_digest = host, model, stages, heads_digest
         self.compute = host.compute
-        self.sessions = {s.node: host.rng.randbytes(16) for s in stages}
+        self.sessions = {s.node: host.rng.randbytes(16) for s in stages if s.node != LOCAL}
         self.opened: set[str] = set()
+        self.local_cache: KVCache | None = None
+        """Keys and values of the LOCAL stage's layers."""
 
     def new_cache(self) -> RemoteCache:
+        self.local_cache = KVCache(self.model.cfg)
         return RemoteCache(self.model.cfg.max_seq_len)
 
     async def forward(self, idx: Tensor, cache: RemoteCache | None, gen: Generation) -> tuple[Tensor, list]:
@@ -245,7 +251,12 @@ class PipelineRunner:
         x = await self.host.compute.run(_no_grad(self.model.embed_tokens), idx, start)  # [1, T, D]
         trace: list[dict[int, str]] = []
         for stage in self.stages:
-            x = await self.run_stage(stage, x, cache, start, gen, trace)  # [1, T, D]
+            if stage.node == LOCAL:  # a range this node serves whole: no round trip
+                x = await self.host.executor(self.model).run_layers(
+                    x, range(stage.first, stage.end), get_expert_heads(self.host.view), gen,
+                    None if cache is None else self.local_cache, trace)  # [1, T, D]
+            else:
+                x = await self.run_stage(stage, x, cache, start, gen, trace)  # [1, T, D]
         if cache is not None:
             cache.length += T
         logits = await self.host.compute.run(_no_grad(self.model.head_forward), x)  # [1, T, V]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chain import codec
+from node.experts.plan import LOCAL
 from node.experts.plan_select import (
     AUTO,
     DYNAMIC,
@@ -88,6 +90,19 @@ def test_stage_chain_prefers_lower_cost_among_fewest() -> None:
     assert find_stage_chain([Candidate("x", layers(0, 1, 3), 0.0)], L, E) is None
 
 
+def test_a_local_stage_costs_no_round_trip() -> None:
+    here = Candidate(LOCAL, layers(0, 1), 0.0)
+    whole = Candidate("a", layers(0, 1, 2, 3), 0.1)
+    back = Candidate("b", layers(2, 3), 0.1)
+    assert find_stage_chain([here, whole, back], L, E) == (Stage("a", 0, L),)  # same round trips and cost: fewer stages
+    assert find_stage_chain([here, replace(whole, cost=0.2), back], L, E) == (Stage(LOCAL, 0, 2), Stage("b", 2, 4))
+    assert find_stage_chain([here, Candidate("c", layers(1, 2, 3), 0.1)], L, E) == (
+        Stage(LOCAL, 0, 1), Stage("c", 1, 4))
+    group = frozenset({(0, 0)}) | layers(1, 2, 3)
+    choice = select_plan(AUTO, [back], group, L, E, DIGEST, local=layers(0, 1))
+    assert choice.kind == PIPELINE and choice.stages == (Stage(LOCAL, 0, 2), Stage("b", 2, 4))
+
+
 def test_delegate_covers_most_of_the_group_then_most_overall() -> None:
     group = frozenset({(0, 1)}) | layers(1, 2, 3)
     a = Candidate("a", layers(0), 0.0)
@@ -133,7 +148,7 @@ def test_plan_liveness_and_cache_bound() -> None:
     assert not is_plan_live(choice, live[:1], E)
     assert not is_plan_live(choice, [live[0], Candidate("b", layers(2), 0.1)], E)
     cache = PlanCache(max_entries=2)
-    keys = [(AUTO, frozenset({(0, i)}), DIGEST) for i in range(3)]
+    keys = [(AUTO, True, frozenset({(0, i)}), DIGEST) for i in range(3)]
     for k in keys:
         cache.put(k, choice)
     assert cache.get(keys[0]) is None and cache.get(keys[2]) is choice and len(cache.entries) == 2

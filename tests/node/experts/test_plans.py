@@ -82,7 +82,8 @@ async def test_every_plan_matches_single_process(
             assert gen.remote_round_trips == 0  # each stage serves its whole layer
             assert {n for step in gen.layers for used in step for n in used.values()} <= set(BY_LAYER)
         elif plan == STATIC_DELEGATE:
-            assert gen.round_trips == 1 and gen.remote_round_trips > 0  # the delegate lacks one layer
+            assert gen.round_trips == 1  # the delegate runs its layer here and the other through a stage:
+            assert gen.remote_round_trips == 6  # one round trip per token
         else:
             assert gen.round_trips >= 6 * SPEC.n_layers
         assert len(gen.layers) == 6 and all(len(step) == SPEC.n_layers for step in gen.layers)
@@ -124,6 +125,27 @@ async def test_unknown_plan_is_refused(tmp_path: Path, autojump_clock: trio.test
             with pytest.raises(PlanUnsupported, match="unknown plan type"):
                 await client.generate_tokens(PROMPT, 2, plan="teleport")
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+async def test_pipeline_runs_a_range_served_here_as_a_local_stage(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, use_cache: bool
+) -> None:
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=4) as hub:
+        servers = {name: make_service(hub.add_node(name), view, blobs, whole_layer(1)) for name in ("a1", "b1")}
+        client = make_service(hub.add_node("client"), view, blobs, whole_layer(0))
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            auto = await client.generate_tokens(PROMPT, 6, use_cache=use_cache, plan=AUTO)
+            sampled = await client.generate_tokens(PROMPT, 6, 0.8, 3, use_cache=use_cache, plan=PIPELINE)
+            nursery.cancel_scope.cancel()
+    assert auto.tokens == reference_tokens(model, PROMPT, 6, use_cache=use_cache)
+    assert sampled.tokens == reference_tokens(model, PROMPT, 6, 0.8, 3, use_cache=use_cache)
+    for gen in (auto, sampled):
+        assert gen.plan["type"] == PIPELINE and [s["node"] for s in gen.plan["stages"]][0] == ""
+        assert gen.round_trips == 6  # the remote stage only
+        assert all(set(step[0].values()) == {""} for step in gen.layers)  # layer 0 computed here
 
 
 class CrashingStage(ExpertService):
