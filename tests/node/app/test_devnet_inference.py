@@ -109,7 +109,8 @@ def chat_json(data_dir: Path, *args: str) -> dict:
 
 def test_chat_plans_through_four_daemons_match_single_process(tmp_path: Path) -> None:
     """Layout "ranges": nodes 0 and 2 serve every expert of layer 0, nodes 1 and 3 of layer 1, so a
-    pipeline chain of two stages exists; each plan type gives the single-process tokens."""
+    pipeline chain of two stages exists (node 0's own, then a remote one); each plan type gives the
+    single-process tokens."""
     dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4), layout="ranges")
     procs = start_nodes(dirs)
     deadline = time.monotonic() + DEADLINE_S
@@ -128,7 +129,8 @@ def test_chat_plans_through_four_daemons_match_single_process(tmp_path: Path) ->
         assert answer["fallbacks"] == []
     assert answers["auto"]["plan"]["type"] == "pipeline"  # no node serves the whole group: no delegate
     pipeline = answers["pipeline"]
-    assert pipeline["round_trips"] == 2 * MAX_TOKENS and len(pipeline["plan"]["stages"]) == 2
+    assert len(pipeline["plan"]["stages"]) == 2
+    assert pipeline["round_trips"] == MAX_TOKENS  # node 0 serves layer 0 whole: a local stage, then one remote
     assert answers["static_delegate"]["round_trips"] == 1 and answers["static_delegate"]["remote_round_trips"] > 0
     assert seeded["plan"]["type"] == "pipeline"
     assert seeded["tokens"] == reference_tokens(tmp_path, dirs[0], seeded["prompt_tokens"], 0.8, 5, False)
