@@ -14,6 +14,11 @@ most `MAX_INFLIGHT` requests run at once (beyond: `Overloaded`); a malformed req
 sender a penalty. Announcements are signed and bound to the sender's peer id (on libp2p), and
 expire unless renewed; a peer that disconnects leaves the registry until it announces again.
 
+Generating: `generate_tokens` runs a plan type (`node.experts.plans`: dynamic, static_delegate,
+pipeline, or auto); the service also serves the other side of them, pipeline stages
+(`node.experts.stage`, protocol `expert_stage`) and delegated generations
+(`node.experts.delegate`, protocol `expert_delegate`).
+
 Heads that move: when the parameter chain accepts deltas of blocks this node uses (the shared
 blocks, the experts it serves), `on_heads_moved` (called for each parameter block the engine
 commits when the service is given the engine's `feed`, or by the daemon) materialises their new

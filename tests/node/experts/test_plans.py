@@ -18,7 +18,9 @@ from chain import codec
 from node.experts.plan_select import AUTO, DYNAMIC, PIPELINE, STATIC_DELEGATE
 from node.experts.plan_wire import (
     DelegateRequest,
+    PlansExhausted,
     PlanUnsupported,
+    StageBusy,
     StageRequest,
     compute_heads_digest,
     encode_temperature,
@@ -359,3 +361,29 @@ async def test_wrong_stage_rows_are_caught_by_spot_check_penalised_and_replaced(
     assert len(gen.fallbacks) == 1 and "spot check" in gen.fallbacks[0]
     assert gen.plan["type"] == PIPELINE and "liar" not in gen.plan["nodes"]
     assert gen.tokens == reference_tokens(model, PROMPT, 4)
+
+
+class RefusingStage(ExpertService):
+    """Announces a whole layer, and refuses every stage step (as a full stage would)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+        async def on_stage(requester: str, data: bytes) -> bytes:
+            raise StageBusy("full")
+
+        self.stages.on_stage = on_stage
+
+
+async def test_plans_are_bounded_then_exhausted(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    view, blobs, _ = build_weights(tmp_path / "blobs")
+    layout = {"a0": whole_layer(0), **{f"r{i}": whole_layer(1) for i in range(5)}}
+    async with SimNetworkHub(seed=5) as hub:
+        client, servers = build(hub, view, blobs, layout, cls={f"r{i}": RefusingStage for i in range(5)})
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            with pytest.raises(PlansExhausted) as caught:
+                await client.generate_tokens(PROMPT, 3, plan=PIPELINE)
+            nursery.cancel_scope.cancel()
+    assert len(caught.value.failures) == client.inference.max_attempts
+    assert all("full" in f for f in caught.value.failures)
