@@ -233,7 +233,7 @@ def register(main: click.Group) -> None:
         nodes = sorted({n for step in r["layers"] for layer in step for n in layer["experts"].values()})
         mean = sum(r["latency_ms"]) / max(1, len(r["latency_ms"]))
         rows = r.get("rows_sent", [])[1:]  # after the prompt's step
-        sent = f"{sum(rows) / len(rows):.1f} rows/token to experts" if rows else "no later tokens"
+        sent = f"{sum(rows) / len(rows):.1f} rows/token to other nodes" if rows else "no later tokens"
         used = r.get("plan", {})
         fell = f" after {len(r['fallbacks'])} fallback(s)" if r.get("fallbacks") else ""
         click.echo(f"-- plan {used.get('type', 'dynamic')} on {', '.join(used.get('nodes', [])) or 'this node'}{fell}: "
