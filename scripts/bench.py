@@ -48,6 +48,7 @@ import bench_fastsync  # noqa: E402,F401 - registers its sections
 import bench_gpu  # noqa: E402,F401 - registers its sections
 import bench_infer  # noqa: E402,F401 - registers its sections
 import bench_net  # noqa: E402,F401 - registers its sections
+import bench_plans  # noqa: E402,F401 - registers its sections (plans)
 import bench_pol  # noqa: E402,F401 - registers its sections (learning, delta, pol)
 import bench_rounds  # noqa: E402,F401 - registers its sections (rounds)
 from benchlib import (  # noqa: E402 - the path above comes first

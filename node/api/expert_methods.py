@@ -11,6 +11,8 @@ from node.api.services import Services
 
 MAX_PROMPT_CHARS = 4096
 MAX_GENERATE_TOKENS = 256
+PLAN_NAMES = ("auto", "dynamic", "static_delegate", "pipeline")
+"""Plan types `blyan_generate` takes (`node.experts.plan_select`; api does not import experts)."""
 
 
 async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
@@ -29,9 +31,12 @@ async def generate(services: Services, args: dict[str, Any]) -> dict[str, Any]:
     use_cache = args.get("cache", True)
     if not isinstance(use_cache, bool):
         raise bad_params("cache must be a boolean")
+    plan = args.get("plan", "auto")
+    if plan not in PLAN_NAMES:
+        raise bad_params(f"plan must be one of {', '.join(PLAN_NAMES)}")
     try:
-        return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache)
-    except ValueError as err:  # a prompt the tokenizer cannot encode
+        return await services.experts.generate(prompt, max_tokens, float(temperature), seed, use_cache, plan)
+    except ValueError as err:  # a prompt the tokenizer cannot encode, a plan the network cannot run
         raise bad_params(str(err)) from err
     except BlyanError as err:  # the service's typed failures (no serving node, every replica failed)
         raise RPCError(INFERENCE_FAILED, f"inference failed: {err}") from err

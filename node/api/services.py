@@ -29,7 +29,7 @@ class ExpertsAPI(Protocol):
     """The expert service, as the API sees it."""
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                       use_cache: bool = True) -> dict:
+                       use_cache: bool = True, plan: str = "auto") -> dict:
         """Text in, text out, with the trace `blyan_generate` returns."""
 
     def describe(self) -> dict[str, Any]:

@@ -52,17 +52,35 @@ WATCH_INTERVAL_S = 5.0
 """The supervisor wakes on a signal or a child's exit; this is only a backstop."""
 
 
-def assign_experts(spec: ModelSpec, nodes: int, replicas: int = 2) -> list[tuple[str, ...]]:
-    """Which experts each devnet node serves: expert j of every layer on nodes j, j-1, ... (mod
-    nodes), `replicas` of them; node i serves experts {i, i+1} when nodes == n_experts. With three
-    nodes or more (and two replicas) no node holds every expert."""
+LAYOUTS = ("ring", "ranges")
+"""Devnet expert layouts: "ring" (the default, below) and "ranges" (whole layer ranges, for pipelines)."""
+
+
+def assign_experts(spec: ModelSpec, nodes: int, replicas: int = 2, layout: str = "ring") -> list[tuple[str, ...]]:
+    """Which experts each devnet node serves. "ring": expert j of every layer on nodes j, j-1,
+    ... (mod nodes), `replicas` of them; node i serves experts {i, i+1} when nodes == n_experts.
+    With three nodes or more (and two replicas) no node holds every expert. "ranges": the layers
+    cut into nodes // replicas contiguous ranges (at most n_layers), node i serving every expert
+    of range i mod that number: each node a pipeline stage, `replicas` of each (no node holds
+    every expert once there are two ranges)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"devnet layout {layout!r}: one of {', '.join(LAYOUTS)}")
     replicas = max(1, min(replicas, nodes))
+    if layout == "ranges":
+        return _assign_ranges(spec, nodes, replicas)
     served: list[list[str]] = [[] for _ in range(nodes)]
     for layer in range(spec.n_layers):
         for expert in range(spec.n_experts):
             for r in range(replicas):
                 served[(expert - r) % nodes].append(f"layer{layer}.expert{expert}")
     return [tuple(dict.fromkeys(names)) for names in served]
+
+
+def _assign_ranges(spec: ModelSpec, nodes: int, replicas: int) -> list[tuple[str, ...]]:
+    ranges = max(1, min(nodes // replicas, spec.n_layers))
+    bounds = [spec.n_layers * r // ranges for r in range(ranges + 1)]
+    return [tuple(f"layer{layer}.expert{e}" for layer in range(bounds[i % ranges], bounds[i % ranges + 1])
+                  for e in range(spec.n_experts)) for i in range(nodes)]
 
 
 def find_free_ports(n: int) -> int:
@@ -107,8 +125,9 @@ def devnet_bootstrap(addrs: list[str], i: int) -> tuple[str, ...]:
     return tuple(addrs[j] for j in picks)
 
 
-def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600) -> list[Path]:
-    """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent)."""
+def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600,
+                   layout: str = "ring") -> list[Path]:
+    """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent); experts by `layout`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     blobs: list[bytes] = []
@@ -138,7 +157,7 @@ def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port
             p2p=P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{base_port + i}", bootstrap=devnet_bootstrap(addrs, i),
                           target_peers=DEVNET_TARGET_PEERS),
             rpc=RPCConfig(host="127.0.0.1", port=rpc_base_port + i),
-            experts=ExpertsConfig(serve=assign_experts(pact.model, nodes)[i] or ("none",),
+            experts=ExpertsConfig(serve=assign_experts(pact.model, nodes, layout=layout)[i] or ("none",),
                                   announce_interval_s=DEVNET_ANNOUNCE_S),
         )
         save_config(config, data_dir / CONFIG_FILE)
@@ -219,7 +238,7 @@ def describe(dirs: list[Path]) -> list[dict]:
 
 
 def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo: Callable[[str], None],
-               stop_timeout: float = STOP_TIMEOUT_S) -> int:
+               stop_timeout: float = STOP_TIMEOUT_S, layout: str = "ring") -> int:
     """Prepare, start, print, and stay in the foreground until SIGINT, SIGTERM or SIGHUP (from a
     terminal, `kill` or a service manager) or until a node dies; then stop every node: SIGTERM,
     `stop_timeout`, SIGKILL. If this process dies without doing so (SIGKILL), the nodes' lifeline
@@ -229,7 +248,7 @@ def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo:
     validate_ports_free(devnet_ports(nodes, base_port, rpc_base_port),
                         hint="Stop it, or choose other ports with --base-port and --rpc-base-port")
     with StopSignals() as stop, contextlib.closing(Lifeline()) as lifeline:
-        dirs = prepare_devnet(root, nodes, base_port, rpc_base_port)
+        dirs = prepare_devnet(root, nodes, base_port, rpc_base_port, layout)
         procs: list[subprocess.Popen] = []
         try:
             for data_dir in dirs:

@@ -215,13 +215,17 @@ def register(main: click.Group) -> None:
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampling seed.")
     @click.option("--cache/--no-cache", "use_cache", default=True, show_default=True,
                   help="KV cache: after the prompt, each token sends the experts one row.")
+    @click.option("--plan", default="auto", show_default=True,
+                  type=click.Choice(["auto", "dynamic", "static_delegate", "pipeline"]),
+                  help="How the network runs it: per layer (dynamic), one delegate for the whole generation "
+                       "(static_delegate), a chain of layer-range stages (pipeline); auto: the fastest it supports.")
     @rpc_options
     @click.option("--json", "as_json", is_flag=True, help="Print the node's answer (with its trace) as JSON.")
     def chat(client: RPCClient, data_dir: Path | None, prompt: str, max_tokens: int, temperature: float,
-             seed: int, use_cache: bool, as_json: bool) -> None:
+             seed: int, use_cache: bool, plan: str, as_json: bool) -> None:
         """Complete PROMPT with the network's model (experts run on the nodes that serve them)."""
-        r = client.call("blyan_generate", {"prompt": prompt, "max_tokens": max_tokens,
-                                           "temperature": temperature, "seed": seed, "cache": use_cache})
+        r = client.call("blyan_generate", {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+                                           "seed": seed, "cache": use_cache, "plan": plan})
         if as_json:
             _echo_json(r)
             return
@@ -229,7 +233,12 @@ def register(main: click.Group) -> None:
         nodes = sorted({n for step in r["layers"] for layer in step for n in layer["experts"].values()})
         mean = sum(r["latency_ms"]) / max(1, len(r["latency_ms"]))
         rows = r.get("rows_sent", [])[1:]  # after the prompt's step
-        sent = f"{sum(rows) / len(rows):.1f} rows/token to experts" if rows else "no later tokens"
+        sent = f"{sum(rows) / len(rows):.1f} rows/token to other nodes" if rows else "no later tokens"
+        used = r.get("plan", {})
+        fell = f" after {len(r['fallbacks'])} fallback(s)" if r.get("fallbacks") else ""
+        click.echo(f"-- plan {used.get('type', 'dynamic')} on {', '.join(used.get('nodes', [])) or 'this node'}{fell}: "
+                   f"{r['round_trips']} round trips here, {r.get('remote_round_trips', 0)} by stages/delegate",
+                   err=True)
         click.echo(f"-- {len(r['tokens'])} tokens, {mean:.1f} ms/token, {r['round_trips']} round trips, "
                    f"experts on {len(nodes)} node(s), KV cache {'on' if r.get('cache') else 'off'}, {sent}",
                    err=True)

@@ -124,6 +124,12 @@ class Generation:
     """Per new token, expert input rows sent to other nodes (all layers and requests, retries too)."""
     bytes_sent: list[int] = field(default_factory=list)
     """Per new token, bytes of the expert requests sent to other nodes."""
+    plan: dict = field(default_factory=lambda: {"type": "dynamic"})
+    """The plan run last (`node.experts.plan_select.PlanChoice.describe`)."""
+    fallbacks: list[str] = field(default_factory=list)
+    """Plans that failed and were replaced, each with its reason."""
+    remote_round_trips: int = 0
+    """Expert requests that stages or a delegate sent on this generation's behalf."""
 
 
 class Executor:
@@ -170,14 +176,22 @@ class Executor:
         gen.bytes_sent.append(0)
         start = 0 if cache is None else cache.length
         x = await self.compute.run(_no_grad(model.embed_tokens), idx, start)  # [B, T, D]
-        for layer in range(model.cfg.n_layers):
+        x = await self.run_layers(x, range(model.cfg.n_layers), heads, gen, cache, trace)  # [B, T, D]
+        logits = await self.compute.run(_no_grad(model.head_forward), x)  # [B, T, V]
+        return logits, trace
+
+    async def run_layers(self, x: Tensor, layers: range, heads: dict[ExpertKey, bytes], gen: Generation,
+                         cache: KVCache | None, trace: list[dict[int, str]]) -> Tensor:
+        """Hidden states [B, T, D] through `layers` (attention, router, experts); one entry per
+        layer appended to `trace`. A pipeline stage runs its range with this."""
+        model = self.model
+        for layer in layers:
             x = await self.compute.run(_no_grad(model.attn_forward), layer, x, cache)  # [B, T, D]
             routing = await self.compute.run(_no_grad(model.route), layer, x)
             outputs, used = await self.run_experts(layer, routing.hidden, routing.experts.tolist(), heads, gen)
             x = await self.compute.run(_no_grad(_combine), routing, outputs, x)  # [B, T, D]
             trace.append(used)
-        logits = await self.compute.run(_no_grad(model.head_forward), x)  # [B, T, V]
-        return logits, trace
+        return x
 
     async def run_experts(self, layer: int, hidden: Tensor, choices: list[list[int]],
                           heads: dict[ExpertKey, bytes], gen: Generation) -> tuple[dict[int, Tensor], dict[int, str]]:

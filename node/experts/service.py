@@ -14,6 +14,11 @@ most `MAX_INFLIGHT` requests run at once (beyond: `Overloaded`); a malformed req
 sender a penalty. Announcements are signed and bound to the sender's peer id (on libp2p), and
 expire unless renewed; a peer that disconnects leaves the registry until it announces again.
 
+Generating: `generate_tokens` runs a plan type (`node.experts.plans`: dynamic, static_delegate,
+pipeline, or auto); the service also serves the other side of them, pipeline stages
+(`node.experts.stage`, protocol `expert_stage`) and delegated generations
+(`node.experts.delegate`, protocol `expert_delegate`).
+
 Heads that move: when the parameter chain accepts deltas of blocks this node uses (the shared
 blocks, the experts it serves), `on_heads_moved` (called for each parameter block the engine
 commits when the service is given the engine's `feed`, or by the daemon) materialises their new
@@ -50,10 +55,21 @@ from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokeni
 from node.core.feed import Committed, Feed, Subscription
 from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
+from node.experts.delegate import DelegateServer
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
 from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materialiser
 from node.experts.placement import UNBOUNDED_BUDGET, Placer
+from node.experts.plan_select import AUTO, DYNAMIC, PlanCache
+from node.experts.plan_wire import (
+    MAX_DELEGATE_BYTES,
+    MAX_STAGE_BYTES,
+    PROTOCOL_EXPERT_DELEGATE,
+    PROTOCOL_EXPERT_STAGE,
+    PlanUnsupported,
+)
+from node.experts.plans import generate_planned
 from node.experts.registry import ExpertRegistry
+from node.experts.stage import StageServer
 from node.experts.tiles import RepairFailed, TileService
 from node.experts.weights import (
     ExpertKey,
@@ -63,7 +79,6 @@ from node.experts.weights import (
     block_names,
     build_shared_model,
     expert_name,
-    get_expert_heads,
     is_loadable,
 )
 from node.experts.wire import (
@@ -216,6 +231,13 @@ class ExpertService:
                                          spot_check=config.spot_check, local_fallback=config.local_fallback)
         self.topic = topic_name(network_id, TOPIC_EXPERTS)
         self.protocol = protocol_name(network_id, PROTOCOL_EXPERT_FORWARD)
+        self.stage_protocol = protocol_name(network_id, PROTOCOL_EXPERT_STAGE)
+        self.delegate_protocol = protocol_name(network_id, PROTOCOL_EXPERT_DELEGATE)
+        self.stages = StageServer(self)
+        """Runs layer ranges for pipeline requesters (`node.experts.stage`)."""
+        self.delegates = DelegateServer(self)
+        """Runs whole generations for delegating requesters (`node.experts.delegate`)."""
+        self.plan_cache = PlanCache()
         self.inflight = 0
         self.served_requests = 0
         self._shared: _SharedModel | None = None
@@ -245,6 +267,8 @@ class ExpertService:
                     ", ".join(expert_name(k) for k in sorted(self.local.served)) or "none")
         self.net.subscribe(self.topic, self.on_announcement, max_bytes=MAX_ANNOUNCEMENT_BYTES)
         self.net.set_request_handler(self.protocol, self.on_forward, MAX_FORWARD_BYTES)
+        self.net.set_request_handler(self.stage_protocol, self.stages.on_stage, MAX_STAGE_BYTES)
+        self.net.set_request_handler(self.delegate_protocol, self.delegates.on_delegate, MAX_DELEGATE_BYTES)
         self.net.on_peer_event(self._on_peer_event)
         heads_feed = self.feed.subscribe("experts", (Committed,), maxlen=FEED_QUEUE) if self.feed else None
         try:
@@ -439,7 +463,7 @@ class ExpertService:
         body = AnnouncementBody(
             node=self.net.local_id, public_key=self.key.public_key, time_ms=self.clock.now_ms(),
             ttl_ms=int(self.config.announce_interval_s * 3000), tier=self.tier,
-            load=min(self.inflight, 65_535), offers=offers)
+            load=min(self.inflight + self.stages.inflight + self.delegates.inflight, 65_535), offers=offers)
         await self.net.publish(self.topic, codec.encode(sign_announcement(body, self.key, self.network_id)))
 
     # --- peers' input -------------------------------------------------------------------
@@ -515,19 +539,26 @@ class ExpertService:
             self._shared = _SharedModel(heads, model)
         return self._shared.model
 
+    def executor(self, model: Any) -> Executor:
+        """An executor of the shared `model` with this node's experts, registry and network."""
+        return Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
+                        self.compute, self.rng)
+
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
-                              seed: int = 0, use_cache: bool = True) -> Generation:
-        model = await self.shared_model()
-        executor = Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
-                            self.compute, self.rng)
-        heads = get_expert_heads(self.view)
-        return await executor.generate(prompt, max_tokens, heads, temperature, seed, use_cache)
+                              seed: int = 0, use_cache: bool = True, plan: str = DYNAMIC,
+                              allow_delegate: bool = True) -> Generation:
+        """One generation under plan type `plan` (`node.experts.plans`)."""
+        return await generate_planned(self, prompt, max_tokens, temperature, seed, use_cache, plan, allow_delegate)
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                       use_cache: bool = True) -> dict:
-        """Text in, text out, with the trace `blyan_generate` returns."""
+                       use_cache: bool = True, plan: str = AUTO) -> dict:
+        """Text in, text out, with the trace `blyan_generate` returns; `ValueError` for a prompt
+        the tokenizer cannot encode or a plan type the network cannot run (`PlanUnsupported`)."""
         tokenizer = await self.tokenizer()
-        gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed, use_cache)
+        try:
+            gen = await self.generate_tokens(tokenizer.encode(prompt), max_tokens, temperature, seed, use_cache, plan)
+        except PlanUnsupported as err:  # the caller's choice, not a failure of the network
+            raise ValueError(str(err)) from err
         me = self.net.local_id
         return {
             "prompt_tokens": gen.prompt,
@@ -536,7 +567,11 @@ class ExpertService:
             "latency_ms": [round(s * 1000, 3) for s in gen.latency_s],
             "layers": [[{"layer": layer, "experts": {str(e): (n or me) for e, n in sorted(used.items())}}
                         for layer, used in enumerate(step)] for step in gen.layers],
-            "round_trips": gen.round_trips, "failovers": gen.failovers,
+            "plan": {**gen.plan, "nodes": [n or me for n in gen.plan.get("nodes", [])],
+                     "stages": [{**s, "node": s["node"] or me} for s in gen.plan.get("stages", [])]},
+            "fallbacks": gen.fallbacks,
+            "round_trips": gen.round_trips, "remote_round_trips": gen.remote_round_trips,
+            "failovers": gen.failovers,
             "spot_checks": gen.spot_checks, "faults": gen.faults,
             "cache": gen.cache, "positions": gen.positions,
             "rows_sent": gen.rows_sent, "bytes_sent": gen.bytes_sent,
@@ -547,6 +582,7 @@ class ExpertService:
         return {
             "node": self.net.local_id, "tier": self.tier, "load": self.inflight,
             "served_requests": self.served_requests,
+            "stages": self.stages.describe(), "delegated_generations": self.delegates.served,
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),

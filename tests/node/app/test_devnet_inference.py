@@ -26,8 +26,9 @@ PROMPT = "The expert"
 MAX_TOKENS = 6
 
 
-def reference_tokens(root: Path, data_dir: Path, prompt_ids: list[int]) -> list[int]:
-    """Single-process greedy generation with the genesis weights from a node's blob store."""
+def reference_tokens(root: Path, data_dir: Path, prompt_ids: list[int], temperature: float = 0.0, seed: int = 0,
+                     use_cache: bool = True) -> list[int]:
+    """Single-process generation with the genesis weights from a node's blob store."""
     from gpu.model import MoEConfig, MoEModel
     from gpu.weights import decode_block
 
@@ -37,7 +38,8 @@ def reference_tokens(root: Path, data_dir: Path, prompt_ids: list[int]) -> list[
     for rec in pact.tensors:
         if rec.name in model.block_names():
             model.load_block_state_dict(rec.name, decode_block(blobs.get(rec.blob_id)))
-    out = model.eval().generate(torch.tensor([prompt_ids]), MAX_TOKENS)
+    out = model.eval().generate(torch.tensor([prompt_ids]), MAX_TOKENS, temperature=temperature,
+                                generator=torch.Generator().manual_seed(seed), use_cache=use_cache)
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -95,3 +97,42 @@ def test_chat_through_four_daemons_matches_single_process(tmp_path: Path) -> Non
     healed = BlobStore(dirs[2] / BLOBS_DIR)
     record = next(r for r in load_pact_file(tmp_path / DEVNET_PACT_FILE).tensors if r.name == corrupted)
     assert healed.get(record.blob_id, verify=True)  # the file is whole again
+
+
+def chat_json(data_dir: Path, *args: str) -> dict:
+    chat = subprocess.run(
+        [sys.executable, "-m", "node", "chat", PROMPT, "--max-tokens", str(MAX_TOKENS), "--json",
+         "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert chat.returncode == 0, chat.stderr
+    return json.loads(chat.stdout)
+
+
+def test_chat_plans_through_four_daemons_match_single_process(tmp_path: Path) -> None:
+    """Layout "ranges": nodes 0 and 2 serve every expert of layer 0, nodes 1 and 3 of layer 1, so a
+    pipeline chain of two stages exists (node 0's own, then a remote one); each plan type gives the
+    single-process tokens."""
+    dirs = prepare_devnet(tmp_path, 4, free_ports(4), free_ports(4), layout="ranges")
+    procs = start_nodes(dirs)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        for d in dirs:
+            wait_for(f"{d.name} up", lambda d=d: reachable(d), deadline)
+        wait_for("node0 knows the three other servers", lambda: registry_complete(dirs[0], 3), deadline)
+        answers = {plan: chat_json(dirs[0], "--plan", plan) for plan in ("auto", "pipeline", "static_delegate")}
+        seeded = chat_json(dirs[0], "--plan", "pipeline", "--temperature", "0.8", "--seed", "5", "--no-cache")
+    finally:
+        codes = stop_nodes(procs)
+    assert codes == [0, 0, 0, 0], [Path(d, "node.log").read_text()[-2000:] for d in dirs]
+    expected = reference_tokens(tmp_path, dirs[0], answers["auto"]["prompt_tokens"])
+    for plan, answer in answers.items():
+        assert answer["tokens"] == expected, plan
+        assert answer["fallbacks"] == []
+    assert answers["auto"]["plan"]["type"] == "pipeline"  # no node serves the whole group: no delegate
+    pipeline = answers["pipeline"]
+    assert len(pipeline["plan"]["stages"]) == 2
+    assert pipeline["round_trips"] == MAX_TOKENS  # node 0 serves layer 0 whole: a local stage, then one remote
+    assert answers["static_delegate"]["round_trips"] == 1 and answers["static_delegate"]["remote_round_trips"] > 0
+    assert seeded["plan"]["type"] == "pipeline"
+    assert seeded["tokens"] == reference_tokens(tmp_path, dirs[0], seeded["prompt_tokens"], 0.8, 5, False)
+    for d in dirs:
+        assert "Traceback" not in (d / "node.log").read_text()

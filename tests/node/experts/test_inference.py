@@ -23,8 +23,8 @@ from gpu.model import KVCache, MoEConfig, init_seeded, select_step_input
 from gpu.weights import encode_block, make_tensor_record
 from node.experts.config import ExpertsConfig
 from node.experts.inference import Executor, Generation, InlineCompute
-from node.experts.service import ExpertService, get_expert_heads
-from node.experts.weights import StaticModelView
+from node.experts.service import ExpertService
+from node.experts.weights import StaticModelView, get_expert_heads
 from node.experts.wire import ForwardItem, ForwardOutput, ForwardRequest, encode_rows
 from p2p.network import RemoteError
 from p2p.sim import SimNetworkHub

@@ -17,6 +17,7 @@ from node.app.config import NodeConfig, load_config, save_config
 from node.app.devnet import assign_experts
 from node.experts.config import ExpertsConfig
 from node.experts.plan import LOCAL, NoServingNode, build_layer_plan, compute_routes
+from node.experts.plan_select import Candidate, find_stage_chain
 from node.experts.registry import BENCH_STRIKES, ExpertRegistry
 from node.experts.wire import (
     AnnouncementBody,
@@ -171,6 +172,23 @@ def test_devnet_assignment_spreads_experts_with_two_replicas(nodes: int, n_exper
         assert sum(name in s for s in served) == 2
     if nodes == n_experts == 4:
         assert set(served[1]) == {"layer0.expert1", "layer0.expert2", "layer1.expert1", "layer1.expert2"}
+
+
+@pytest.mark.parametrize("nodes, n_layers", [(4, 2), (4, 4), (6, 4), (4, 1), (2, 4)])
+def test_devnet_ranges_layout_makes_whole_layer_stages_with_two_replicas(nodes: int, n_layers: int) -> None:
+    spec = ModelSpec("m", "0.1.0", 256, 16, n_layers, 2, 4, 1, 16, 8, 1)
+    served = assign_experts(spec, nodes, layout="ranges")
+    every = {f"layer{layer}.expert{e}" for layer in range(n_layers) for e in range(4)}
+    for name in every:
+        assert sum(name in s for s in served) >= 2
+    ranges = min(nodes // 2, n_layers)
+    if ranges > 1:
+        assert all(set(s) < every for s in served), "no node holds them all"
+    keys = [frozenset((int(n[5:n.index(".")]), int(n.rsplit("t", 1)[1])) for n in s) for s in served]
+    chain = find_stage_chain([Candidate(f"n{i}", k, 0.0) for i, k in enumerate(keys)], n_layers, 4)
+    assert chain is not None and len(chain) == ranges
+    with pytest.raises(ConfigError):
+        assign_experts(spec, nodes, layout="spiral")
 
 
 def test_experts_config_round_trip_and_auto_string(tmp_path: Path) -> None:
