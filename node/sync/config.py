@@ -26,12 +26,20 @@ class SyncTiming:
     used to be a gossip that reached every node (about D copies each): at 2 s it was 80 % of the
     messages a 16-daemon devnet handled. A lagging node learns of it sooner anyway: from the
     handshake with each new peer and from consensus messages of later heights."""
+    status_fanout: int = 8
+    """Connected peers asked for their heights each interval (drawn at random; all of them when
+    there are fewer)."""
     request_timeout_s: float = 2.0
     """Deadline of a handshake or blocks request."""
     batch: int = 32
     """Blocks asked for per request."""
     snapshot_every: int = 64
     """Keep the state at every multiple of this height for fast-syncing peers."""
+
+    def __post_init__(self) -> None:
+        if not (self.status_interval_s > 0 and self.status_fanout >= 1 and self.request_timeout_s > 0
+                and self.batch >= 1 and self.snapshot_every >= 1):
+            raise ValueError(f"invalid sync timing {self}")
 
     @classmethod
     def for_tests(cls) -> SyncTiming:

@@ -9,9 +9,10 @@ for its handshake (another genesis is banned) and asks every connected peer agai
 (its heights: the status poll), keeps state snapshots of finalized blocks (from the engine's
 feed) and catches up whenever a peer is ahead (a handshake, or the engine's `PeerAhead` events).
 
-Heights go to connected peers only, never gossiped: only a connected peer can serve blocks, and
-a status gossiped to every node made each node handle N messages per interval (70 % of the
-copies of a 1,000-node simulation; docs/SCALING.md).
+Heights go between connected peers only, never gossiped: only a connected peer can serve blocks,
+and a status gossiped to every node made each node handle N messages per interval (70 % of the
+copies of a 1,000-node simulation; docs/SCALING.md). Each interval asks a few peers at random
+(`SyncTiming.status_fanout`), so the cost does not grow with the number of connections either.
 """
 
 from __future__ import annotations
@@ -136,13 +137,18 @@ class SyncService:
     # --- heights ----------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
-        """Every interval (jittered), each connected peer's heights, all at once: the handshake
-        again, so a peer that changed its genesis is refused too."""
+        """Every interval (jittered), the heights of up to `status_fanout` connected peers
+        drawn at random, all at once: the handshake again, so a peer that changed its genesis
+        is refused too. Drawn, not all: a node with many peers needs to hear of one ahead of it,
+        not of every one, and the cost stays `status_fanout` requests per interval."""
         while True:
             jitter = 1.0 + 0.2 * self.rng.random()
             await trio.sleep(self.timing.status_interval_s * jitter)
+            peers = sorted(self.node.network.peers())
+            if len(peers) > self.timing.status_fanout:
+                peers = self.rng.sample(peers, self.timing.status_fanout)
             async with trio.open_nursery() as nursery:
-                for peer in sorted(self.node.network.peers()):
+                for peer in peers:
                     nursery.start_soon(self._check_peer, peer, 1)
 
     # --- serving ----------------------------------------------------------------------------
