@@ -48,6 +48,7 @@ from gpu.devices import Tier
 from gpu.loader import BlobLoader
 from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokenizer_block
 from node.core.feed import Committed, Feed, Subscription
+from node.experts.batching import ForwardPool, Overloaded, RequestBatcher
 from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
@@ -100,10 +101,6 @@ FETCH_ATTEMPTS = 5
 """Tries to fetch a missing delta blob from peers per head move, with backoff between them."""
 FEED_QUEUE = 256
 _EXPERT_NAME = re.compile(r"layer(\d+)\.expert(\d+)")
-
-
-class Overloaded(ExpertError):
-    """Too many forward requests in progress here."""
 
 
 class ByteTokenizer:
@@ -218,6 +215,10 @@ class ExpertService:
         self.protocol = protocol_name(network_id, PROTOCOL_EXPERT_FORWARD)
         self.inflight = 0
         self.served_requests = 0
+        self.pool = ForwardPool(self.compute.run, self.compute_outputs)
+        """Concurrent forward requests of a layer computed as one (`node.experts.batching`)."""
+        self.batcher = RequestBatcher(net, self.protocol, penalty=self.inference.wrong_output_penalty)
+        """Concurrent generations' requests to a peer for a layer sent as one."""
         self._shared: _SharedModel | None = None
         self._announce_now = trio.Event()
         self._tokenizer: ByteTokenizer | BlockTokenizer | None = None
@@ -478,7 +479,7 @@ class ExpertService:
             raise Overloaded(f"{self.inflight} expert requests in progress")
         self.inflight += 1
         try:
-            outputs = await self.compute.run(self.compute_outputs, req)
+            outputs = await self.pool.forward(req)
         finally:
             self.inflight -= 1
         self.served_requests += 1
@@ -519,9 +520,10 @@ class ExpertService:
                               seed: int = 0, use_cache: bool = True) -> Generation:
         model = await self.shared_model()
         executor = Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
-                            self.compute, self.rng)
+                            self.compute, self.rng, batcher=self.batcher)
         heads = get_expert_heads(self.view)
-        return await executor.generate(prompt, max_tokens, heads, temperature, seed, use_cache)
+        with self.batcher.joined(executor):
+            return await executor.generate(prompt, max_tokens, heads, temperature, seed, use_cache)
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
                        use_cache: bool = True) -> dict:
