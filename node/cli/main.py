@@ -134,14 +134,17 @@ def node_run(data_dir: Path) -> None:
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Root of the nodes' data dirs.")
 @click.option("--base-port", default=30400, show_default=True, help="libp2p port of node 0 (node i: +i).")
 @click.option("--rpc-base-port", default=18600, show_default=True, help="RPC port of node 0 (node i: +i).")
-def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int) -> None:
+@click.option("--preset", type=click.Choice(["devnet", "bench"]), default="devnet", show_default=True,
+              help="The model: the shipped trained one, or bench (larger random experts, speed only; "
+                   "use a fresh --data-dir).")
+def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int, preset: str) -> None:
     """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys).
 
     Ctrl-C, SIGINT or SIGTERM stops every node cleanly; if this process dies, its nodes stop too."""
     from node.app.devnet import run_devnet  # libp2p (peer ids): only a devnet needs it
 
     try:
-        code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo)
+        code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo, preset=preset)
     except (BlyanError, OSError) as err:
         _fail(str(err))
     sys.exit(code)
