@@ -357,3 +357,30 @@ async def test_server_refuses_when_overloaded(tmp_path: Path, autojump_clock: tr
             nursery.cancel_scope.cancel()
     assert sorted(outcomes)[0] == "ok" and "waiting here" in sorted(outcomes)[1]
     assert server.net.score("asker") == 0  # refusing for load is no penalty
+
+
+async def test_concurrent_generations_pool_the_experts_served_here(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A generating node that serves experts itself computes its generations' rows for them in
+    one forward per expert too (its own pool), with the single-process tokens."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    n = 4
+    async with SimNetworkHub(seed=6) as hub:
+        servers = [make_service(hub.add_node(f"n{i}"), view, blobs, ring(i)) for i in range(1, 4)]
+        client = make_service(hub.add_node("n0"), view, blobs, ring(0))
+        got: dict[int, object] = {}
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers, client])
+
+            async def generate(i: int) -> None:
+                got[i] = await client.generate_tokens(PROMPTS[i], n)
+
+            async with trio.open_nursery() as gens:
+                for i in range(len(PROMPTS)):
+                    gens.start_soon(generate, i)
+            nursery.cancel_scope.cancel()
+    for i, prompt in enumerate(PROMPTS):
+        assert got[i].tokens == reference_tokens(model, prompt, n)
+        assert any(node == "" for step in got[i].layers for used in step for node in used.values())  # some here
+    assert client.pool.requests_merged > 0 and client.served_requests == 0  # merged, and none from peers
