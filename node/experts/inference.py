@@ -34,7 +34,7 @@ from torch import Tensor
 
 from chain import codec
 from gpu.model import KVCache, MoEModel, Routing, combine_expert_outputs, select_step_input
-from node.experts.batching import ForwardPool, RequestBatcher
+from node.experts.batching import BatchAbandoned, ForwardPool, RequestBatcher
 from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts
@@ -222,7 +222,7 @@ class Executor:
                 got = await self._request(layer, task, hidden, heads, gen)
         except (RequestFailed, ExpertError) as err:
             logger.info("layer %d experts %s on %s failed: %s", layer, sorted(task.experts), task.node or "local", err)
-            if task.node != LOCAL:
+            if task.node != LOCAL and not isinstance(err, BatchAbandoned):  # not the peer's fault
                 self.registry.record_failure(task.node, trio.current_time())
             failed.append(task)
             return

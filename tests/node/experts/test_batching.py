@@ -167,8 +167,9 @@ async def test_pool_request_cancelled_while_waiting_is_not_computed(
     async with trio.open_nursery() as nursery:
         for i in range(3):
             nursery.start_soon(ask, i, scopes)
-        await trio.sleep(0.0002)  # all three are waiting in the batch
-        scopes[0].cancel()  # one gives up (its deadline passed)
+        await trio.sleep(0.0002)  # at 0.2 ms, inside the 1 ms quiet window, one gives up (its deadline)
+        assert [len(b.jobs) for b in pool._open.values()] == [3] and not rec.calls
+        scopes[0].cancel()
     assert rec.calls == [[5]]  # rows of requests 1 and 2 only
     assert sorted(got) == [1, 2] and pool.queued_rows == 0
 
@@ -384,3 +385,85 @@ async def test_concurrent_generations_pool_the_experts_served_here(
         assert got[i].tokens == reference_tokens(model, prompt, n)
         assert any(node == "" for step in got[i].layers for used in step for node in used.values())  # some here
     assert client.pool.requests_merged > 0 and client.served_requests == 0  # merged, and none from peers
+
+
+async def test_pool_leader_cancelled_midway_fails_the_others_with_batch_abandoned(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    release, started, leader = trio.Event(), trio.Event(), {}
+
+    async def slow_compute(fn, req):  # the batch's computing task: recorded, and held
+        leader["task"] = trio.lowlevel.current_task()
+        started.set()
+        await release.wait()
+        return fn(req)
+
+    pool = ForwardPool(slow_compute, scale_by_expert)
+    scopes, outcomes = {}, {}
+
+    async def ask(i: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[trio.lowlevel.current_task()] = scope
+            try:
+                outcomes[i] = await pool.forward(make_request({0: 1}, i))
+            except Exception as err:  # noqa: BLE001 - the outcome is what is checked
+                outcomes[i] = type(err).__name__
+        outcomes.setdefault(i, "cancelled")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(ask, i)
+        await started.wait()  # the batch waited, then its leader started computing
+        scopes[leader["task"]].cancel()
+    assert sorted(outcomes.values()) == ["BatchAbandoned", "cancelled"]
+    assert pool.queued_rows == 0
+
+
+class RecordingNet:
+    """A `Network` whose `request` records the task that sends and waits for `release`."""
+
+    def __init__(self, net) -> None:
+        self.net, self.sender, self.release, self.sent = net, None, trio.Event(), trio.Event()
+
+    async def request(self, *args, **kw) -> bytes:
+        self.sender = trio.lowlevel.current_task()
+        self.sent.set()
+        await self.release.wait()
+        return await self.net.request(*args, **kw)
+
+    def penalize(self, *args) -> None:
+        self.net.penalize(*args)
+
+
+async def test_batcher_sender_cancelled_midway_fails_the_others_with_batch_abandoned(
+    autojump_clock: trio.testing.MockClock
+) -> None:
+    async with SimNetworkHub(seed=1) as hub:
+        server, client = hub.add_node("server"), hub.add_node("client")
+
+        async def handler(peer: str, data: bytes) -> bytes:
+            return codec.encode(_response(codec.decode(ForwardRequest, data)))
+
+        server.set_request_handler("fwd", handler, 1 << 24)
+        net = RecordingNet(client)
+        batcher = RequestBatcher(net, "fwd")
+        members = [object(), object()]
+        scopes, outcomes = {}, {}
+
+        async def ask(i: int) -> None:
+            with trio.CancelScope() as scope:
+                scopes[trio.lowlevel.current_task()] = scope
+                req = make_request({0: 1}, i)
+                try:
+                    outcomes[i] = await batcher.request(members[i], "server", req, codec.encode(req), 1.0)
+                except Exception as err:  # noqa: BLE001 - the outcome is what is checked
+                    outcomes[i] = type(err).__name__
+            outcomes.setdefault(i, "cancelled")
+
+        with batcher.joined(members[0]), batcher.joined(members[1]):
+            async with trio.open_nursery() as nursery:
+                for i in range(2):
+                    nursery.start_soon(ask, i)
+                await net.sent.wait()
+                scopes[net.sender].cancel()
+        assert sorted(map(str, outcomes.values())) == ["BatchAbandoned", "cancelled"]
