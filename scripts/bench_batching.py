@@ -330,3 +330,113 @@ def bench_batching_simulated(run: SectionRun, root: Path) -> None:
     concurrency_row(run, tokens, result["one_s"], [ratio], result["same"], SOLO, result["stats"],
                     "4 simulated nodes (quick mode)")
     layer_rows(run, result["layers"], "2 simulated nodes (quick mode)")
+
+
+# --- the server pool's wait ------------------------------------------------------------------
+
+POOL_CLIENTS = 8
+POOL_QUIET_S = (0.0, 0.0005, 0.002)
+
+
+def bench_pool_wait(run: SectionRun) -> None:
+    """Rows inference.pool_quiet_*: one libp2p host serving layer 0's expert 0 of the bench preset
+    through a `ForwardPool` (worker thread), and 8 libp2p hosts in this process each sending it a
+    one-row request at the same moment, per quiet window: forwards per request (1 = no merging)
+    and the median request latency; plus one client alone (the wait's cost)."""
+    import trio
+
+    results = trio.run(_pool_wait_all, run.pick(20, 4))
+    for quiet, (forwards, many_s, lone_s) in results.items():
+        run.row(Row(
+            name=f"inference.pool_quiet_{quiet * 1e3:g}ms",
+            what=f"{POOL_CLIENTS} clients' one-row requests at once, server pool quiet {quiet * 1e3:g} ms "
+                 "(libp2p, one process)",
+            ours=many_s, baseline=lone_s, unit="s",
+            ours_text=f"{many_s * 1e3:.2f} ms per request, {forwards:.2f} forwards per request",
+            baseline_text=f"{lone_s * 1e3:.2f} ms", baseline_what="one client alone, same pool",
+            ratio=many_s / lone_s, better="lower", goal=None,
+            extra={"forwards_per_request": forwards},
+        ))
+
+
+async def _pool_wait_all(reps: int) -> dict[float, tuple[float, float, float]]:
+    from contextlib import AsyncExitStack
+
+    import torch
+    import trio
+
+    from chain import codec
+    from genesis.presets import BENCH, load_preset
+    from gpu.model import Expert, MoEConfig
+    from gpu.weights import decode_block
+    from node.experts.batching import BatchConfig, ForwardPool
+    from node.experts.inference import ThreadCompute
+    from node.experts.wire import (
+        MAX_FORWARD_BYTES,
+        ForwardItem,
+        ForwardOutput,
+        ForwardRequest,
+        ForwardResponse,
+        decode_rows,
+        encode_rows,
+    )
+    from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
+    from p2p.network import protocol_name
+
+    preset = load_preset(BENCH)
+    names = [r.name for r in preset.tensors]
+    expert = Expert(MoEConfig.from_spec(preset.spec))
+    expert.load_state_dict(decode_block(preset.blobs[names.index("layer0.expert0")]))
+    expert.eval()
+    d = preset.spec.d_model
+
+    def compute_outputs(req: ForwardRequest) -> list[ForwardOutput]:
+        out = []
+        for it in req.items:
+            with torch.no_grad():
+                y = expert(decode_rows(it.data, it.rows, d))  # [n, D]
+            out.append(ForwardOutput(it.expert, it.block_hash, it.rows, encode_rows(y)))
+        return out
+
+    pool = ForwardPool(ThreadCompute().run, compute_outputs)
+    protocol = protocol_name("bench", "expert_forward")
+
+    async def handler(peer: str, data: bytes) -> bytes:
+        return codec.encode(ForwardResponse(tuple(await pool.forward(codec.decode(ForwardRequest, data)))))
+
+    out = {}
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(Libp2pNetwork.open(Libp2pConfig.for_tests(bytes([9]) * 32)))
+        server.set_request_handler(protocol, handler, MAX_FORWARD_BYTES)
+        boot = (server.listen_addrs()[0],)
+        clients = [await stack.enter_async_context(Libp2pNetwork.open(Libp2pConfig.for_tests(bytes([10, i]) * 16,
+                                                                                         boot)))
+                   for i in range(POOL_CLIENTS)]
+        with trio.fail_after(30):
+            while len(server.peers()) < POOL_CLIENTS or any(not c.peers() for c in clients):
+                await trio.sleep(0.05)  # a benchmark's set-up: libp2p marks no event for "all dialled"
+        row = encode_rows(torch.randn(1, d))
+        payload = codec.encode(ForwardRequest(0, d, (ForwardItem(0, b"\0" * 32, 1, row),)))
+
+        async def ask(net: Any, times: list[float]) -> None:
+            start = trio.current_time()
+            await net.request(server.local_id, protocol, payload, timeout=10.0, max_response_bytes=MAX_FORWARD_BYTES)
+            times.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as nursery:  # warm up: streams, the thread, the codec
+            for net in clients:
+                nursery.start_soon(ask, net, [])
+        for quiet in POOL_QUIET_S:
+            pool.config = BatchConfig(max_delay_s=max(0.002, quiet), quiet_s=quiet)
+            many: list[float] = []
+            lone: list[float] = []
+            forwards = 0
+            for _ in range(reps):
+                before = pool.batches_run
+                async with trio.open_nursery() as nursery:
+                    for net in clients:
+                        nursery.start_soon(ask, net, many)
+                forwards += pool.batches_run - before
+                await ask(clients[0], lone)
+            out[quiet] = (forwards / (reps * POOL_CLIENTS), statistics.median(many), statistics.median(lone))
+    return out

@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_batching import bench_batching_daemons, bench_batching_simulated
+from bench_batching import bench_batching_daemons, bench_batching_simulated, bench_pool_wait
 from benchlib import Row, SectionRun, section
 
 PROMPT = "The expert"
@@ -115,6 +115,7 @@ def bench_inference(run: SectionRun) -> None:
     ))
     with run.tempdir() as tmp:
         bench_batching_daemons(run, tmp)
+    bench_pool_wait(run)
 
 
 def _rows_per_token(rows_sent: list[int]) -> float:
