@@ -91,3 +91,16 @@ async def test_generation_runs_on_the_bench_preset(tmp_path: Path, autojump_cloc
     ref = model.eval().generate(torch.tensor([prompt]), 4)[0, len(prompt):].tolist()
     assert gen.tokens == ref
     assert all(node for step in gen.layers for used in step for node in used.values())  # all remote
+
+
+def test_prepare_devnet_with_the_bench_preset(tmp_path: Path) -> None:
+    from node.app.config import BLOBS_DIR, CONFIG_FILE, load_config
+    from node.app.datadir import load_pact_file
+    from node.app.devnet import DEVNET_PACT_FILE, prepare_devnet
+
+    dirs = prepare_devnet(tmp_path, 2, 31900, 18900, preset=BENCH)
+    pact = load_pact_file(tmp_path / DEVNET_PACT_FILE)
+    assert pact.model == BENCH_SPEC
+    store = BlobStore(dirs[1] / BLOBS_DIR)
+    assert all(store.has(r.blob_id) for r in pact.tensors)
+    assert len(load_config(dirs[0] / CONFIG_FILE).experts.serve) == BENCH_SPEC.n_layers * BENCH_SPEC.n_experts
