@@ -34,7 +34,7 @@ from torch import Tensor
 
 from chain import codec
 from gpu.model import KVCache, MoEModel, Routing, combine_expert_outputs, select_step_input
-from node.experts.batching import BatchAbandoned, ForwardPool, RequestBatcher
+from node.experts.batching import BatchAbandoned, RequestBatcher
 from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts
@@ -42,7 +42,6 @@ from node.experts.wire import (
     ExpertError,
     ForwardItem,
     ForwardRequest,
-    decode_rows,
     encode_rows,
     is_close,
 )
@@ -126,15 +125,13 @@ class Executor:
     def __init__(
         self, net: Network, protocol: str, model: MoEModel, local: LocalExperts,
         registry: ExpertRegistry, config: InferenceConfig, compute: Compute, rng: random.Random,
-        batcher: RequestBatcher | None = None, local_pool: ForwardPool | None = None,
+        batcher: RequestBatcher | None = None,
     ) -> None:
         self.net, self.protocol, self.model = net, protocol, model
         self.local, self.registry, self.config = local, registry, config
         self.compute, self.rng = compute, rng
         self.batcher = batcher or RequestBatcher(net, protocol, penalty=config.wrong_output_penalty)
         """Sends the requests, merged with concurrent generations' when it is shared (`node.experts.batching`)."""
-        self.local_pool = local_pool
-        """Computes the experts this node serves, together with concurrent generations' and peers' rows."""
 
     async def generate(self, prompt: list[int], max_new_tokens: int, heads: dict[ExpertKey, bytes],
                        temperature: float = 0.0, seed: int = 0, use_cache: bool = True) -> Generation:
@@ -231,13 +228,6 @@ class Executor:
 
     async def _compute_local(self, layer: int, task: NodeTask, hidden: Tensor,
                              heads: dict[ExpertKey, bytes]) -> dict[int, Tensor]:
-        served = all(self.local.is_served((layer, e), heads[(layer, e)]) for e in task.experts)
-        if self.local_pool is not None and served:  # pooled with concurrent generations' and peers' rows
-            d_model = hidden.shape[-1]
-            req = ForwardRequest(layer, d_model, tuple(
-                ForwardItem(e, heads[(layer, e)], len(rows), encode_rows(hidden[torch.tensor(rows)]))  # [n_e, D]
-                for e, rows in task.experts.items()))
-            return {o.expert: decode_rows(o.data, o.rows, d_model) for o in await self.local_pool.forward(req)}
         out = {}
         for expert, rows in task.experts.items():
             x = hidden[torch.tensor(rows)]  # [n_e, D]

@@ -520,7 +520,7 @@ class ExpertService:
                               seed: int = 0, use_cache: bool = True) -> Generation:
         model = await self.shared_model()
         executor = Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
-                            self.compute, self.rng, batcher=self.batcher, local_pool=self.pool)
+                            self.compute, self.rng, batcher=self.batcher)
         heads = get_expert_heads(self.view)
         with self.batcher.joined(executor):
             return await executor.generate(prompt, max_tokens, heads, temperature, seed, use_cache)
@@ -549,8 +549,6 @@ class ExpertService:
         return {
             "node": self.net.local_id, "tier": self.tier, "load": self.inflight,
             "served_requests": self.served_requests,
-            "batching": {"pool_batches": self.pool.batches_run, "pool_merged": self.pool.requests_merged,
-                         "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged},
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),

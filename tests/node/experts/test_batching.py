@@ -360,11 +360,11 @@ async def test_server_refuses_when_overloaded(tmp_path: Path, autojump_clock: tr
     assert server.net.score("asker") == 0  # refusing for load is no penalty
 
 
-async def test_concurrent_generations_pool_the_experts_served_here(
+async def test_concurrent_generations_on_a_serving_node_match_single_process(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A generating node that serves experts itself computes its generations' rows for them in
-    one forward per expert too (its own pool), with the single-process tokens."""
+    """A generating node that serves experts itself: its concurrent generations compute those
+    here (each on its own rows) and group the rest, with the single-process tokens."""
     view, blobs, model = build_weights(tmp_path / "blobs")
     n = 4
     async with SimNetworkHub(seed=6) as hub:
@@ -384,7 +384,7 @@ async def test_concurrent_generations_pool_the_experts_served_here(
     for i, prompt in enumerate(PROMPTS):
         assert got[i].tokens == reference_tokens(model, prompt, n)
         assert any(node == "" for step in got[i].layers for used in step for node in used.values())  # some here
-    assert client.pool.requests_merged > 0 and client.served_requests == 0  # merged, and none from peers
+    assert client.batcher.requests_merged > 0
 
 
 async def test_pool_leader_cancelled_midway_fails_the_others_with_batch_abandoned(
