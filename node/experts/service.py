@@ -549,6 +549,8 @@ class ExpertService:
         return {
             "node": self.net.local_id, "tier": self.tier, "load": self.inflight,
             "served_requests": self.served_requests,
+            "batching": {"pool_batches": self.pool.batches_run, "pool_merged": self.pool.requests_merged,
+                         "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged},
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),

@@ -467,3 +467,17 @@ async def test_batcher_sender_cancelled_midway_fails_the_others_with_batch_aband
                 await net.sent.wait()
                 scopes[net.sender].cancel()
         assert sorted(map(str, outcomes.values())) == ["BatchAbandoned", "cancelled"]
+
+
+async def test_describe_counts_batches(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    view, blobs, _ = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=1) as hub:
+        servers = [make_service(hub.add_node(f"n{i}"), view, blobs, ring(i)) for i in range(4)]
+        client = make_service(hub.add_node("client"), view, blobs, ("none",))
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers, client])
+            gen = await client.generate_tokens(PROMPT, 2)
+            nursery.cancel_scope.cancel()
+    assert client.describe()["batching"] == {"pool_batches": 0, "pool_merged": 0,
+                                             "sent_requests": gen.round_trips, "sent_merged": 0}
+    assert sum(s.describe()["batching"]["pool_batches"] for s in servers) == gen.round_trips
