@@ -96,12 +96,15 @@ def build_devnet_pact(
     network_id: str = DEVNET_ID,
     store_blob: Callable[[bytes], object] | None = None,
     with_model: bool = True,
+    prebuilt: Prebuilt | None = None,
 ) -> GenesisPact:
+    """The devnet pact; its model, tokenizer and corpus are `prebuilt`'s (default: the shipped
+    artifact; `genesis.presets` has others)."""
     validators = tuple(
         GenesisValidator(dev_validator_key(i, network_id).public_key, DEVNET_STAKE, f"dev-{i}")
         for i in range(n_validators)
     )
-    prebuilt = load_prebuilt()
+    prebuilt = prebuilt or load_prebuilt()
     tensors = prebuilt.tensors if with_model else ()
     datasets = tuple(make_dataset(e) for e in prebuilt.corpus) if with_model else ()
     if with_model and store_blob is not None:

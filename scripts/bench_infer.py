@@ -6,6 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_batching import bench_batching_daemons, bench_batching_simulated, bench_pool_wait
 from benchlib import Row, SectionRun, section
 
 PROMPT = "The expert"
@@ -51,6 +52,14 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
     "Baseline: `MoEModel.generate` (also with the cache) in one process with the same genesis weights. "
     "Spot checks off.",
     "Greedy; the two produce the same tokens (tests/node/test_devnet_inference.py checks it).",
+    "inference.concurrent16 and inference.layer_b*: a devnet with the `bench` preset (d_model 256, "
+    "d_ff 1024, 8 experts x 4 layers, random weights: speed only). concurrent16: 16 `blyan_generate` "
+    "calls at once on node 0 (greedy, KV cache) against the same 16 one at a time; node 0 groups "
+    "their requests per peer and layer, servers pool concurrent requests (node.experts.batching); "
+    "'same tokens' counts generations whose tokens equal their solo run. layer_b*: one MoE layer "
+    "(route here, one request per serving daemon, combine here) from a libp2p host in the bench "
+    "process to nodes 0 and 2 (which serve all 8 experts between them), against "
+    "`MoEModel.moe_forward` on the same rows here; median of the reps.",
 ])
 def bench_inference(run: SectionRun) -> None:
     from node.api.client import RPCClient
@@ -60,6 +69,8 @@ def bench_inference(run: SectionRun) -> None:
     tokens = run.pick(32, 8)
     if run.cfg.quick:  # no daemons: 4 nodes on the simulated network, in this process
         _bench_simulated(run, tokens)
+        with run.tempdir() as tmp:
+            bench_batching_simulated(run, tmp)
         return
     with tempfile.TemporaryDirectory(prefix="blyan-bench-infer-") as tmp:
         root = Path(tmp)
@@ -102,6 +113,9 @@ def bench_inference(run: SectionRun) -> None:
         extra={"round_trips_per_token": trips, "s_per_token": ours, "local_s_per_token": local,
                "rows_sent_per_token": rows},
     ))
+    with run.tempdir() as tmp:
+        bench_batching_daemons(run, tmp)
+    bench_pool_wait(run)
 
 
 def _rows_per_token(rows_sent: list[int]) -> float:

@@ -32,6 +32,7 @@ from chain.crypto import save_key
 from chain.errors import ConfigError
 from chain.tensors import ModelSpec
 from genesis.devnet import build_devnet_pact, dev_validator_key, faucet_key
+from genesis.presets import DEVNET, load_preset
 from node.api.config import COOKIE_FILE, RPCConfig
 from node.app.config import BLOBS_DIR, CONFIG_FILE, GENESIS_MINHASH_FILE, P2PConfig, load_config, save_config
 from node.app.datadir import init_data_dir
@@ -126,12 +127,13 @@ def devnet_bootstrap(addrs: list[str], i: int) -> tuple[str, ...]:
 
 
 def prepare_devnet(root: Path, nodes: int, base_port: int = 30400, rpc_base_port: int = 18600,
-                   layout: str = "ring") -> list[Path]:
-    """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent); experts by `layout`."""
+                   layout: str = "ring", preset: str = DEVNET) -> list[Path]:
+    """Data dirs `root/node0..` for a devnet of `nodes` validators (idempotent); experts by `layout`,
+    and the model of a `genesis.presets` preset ("bench": larger random experts, for speed only)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     blobs: list[bytes] = []
-    pact = build_devnet_pact(n_validators=nodes, store_blob=blobs.append)
+    pact = build_devnet_pact(n_validators=nodes, store_blob=blobs.append, prebuilt=load_preset(preset))
     pact_path = root / DEVNET_PACT_FILE
     encoded = codec.encode(pact)
     if not pact_path.exists() or pact_path.read_bytes() != encoded:
@@ -238,7 +240,7 @@ def describe(dirs: list[Path]) -> list[dict]:
 
 
 def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo: Callable[[str], None],
-               stop_timeout: float = STOP_TIMEOUT_S, layout: str = "ring") -> int:
+               stop_timeout: float = STOP_TIMEOUT_S, layout: str = "ring", preset: str = DEVNET) -> int:
     """Prepare, start, print, and stay in the foreground until SIGINT, SIGTERM or SIGHUP (from a
     terminal, `kill` or a service manager) or until a node dies; then stop every node: SIGTERM,
     `stop_timeout`, SIGKILL. If this process dies without doing so (SIGKILL), the nodes' lifeline
@@ -248,7 +250,7 @@ def run_devnet(root: Path, nodes: int, base_port: int, rpc_base_port: int, echo:
     validate_ports_free(devnet_ports(nodes, base_port, rpc_base_port),
                         hint="Stop it, or choose other ports with --base-port and --rpc-base-port")
     with StopSignals() as stop, contextlib.closing(Lifeline()) as lifeline:
-        dirs = prepare_devnet(root, nodes, base_port, rpc_base_port, layout)
+        dirs = prepare_devnet(root, nodes, base_port, rpc_base_port, layout, preset)
         procs: list[subprocess.Popen] = []
         try:
             for data_dir in dirs:

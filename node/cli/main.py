@@ -137,14 +137,18 @@ def node_run(data_dir: Path) -> None:
 @click.option("--layout", default="ring", show_default=True, type=click.Choice(["ring", "ranges"]),
               help="Experts: ring (node i serves experts {i, i+1} of every layer) or ranges (each node every "
                    "expert of a range of layers: pipeline stages); two replicas each.")
-def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int, layout: str) -> None:
+@click.option("--preset", type=click.Choice(["devnet", "bench"]), default="devnet", show_default=True,
+              help="The model: the shipped trained one, or bench (larger random experts, speed only; "
+                   "use a fresh --data-dir).")
+def devnet(nodes: int, data_dir: Path, base_port: int, rpc_base_port: int, layout: str,
+           preset: str) -> None:
     """Start a local devnet: N validators on 127.0.0.1 with a fresh shared genesis (dev keys).
 
     Ctrl-C, SIGINT or SIGTERM stops every node cleanly; if this process dies, its nodes stop too."""
     from node.app.devnet import run_devnet  # libp2p (peer ids): only a devnet needs it
 
     try:
-        code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo, layout=layout)
+        code = run_devnet(data_dir, nodes, base_port, rpc_base_port, click.echo, layout=layout, preset=preset)
     except (BlyanError, OSError) as err:
         _fail(str(err))
     sys.exit(code)

@@ -34,21 +34,16 @@ from torch import Tensor
 
 from chain import codec
 from gpu.model import KVCache, MoEModel, Routing, combine_expert_outputs, select_step_input
+from node.experts.batching import BatchAbandoned, RequestBatcher
 from node.experts.plan import LOCAL, NodeTask, build_layer_plan, compute_routes
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts
 from node.experts.wire import (
-    MAX_FORWARD_BYTES,
     ExpertError,
     ForwardItem,
     ForwardRequest,
-    ForwardResponse,
-    InvalidExpertMessage,
-    decode_message,
-    decode_rows,
     encode_rows,
     is_close,
-    validate_response,
 )
 from p2p.network import Network, RequestFailed
 
@@ -136,10 +131,13 @@ class Executor:
     def __init__(
         self, net: Network, protocol: str, model: MoEModel, local: LocalExperts,
         registry: ExpertRegistry, config: InferenceConfig, compute: Compute, rng: random.Random,
+        batcher: RequestBatcher | None = None,
     ) -> None:
         self.net, self.protocol, self.model = net, protocol, model
         self.local, self.registry, self.config = local, registry, config
         self.compute, self.rng = compute, rng
+        self.batcher = batcher or RequestBatcher(net, protocol, penalty=config.wrong_output_penalty)
+        """Sends the requests, merged with concurrent generations' when it is shared (`node.experts.batching`)."""
 
     async def generate(self, prompt: list[int], max_new_tokens: int, heads: dict[ExpertKey, bytes],
                        temperature: float = 0.0, seed: int = 0, use_cache: bool = True) -> Generation:
@@ -235,7 +233,7 @@ class Executor:
                 got = await self._request(layer, task, hidden, heads, gen)
         except (RequestFailed, ExpertError) as err:
             logger.info("layer %d experts %s on %s failed: %s", layer, sorted(task.experts), task.node or "local", err)
-            if task.node != LOCAL:
+            if task.node != LOCAL and not isinstance(err, BatchAbandoned):  # not the peer's fault
                 self.registry.record_failure(task.node, trio.current_time())
             failed.append(task)
             return
@@ -262,15 +260,7 @@ class Executor:
         gen.round_trips += 1
         gen.rows_sent[-1] += sum(item.rows for item in req.items)
         gen.bytes_sent[-1] += len(payload)
-        data = await self.net.request(task.node, self.protocol, payload,
-                                      timeout=self.config.request_timeout_s, max_response_bytes=MAX_FORWARD_BYTES)
-        try:
-            resp = decode_message(ForwardResponse, data, MAX_FORWARD_BYTES)
-            validate_response(resp, req)
-            got = {o.expert: decode_rows(o.data, o.rows, d_model) for o in resp.outputs}
-        except InvalidExpertMessage as err:
-            self.net.penalize(task.node, f"invalid expert answer: {err}", self.config.wrong_output_penalty)
-            raise
+        got = await self.batcher.request(self, task.node, req, payload, self.config.request_timeout_s)
         self.registry.record_latency(task.node, trio.current_time() - start)
         if self.config.spot_check > 0 and self.rng.random() < self.config.spot_check:
             got = await self._spot_check(layer, task.node, rows_of, got, heads, gen)

@@ -17,7 +17,9 @@ deadlines. `Generation.fallbacks` records each failed plan and why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -53,6 +55,10 @@ class DynamicRunner:
 
     def new_cache(self) -> KVCache:
         return KVCache(self.executor.model.cfg)
+
+    def joined(self) -> AbstractContextManager[None]:
+        """While inside, this generation is one the node's request batcher waits for."""
+        return self.executor.batcher.joined(self.executor)
 
     async def forward(self, idx: Tensor, cache: KVCache | None, gen: Generation) -> tuple[Tensor, list]:
         return await self.executor.forward(idx, self.heads, gen, cache)
@@ -141,17 +147,19 @@ async def run_steps(runner: DynamicRunner | PipelineRunner, gen: Generation, max
     taking over from another first replays the steps already run."""
     S = runner.model.cfg.max_seq_len
     idx = torch.tensor([gen.prompt + gen.tokens], dtype=torch.long)  # [1, L]
+    joined = runner.joined() if isinstance(runner, DynamicRunner) else contextlib.nullcontext()
     try:
-        cache = await replay(runner, gen, idx, use_cache, S)
-        while len(gen.tokens) < max_new_tokens:
-            start = trio.current_time()
-            step, cache = select_step_input(idx, cache, S)  # [1, T_step]
-            logits, trace = await runner.forward(step, cache, gen)
-            token = await runner.compute.run(_pick, logits[:, -1, :], temperature, generator)  # [1, 1]
-            idx = torch.cat([idx, token], dim=1)  # [1, L+1]
-            gen.tokens.append(int(token))
-            gen.latency_s.append(trio.current_time() - start)
-            gen.layers.append(trace)
+        with joined:
+            cache = await replay(runner, gen, idx, use_cache, S)
+            while len(gen.tokens) < max_new_tokens:
+                start = trio.current_time()
+                step, cache = select_step_input(idx, cache, S)  # [1, T_step]
+                logits, trace = await runner.forward(step, cache, gen)
+                token = await runner.compute.run(_pick, logits[:, -1, :], temperature, generator)  # [1, 1]
+                idx = torch.cat([idx, token], dim=1)  # [1, L+1]
+                gen.tokens.append(int(token))
+                gen.latency_s.append(trio.current_time() - start)
+                gen.layers.append(trace)
     finally:
         await runner.close()
 

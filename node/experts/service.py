@@ -53,6 +53,7 @@ from gpu.devices import Tier
 from gpu.loader import BlobLoader
 from gpu.tokenizer import InvalidTokenizer, decode_ids, encode_text, load_tokenizer_block
 from node.core.feed import Committed, Feed, Subscription
+from node.experts.batching import ForwardPool, Overloaded, RequestBatcher
 from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
 from node.experts.delegate import DelegateServer
@@ -115,10 +116,6 @@ FETCH_ATTEMPTS = 5
 """Tries to fetch a missing delta blob from peers per head move, with backoff between them."""
 FEED_QUEUE = 256
 _EXPERT_NAME = re.compile(r"layer(\d+)\.expert(\d+)")
-
-
-class Overloaded(ExpertError):
-    """Too many forward requests in progress here."""
 
 
 class ByteTokenizer:
@@ -240,6 +237,10 @@ class ExpertService:
         self.plan_cache = PlanCache()
         self.inflight = 0
         self.served_requests = 0
+        self.pool = ForwardPool(self.compute.run, self.compute_outputs)
+        """Concurrent forward requests of a layer computed as one (`node.experts.batching`)."""
+        self.batcher = RequestBatcher(net, self.protocol, penalty=self.inference.wrong_output_penalty)
+        """Concurrent generations' requests to a peer for a layer sent as one."""
         self._shared: _SharedModel | None = None
         self._announce_now = trio.Event()
         self._tokenizer: ByteTokenizer | BlockTokenizer | None = None
@@ -502,7 +503,7 @@ class ExpertService:
             raise Overloaded(f"{self.inflight} expert requests in progress")
         self.inflight += 1
         try:
-            outputs = await self.compute.run(self.compute_outputs, req)
+            outputs = await self.pool.forward(req)
         finally:
             self.inflight -= 1
         self.served_requests += 1
@@ -542,7 +543,7 @@ class ExpertService:
     def executor(self, model: Any) -> Executor:
         """An executor of the shared `model` with this node's experts, registry and network."""
         return Executor(self.net, self.protocol, model, self.local, self.registry, self.inference,
-                        self.compute, self.rng)
+                        self.compute, self.rng, batcher=self.batcher)
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
                               seed: int = 0, use_cache: bool = True, plan: str = DYNAMIC,
@@ -583,6 +584,8 @@ class ExpertService:
             "node": self.net.local_id, "tier": self.tier, "load": self.inflight,
             "served_requests": self.served_requests,
             "stages": self.stages.describe(), "delegated_generations": self.delegates.served,
+            "batching": {"pool_batches": self.pool.batches_run, "pool_merged": self.pool.requests_merged,
+                         "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged},
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),
