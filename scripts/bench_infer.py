@@ -98,6 +98,7 @@ def bench_inference(run: SectionRun) -> None:
             start = time.perf_counter()
             answer = client().call("blyan_generate", {"prompt": PROMPT, "max_tokens": tokens})
             wall = time.perf_counter() - start
+            me = client().call("blyan_experts")["node"]
         finally:
             stop_nodes(procs)
         local = _single_process(root, dirs[0], answer["prompt_tokens"], tokens)
@@ -113,9 +114,45 @@ def bench_inference(run: SectionRun) -> None:
         extra={"round_trips_per_token": trips, "s_per_token": ours, "local_s_per_token": local,
                "rows_sent_per_token": rows},
     ))
+    _latency_row(run, answer, me, local, tokens)
     with run.tempdir() as tmp:
         bench_batching_daemons(run, tmp)
     bench_pool_wait(run)
+
+
+def _latency_row(run: SectionRun, answer: dict, me: str, local: float, tokens: int) -> None:
+    """Per-token latency after the prompt, p50 and p95, against its floor: the same model's
+    compute per token in one process plus this generation's round trips per token times one
+    raw py-libp2p request of the mean payload, measured now."""
+    import statistics
+
+    from bench_net import measure_raw_request_rtt
+
+    later = sorted(answer["latency_ms"][1:])
+    if not later or not answer["round_trips"]:
+        run.note("inference.latency: no round trips after the prompt to compare with a floor")
+        return
+    payload = max(1, sum(answer["bytes_sent"]) // answer["round_trips"])
+    raw = measure_raw_request_rtt(payload, run.pick(200, 40))
+    # Requests per token after the prompt: one per layer and node other than this one (the plan
+    # groups a layer's experts by node); no failovers here (healthy nodes, spot checks off).
+    per_token = statistics.mean(sum(len({n for n in layer["experts"].values()} - {me}) for layer in step)
+                                for step in answer["layers"][1:])
+    floor = local + per_token * raw
+    p50 = statistics.median(later) / 1000
+    p95 = later[min(len(later) - 1, int(0.95 * len(later)))] / 1000
+    run.row(Row(
+        name="inference.latency", what=f"per-token latency of {tokens - 1} tokens after the prompt, 4 daemons",
+        ours=p50, baseline=floor, unit="s",
+        ours_text=f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms",
+        baseline_text=(f"{floor * 1000:.1f} ms: compute {local * 1000:.2f} ms + {per_token:.2f} round trips x "
+                       f"raw RTT {raw * 1000:.2f} ms ({payload} B)"),
+        baseline_what="local compute per token + round trips x raw py-libp2p RTT",
+        ratio=p50 / floor, better="lower", goal=1.2,
+        extra={"p95_s": p95, "raw_rtt_s": raw, "round_trips_per_token": per_token, "payload_bytes": payload},
+    ))
+
+
 
 
 def _rows_per_token(rows_sent: list[int]) -> float:
