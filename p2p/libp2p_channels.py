@@ -149,11 +149,13 @@ class RequestChannel:
         request_id = self._take_id()
         pending = self.pending[request_id] = _Pending(max_response_bytes)
         self.last_used = trio.current_time()
+        try:  # no checkpoint between registering the id and queueing its frame
+            self._frames.send_nowait((request_id, max_response_bytes, data))
+        except trio.BrokenResourceError:  # cannot happen while not closed; never hang on it
+            del self.pending[request_id]
+            self._slots.release()
+            raise ChannelClosed from None
         try:
-            try:  # no checkpoint between registering the id and queueing its frame
-                self._frames.send_nowait((request_id, max_response_bytes, data))
-            except trio.BrokenResourceError:
-                pass  # the channel ended: its end failed this request
             await pending.done.wait()
         finally:
             self.last_used = trio.current_time()
