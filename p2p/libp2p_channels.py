@@ -105,7 +105,7 @@ class RequestChannel:
     def __init__(
         self, stream: INetStream, peer: PeerId, protocol: str, *, max_pending: int, idle_s: float,
         timeout: float, is_connected: Callable[[], bool],
-        on_violation: Callable[[PeerId, str], None],
+        on_violation: Callable[[PeerId, str], None], max_answer_wait_s: float = MAX_ANSWER_WAIT_S,
     ) -> None:
         self.stream = stream
         self.peer = peer
@@ -114,7 +114,7 @@ class RequestChannel:
         self.idle_s = idle_s
         self.timeout = timeout
         """Most seconds to write one frame or to read one response body."""
-        self.max_answer_wait_s = MAX_ANSWER_WAIT_S
+        self.max_answer_wait_s = max_answer_wait_s
         self._is_connected = is_connected
         self._on_violation = on_violation
         self.pending: dict[int, _Pending] = {}
@@ -340,6 +340,7 @@ class ChannelPool:
         """(peer, protocol) asked over per-request streams -> until when."""
         self.unsupported_retry_s = UNSUPPORTED_RETRY_S
         self.refused_retry_s = REFUSED_RETRY_S
+        self.max_answer_wait_s = MAX_ANSWER_WAIT_S
         self.nursery: trio.Nursery | None = None
         self._open_stream = open_stream
         self._is_connected = is_connected
@@ -402,6 +403,7 @@ class ChannelPool:
         channel = RequestChannel(
             stream, peer, protocol, max_pending=self._max_pending, idle_s=self._idle_s,
             timeout=self._timeout, is_connected=lambda: self._is_connected(peer_id), on_violation=self._on_violation,
+            max_answer_wait_s=self.max_answer_wait_s,
         )
         self.channels[key] = channel
         self.nursery.start_soon(self._run, key, channel)

@@ -506,6 +506,26 @@ async def test_stalled_request_write_closes_the_stream_within_request_timeout() 
         assert all(ch.closed for key, ch in b._pool.channels.items() if key == (a.local_id, ECHO))
 
 
+async def test_abandoned_request_never_answered_closes_the_stream() -> None:
+    async with star(2, max_pending_per_stream=1) as (a, b):
+
+        async def rogue(stream: INetStream) -> None:  # reads every request, answers none
+            while await stream.read(1024):
+                pass
+            await trio.sleep_forever()
+
+        await serve_rogue(a, rogue)
+        b._pool.max_answer_wait_s = 0.5
+        with pytest.raises(RequestTimeout):
+            await b.request(a.local_id, ECHO, b"x", timeout=0.2)
+        channel = b._pool.channels[(a.local_id, ECHO)]
+        assert list(channel.abandoned) == [1]  # holding the only slot
+        with trio.fail_after(WAIT):
+            await channel.ended.wait()
+        assert channel._why == "1 abandoned requests unanswered for 0.5s"
+        assert channel._slots.value == 1 and channel.abandoned == {}
+
+
 async def test_unsupported_persistent_stream_is_tried_again_after_its_time() -> None:
     async with star(2) as (a, b):
         key = (a.local_id, ECHO)
