@@ -30,7 +30,8 @@ class Libp2pConfig:
     """Most seconds a new connection may take to agree on Noise and Yamux (a peer that stalls
     its handshake holds one inbound slot this long)."""
     request_timeout: float = 10.0
-    """Server side: most seconds spent reading one request and running its handler."""
+    """Server side: most seconds spent reading one request and running its handler. Requester
+    side: most seconds to write one frame or read one response body on a persistent stream."""
     max_streams_inbound: int = 64
     """Requests served at once (both stream kinds); more are answered "overloaded"."""
     persistent_streams: bool = True
@@ -38,7 +39,8 @@ class Libp2pConfig:
     per request for peers without it; and serve such streams. False: per-request streams only
     (as a node before persistent streams)."""
     max_pending_per_stream: int = 32
-    """Requests in flight on one persistent stream, each way (more wait for a slot)."""
+    """Requests in flight on one persistent stream, those whose caller gave up and whose answer
+    is still to come included (more wait for a slot)."""
     stream_idle_s: float = 30.0
     """A persistent stream with nothing in flight for this long is closed by its requester
     (its server closes it after twice this)."""

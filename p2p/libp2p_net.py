@@ -162,10 +162,10 @@ class Libp2pNetwork:
         )
         self._stream_server = StreamServer(
             self._server,
-            # the requester's own requests in flight plus as many it gave up on (their
-            # answers still to come): within this the server never stops reading a stream
+            # twice a requester's bound (its requests in flight and those it gave up on, their
+            # answers still to come, together): the server never stops reading an honest stream
             max_pending=2 * config.max_pending_per_stream,
-            max_streams=config.max_peers * 4,  # a few protocols per connected peer
+            max_peers=config.max_peers,  # each with one stream per protocol, and spares
             idle_s=2 * config.stream_idle_s,  # the requester closes first; this frees leftovers
         )
         self._pool = ChannelPool(
@@ -175,6 +175,7 @@ class Libp2pNetwork:
             on_opened=lambda protocol: self._counters.count_request(protocol, "streams_opened"),
             max_pending=config.max_pending_per_stream,
             idle_s=config.stream_idle_s,
+            timeout=config.request_timeout,
         )
         self._peers.callbacks.append(self._on_peer_event)
         self._gossip: dict[str, tuple[GossipHandler, int]] = {}

@@ -12,7 +12,7 @@ Wire format, big-endian, frames back to back in each direction:
     request:   u32 id | u32 max response bytes | u32 length | body
     response:  u32 id | u8 status | u32 length | body
 
-Ids are the requester's, unique among its requests in flight on the stream. status 0
+Ids are the requester's (1..2^32-1), unique among its requests in flight on the stream. status 0
 (`STATUS_OK`): body is the response, at most the request's max response bytes. status 1
 (`STATUS_ERROR`): a UTF-8 reason of at most `MAX_REASON_BYTES` (`RemoteError` at the requester).
 status 2 (`STATUS_TOO_LARGE`): the response would exceed the requester's cap; reason as for 1
@@ -23,11 +23,16 @@ whose body does not arrive within the server's timeout resets the stream. Anythi
 order (a duplicate id, a response to no request, a status or size the format forbids) is a
 protocol violation: the stream is reset and the peer penalised.
 
+A server that will not serve a stream (it serves as many as it may) answers one frame first,
+before reading any request: id 0 (`REFUSAL_ID`), status 1, a reason; then it resets the stream.
+None of the requests already written on it was handled, so the requester asks them again over
+per-request streams (and does not try a persistent stream to that peer for a while).
+
 Bounds: at most `max_pending` requests in flight per stream (the server reads no further frame
 until one is answered: back-pressure, not refusal), `max_inbound` handlers in flight across all
-streams of both kinds (excess: "overloaded"), `max_streams` persistent streams served at once
-and `MAX_STREAMS_PER_PEER` per (peer, protocol) (beyond: reset at once), and an idle stream is
-reset after `idle_s`.
+streams of both kinds (excess: "overloaded"); per peer, one persistent stream per protocol served
+plus `SPARE_STREAMS_PER_PEER` (across all protocols), and `max_peers` times that in all (beyond
+either: refused); an idle stream is reset after `idle_s`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from p2p.libp2p_guard import reset_quietly
 from p2p.libp2p_reqresp import (
     MAX_REASON_BYTES,
     READ_CHUNK,
+    REFUSAL_GRACE_S,
     STATUS_ERROR,
     STATUS_OK,
     FrameError,
@@ -64,9 +70,11 @@ RESPONSE_HEADER = struct.Struct(">IBI")
 """id, status, body length."""
 STATUS_TOO_LARGE = 2
 MAX_REQUEST_ID = 0xFFFFFFFF
-MAX_STREAMS_PER_PEER = 2
-"""Persistent streams one peer may hold open per protocol: its one stream, and the next while
-a broken one is still being torn down here."""
+REFUSAL_ID = 0
+"""Id of the one frame a server sends on a stream it refuses (requests never use it)."""
+SPARE_STREAMS_PER_PEER = 2
+"""Persistent streams one peer may hold beyond one per protocol served, across all protocols:
+the next stream while a broken one is still being torn down here."""
 
 
 def compute_stream_protocol(protocol: str) -> str:
@@ -109,40 +117,71 @@ class StreamServer:
     timeout, bans, penalties and outcome counters)."""
 
     def __init__(
-        self, server: RequestServer, *, max_pending: int, max_streams: int, idle_s: float
+        self, server: RequestServer, *, max_pending: int, max_peers: int, idle_s: float
     ) -> None:
         self.server = server
         self.max_pending = max_pending
-        self.max_streams = max_streams
+        self.max_peers = max_peers
         self.idle_s = idle_s
         self.open_streams: dict[str, int] = {}
         """Protocol -> persistent streams served now (keys: the protocols served)."""
-        self._per_peer: dict[tuple[PeerId, str], int] = {}
+        self.per_peer: dict[PeerId, int] = {}
+        """Peer -> persistent streams of it served now, all protocols together."""
+
+    def get_peer_stream_cap(self) -> int:
+        """Persistent streams one peer may hold: one per protocol served, and spares."""
+        return len(self.server.entries) + SPARE_STREAMS_PER_PEER
+
+    def get_stream_cap(self) -> int:
+        """Persistent streams served at once: `max_peers` peers at their cap."""
+        return self.max_peers * self.get_peer_stream_cap()
+
+    def compute_refusal(self, peer: PeerId) -> str | None:
+        """Why a new stream of `peer` is not served, or None."""
+        if sum(self.open_streams.values()) >= self.get_stream_cap():
+            return f"server full: {self.get_stream_cap()} persistent streams open"
+        if self.per_peer.get(peer, 0) >= self.get_peer_stream_cap():
+            return f"too many persistent streams: {self.get_peer_stream_cap()} open of this peer"
+        return None
 
     async def serve(self, stream: INetStream, peer: PeerId) -> None:
         """Serve one persistent stream until the requester closes it, it breaks, it idles out
         or the peer violates the format (the caller's guard handles what escapes)."""
         protocol = str(stream.get_protocol()).removesuffix(STREAM_SUFFIX)
         entry = self.server.entries.get(protocol)
-        key = (peer, protocol)
-        full = sum(self.open_streams.values()) >= self.max_streams
-        if entry is None or self.server.is_banned(peer) or full:
+        if entry is None or self.server.is_banned(peer):
             await reset_quietly(stream)
             return
-        if self._per_peer.get(key, 0) >= MAX_STREAMS_PER_PEER:
-            logger.info("%s opened a %s stream beyond %d: reset", peer, protocol, MAX_STREAMS_PER_PEER)
-            await reset_quietly(stream)
+        refusal = self.compute_refusal(peer)
+        if refusal is not None:
+            logger.info("persistent %s stream of %s refused: %s", protocol, peer, refusal)
+            await self._refuse(stream, refusal)
             return
         self.open_streams[protocol] = self.open_streams.get(protocol, 0) + 1
-        self._per_peer[key] = self._per_peer.get(key, 0) + 1
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
         try:
             await _ServedStream(self, stream, peer, protocol, entry).run()
         finally:
             self.open_streams[protocol] -= 1
-            self._per_peer[key] -= 1
-            if not self._per_peer[key]:
-                del self._per_peer[key]
+            self.per_peer[peer] -= 1
+            if not self.per_peer[peer]:
+                del self.per_peer[peer]
             await reset_quietly(stream)
+
+    async def _refuse(self, stream: INetStream, reason: str) -> None:
+        """The refusal frame, then a reset once the requester has had `REFUSAL_GRACE_S` to read
+        it (its own reset ends the wait early). Requests already on the stream are dropped
+        unread: none was handled."""
+        frame = encode_response(REFUSAL_ID, STATUS_ERROR, encode_reason(reason))
+        with trio.move_on_after(REFUSAL_GRACE_S):
+            try:
+                await stream.write(frame)
+                await stream.close_write()
+                while await stream.read(READ_CHUNK):
+                    pass
+            except StreamError as err:
+                logger.debug("refused stream ended: %r", err)
+        await reset_quietly(stream)
 
 
 class _ServedStream:
@@ -292,6 +331,7 @@ def _undelivered(answer: Answer) -> str:
 
 __all__ = [
     "MAX_REASON_BYTES",
+    "REFUSAL_ID",
     "REQUEST_HEADER",
     "RESPONSE_HEADER",
     "STATUS_ERROR",

@@ -6,28 +6,40 @@ streams, fallback to per-request streams, idle close, and peers that break the f
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from p2p.libp2p_channels import compute_free_id
+from p2p.libp2p_channels import REFUSED_RETRY_S, compute_free_id
 from p2p.libp2p_net import Libp2pConfig, Libp2pNetwork
-from p2p.libp2p_reqresp import read_exactly
+from p2p.libp2p_reqresp import FrameError, read_exactly
 from p2p.libp2p_streams import (
     MAX_REQUEST_ID,
+    REFUSAL_ID,
     REQUEST_HEADER,
     RESPONSE_HEADER,
+    SPARE_STREAMS_PER_PEER,
+    STATUS_ERROR,
     STATUS_OK,
+    STATUS_TOO_LARGE,
     compute_stream_protocol,
     encode_request,
     encode_response,
 )
-from p2p.network import PeerUnreachable, RemoteError, RequestTimeout, ResponseTooLarge
+from p2p.network import (
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+    ResponseTooLarge,
+    protocol_name,
+)
 from tests.p2p.libp2p_support import ECHO, WAIT, Watch, echo, seed, star
 
 
@@ -316,29 +328,264 @@ def test_config_rejects_bad_stream_settings() -> None:
             Libp2pConfig.for_tests(seed(1), **bad)
 
 
-async def test_streams_per_peer_and_protocol_are_capped() -> None:
+async def open_raw(b: Libp2pNetwork, a: Libp2pNetwork, protocol: str = ECHO) -> INetStream:
+    """A persistent stream from b to a, spoken by the test itself."""
+    with trio.fail_after(WAIT):
+        return await b._host.new_stream(
+            ID.from_base58(a.local_id), [TProtocol(compute_stream_protocol(protocol))]
+        )
+
+
+async def ask_raw(stream: INetStream, request_id: int, body: bytes) -> tuple[int, int, bytes]:
+    """One request on a raw stream: the (id, status, body) of the next response frame."""
+    with trio.fail_after(WAIT):
+        await stream.write(encode_request(request_id, 1024, body))
+        return await read_frame(stream)
+
+
+async def read_frame(stream: INetStream) -> tuple[int, int, bytes]:
+    with trio.fail_after(WAIT):
+        request_id, status, size = RESPONSE_HEADER.unpack(
+            await read_exactly(stream, RESPONSE_HEADER.size)
+        )
+        return request_id, status, await read_exactly(stream, size)
+
+
+async def assert_refused(stream: INetStream, reason: str) -> None:
+    """The server's refusal frame (before any request is read), then the stream's end."""
+    request_id, status, body = await ask_raw(stream, 5, b"refused?")
+    assert (request_id, status) == (REFUSAL_ID, STATUS_ERROR), body
+    assert reason in body.decode()
+    with trio.fail_after(WAIT), pytest.raises(FrameError):
+        await read_exactly(stream, 1)
+
+
+async def test_streams_per_peer_are_capped_across_protocols() -> None:
+    protocols = [ECHO, protocol_name("testnet", "echo2"), protocol_name("testnet", "echo3")]
+    async with star(2) as (a, b):
+        for protocol in protocols:
+            a.set_request_handler(protocol, echo, max_request_bytes=1024)
+        cap = a._stream_server.get_peer_stream_cap()  # peer exchange is served too
+        assert cap == len(a._server.entries) + SPARE_STREAMS_PER_PEER == len(protocols) + 3
+        held = []  # held open: the cap counts open streams
+        layout = [ECHO, ECHO, protocols[1], protocols[1], protocols[2], protocols[2]]
+        while a._stream_server.per_peer.get(b.local_id, 0) < cap:  # b's own pex stream counts
+            held.append(await open_raw(b, a, layout[len(held)]))
+            assert await ask_raw(held[-1], 1, b"%d" % len(held)) == (1, STATUS_OK, b"echo:%d" % len(held))
+        assert len(held) >= 5
+        for protocol in (protocols[2], ECHO):
+            await assert_refused(await open_raw(b, a, protocol), "too many persistent streams")
+        assert a._stream_server.per_peer[b.local_id] == cap
+        assert a.score(b.local_id) == 0.0  # refusing is no penalty: its streams may be honest
+        await held.pop().reset()
+        with trio.fail_after(WAIT):  # bounded: until the reset stream is torn down there
+            while a._stream_server.per_peer[b.local_id] == cap:
+                await trio.lowlevel.checkpoint()
+        stream = await open_raw(b, a, protocols[2])
+        assert await ask_raw(stream, 1, b"again") == (1, STATUS_OK, b"echo:again")
+
+
+async def test_stream_limit_of_all_peers_is_max_peers_at_their_cap() -> None:
+    async with star(3, max_peers=2, target_peers=2) as (a, b, c):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        cap = a._stream_server.get_stream_cap()
+        assert cap == 2 * a._stream_server.get_peer_stream_cap() == 2 * (2 + SPARE_STREAMS_PER_PEER)
+        held = []
+        for net in (b, c):  # each up to its own cap (its pex stream included)
+            while a._stream_server.per_peer.get(net.local_id, 0) < cap // 2:
+                held.append(await open_raw(net, a))
+                assert await ask_raw(held[-1], 9, b"x") == (9, STATUS_OK, b"echo:x")
+        await assert_refused(await open_raw(c, a), f"server full: {cap} persistent streams open")
+        assert sum(a._stream_server.open_streams.values()) == cap
+
+
+async def test_refused_stream_falls_back_to_per_request_streams() -> None:
+    async with star(2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        gate.gate(b"x").set()
+        held = []
+        while a._stream_server.per_peer.get(b.local_id, 0) < a._stream_server.get_peer_stream_cap():
+            held.append(await open_raw(b, a))
+            assert await ask_raw(held[-1], 1, b"x") == (1, STATUS_OK, b"done:x")
+        before = trio.current_time()
+        assert await b.request(a.local_id, ECHO, b"x", timeout=5.0) == b"done:x"
+        # one persistent stream opened and refused (its request never handled), one per request
+        assert streams_opened(b) == 2
+        assert gate.entered.count(b"x") == len(held) + 1
+        until = b._pool.unsupported[(a.local_id, ECHO)]
+        assert before + REFUSED_RETRY_S <= until <= trio.current_time() + REFUSED_RETRY_S
+        assert await b.request(a.local_id, ECHO, b"x", timeout=5.0) == b"done:x"
+        assert streams_opened(b) == 3  # straight to a per-request stream meanwhile
+        assert a.score(b.local_id) == 0.0 and b.score(a.local_id) == 0.0
+        assert b.stats().requests["echo"].send_failed == 0
+
+
+async def test_late_answers_keep_their_slot_and_fail_no_other_request() -> None:
+    async with star(2, max_pending_per_stream=2) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        async with trio.open_nursery() as nursery:
+
+            async def keep() -> None:
+                assert await b.request(a.local_id, ECHO, b"keep", timeout=WAIT) == b"done:keep"
+
+            nursery.start_soon(keep)
+            await gate.until_entered(1)
+            for i in range(4):  # more abandoned than the slots: back-pressure, not failures
+                with pytest.raises(RequestTimeout):
+                    await b.request(a.local_id, ECHO, b"slow%d" % i, timeout=0.3)
+            channel = b._pool.channels[(a.local_id, ECHO)]
+            assert not channel.closed and list(channel.abandoned) == [2]
+            assert gate.entered == [b"keep", b"slow0"]  # the others waited for a slot: unsent
+            gate.gate(b"slow0").set()  # its late answer frees its slot
+            gate.gate(b"fast").set()
+            assert await b.request(a.local_id, ECHO, b"fast", timeout=WAIT) == b"done:fast"
+            assert channel.abandoned == {}
+            gate.gate(b"keep").set()
+        assert streams_opened(b) == 1
+        assert b.stats().requests["echo"].send_failed == 0
+
+
+async def test_abandoned_id_does_not_leak_when_cancelled_as_it_gets_a_slot() -> None:
+    async with star(2, max_pending_per_stream=1) as (a, b):
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        assert await b.request(a.local_id, ECHO, b"1", timeout=5.0) == b"echo:1"
+        channel = b._pool.channels[(a.local_id, ECHO)]
+        await channel._slots.acquire()  # the test holds the only slot
+        scope = trio.CancelScope()
+
+        async def caller() -> None:
+            with scope:
+                await channel.request(b"2", 1024)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            for _ in range(1000):  # bounded: until the caller waits for the slot
+                if channel._slots.statistics().tasks_waiting:
+                    break
+                await trio.lowlevel.checkpoint()
+            assert channel._slots.statistics().tasks_waiting == 1
+            channel._slots.release()  # the caller gets the slot ...
+            scope.cancel()  # ... and its deadline fires before it runs again
+        assert scope.cancelled_caught
+        with trio.fail_after(WAIT):
+            assert await channel.request(b"3", 1024) == b"echo:3"
+        assert channel.abandoned == {} and channel.pending == {}
+        assert channel._slots.value == 1
+
+
+async def serve_rogue(a: Libp2pNetwork, rogue: Callable[[INetStream], Awaitable[None]]) -> None:
+    a._host.set_stream_handler(TProtocol(compute_stream_protocol(ECHO)), rogue)  # type: ignore[arg-type]
+
+
+async def test_trickled_response_body_closes_the_stream_within_request_timeout() -> None:
+    async with star(2, request_timeout=0.5) as (a, b):
+
+        async def rogue(stream: INetStream) -> None:  # 2 of 100 promised bytes, then nothing
+            request_id, _, size = REQUEST_HEADER.unpack(await read_exactly(stream, REQUEST_HEADER.size))
+            await read_exactly(stream, size)
+            await stream.write(RESPONSE_HEADER.pack(request_id, STATUS_OK, 100) + b"ab")
+            await trio.sleep_forever()
+
+        await serve_rogue(a, rogue)
+        with pytest.raises(RemoteError, match="response body of 100 bytes not received within 0.5s"):
+            await b.request(a.local_id, ECHO, b"x", timeout=8.0)
+        assert all(ch.closed for key, ch in b._pool.channels.items() if key == (a.local_id, ECHO))
+
+
+async def test_stalled_request_write_closes_the_stream_within_request_timeout() -> None:
+    async with star(2, request_timeout=0.5) as (a, b):
+
+        async def rogue(stream: INetStream) -> None:  # never reads: flow control stalls b
+            await trio.sleep_forever()
+
+        await serve_rogue(a, rogue)
+        with pytest.raises(RemoteError, match="not written within 0.5s"):
+            await b.request(a.local_id, ECHO, b"x" * (4 << 20), timeout=8.0)
+        assert all(ch.closed for key, ch in b._pool.channels.items() if key == (a.local_id, ECHO))
+
+
+async def test_abandoned_request_never_answered_closes_the_stream() -> None:
+    async with star(2, max_pending_per_stream=1) as (a, b):
+
+        async def rogue(stream: INetStream) -> None:  # reads every request, answers none
+            while await stream.read(1024):
+                pass
+            await trio.sleep_forever()
+
+        await serve_rogue(a, rogue)
+        b._pool.max_answer_wait_s = 0.5
+        with pytest.raises(RequestTimeout):
+            await b.request(a.local_id, ECHO, b"x", timeout=0.2)
+        channel = b._pool.channels[(a.local_id, ECHO)]
+        assert list(channel.abandoned) == [1]  # holding the only slot
+        with trio.fail_after(WAIT):
+            await channel.ended.wait()
+        assert channel._why == "1 abandoned requests unanswered for 0.5s"
+        assert channel._slots.value == 1 and channel.abandoned == {}
+
+
+async def test_unsupported_persistent_stream_is_tried_again_after_its_time() -> None:
+    async with star(2) as (a, b):
+        key = (a.local_id, ECHO)
+        b._pool.unsupported_retry_s = 0.5
+        with pytest.raises(RemoteError, match="unsupported protocol"):  # asked before a serves it
+            await b.request(a.local_id, ECHO, b"x", timeout=5.0)
+        a.set_request_handler(ECHO, echo, max_request_bytes=1024)
+        assert await b.request(a.local_id, ECHO, b"1", timeout=5.0) == b"echo:1"
+        assert key not in b._pool.channels  # meanwhile: per-request streams
+        with trio.fail_after(WAIT):
+            await trio.sleep_until(b._pool.unsupported[key])  # the condition is the time itself
+        assert await b.request(a.local_id, ECHO, b"2", timeout=5.0) == b"echo:2"
+        assert key in b._pool.channels and key not in b._pool.unsupported
+
+
+async def test_overloaded_server_answers_on_the_persistent_stream() -> None:
+    async with star(2, max_streams_inbound=1) as (a, b):
+        gate = Gate()
+        a.set_request_handler(ECHO, gate, max_request_bytes=1024)
+        async with trio.open_nursery() as nursery:
+
+            async def hold() -> None:
+                assert await b.request(a.local_id, ECHO, b"hold", timeout=WAIT) == b"done:hold"
+
+            nursery.start_soon(hold)
+            await gate.until_entered(1)
+            with pytest.raises(RemoteError, match="overloaded"):
+                await b.request(a.local_id, ECHO, b"more", timeout=5.0)
+            gate.gate(b"hold").set()
+        assert gate.entered == [b"hold"]
+        assert streams_opened(b) == 1  # the same stream carried both
+        assert a.stats().requests["echo"].failed == 1
+        assert a.score(b.local_id) == 0.0
+
+
+async def test_banned_peer_frame_on_an_open_stream_is_not_served() -> None:
     async with star(2) as (a, b):
         a.set_request_handler(ECHO, echo, max_request_bytes=1024)
-        protocol = [TProtocol(compute_stream_protocol(ECHO))]
-        streams = []
-        replies = []
-        for i in range(3):
-            try:
-                with trio.fail_after(WAIT):
-                    stream = await b._host.new_stream(ID.from_base58(a.local_id), protocol)
-                    streams.append(stream)  # held open: the cap counts open streams
-                    await stream.write(encode_request(1, 1024, b"%d" % i))
-                    header = await read_exactly(stream, RESPONSE_HEADER.size)
-                    _, status, size = RESPONSE_HEADER.unpack(header)
-                    replies.append((status, await read_exactly(stream, size)))
-            except Exception as err:  # beyond the cap: reset (during negotiation or after)
-                replies.append((None, type(err).__name__.encode()))
-        assert replies[:2] == [(STATUS_OK, b"echo:0"), (STATUS_OK, b"echo:1")]
-        assert replies[2][0] is None, replies
-        assert a._stream_server.open_streams[ECHO] == 2
+        stream = await open_raw(b, a)
+        assert await ask_raw(stream, 1, b"1") == (1, STATUS_OK, b"echo:1")
+        a._scores.penalize(b.local_id, 100.0, trio.current_time())  # banned, still connected
+        assert a.is_banned(b.local_id) and b.local_id in a.peers()
+        await stream.write(encode_request(2, 1024, b"2"))
+        with trio.fail_after(WAIT), pytest.raises(FrameError):
+            await read_exactly(stream, RESPONSE_HEADER.size)  # reset, never answered
+        assert a.stats().requests["echo"].served == 1
 
 
 # --- pure parts -------------------------------------------------------------------------------
+
+
+def test_frame_format_golden_bytes() -> None:
+    assert encode_request(0x01020304, 0x00000100, b"ab") == bytes.fromhex(
+        "01020304" "00000100" "00000002" "6162"
+    )
+    assert encode_response(0x0A0B0C0D, STATUS_TOO_LARGE, b"no") == bytes.fromhex(
+        "0a0b0c0d" "02" "00000002" "6e6f"
+    )
+    assert encode_response(REFUSAL_ID, STATUS_ERROR, b"") == bytes.fromhex("00000000" "01" "00000000")
+    assert encode_request(MAX_REQUEST_ID, 0, b"") == bytes.fromhex("ffffffff" "00000000" "00000000")
 
 
 @given(
