@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import trio
@@ -188,7 +188,8 @@ class DelegateRunner:
         gen.remote_round_trips += resp.round_trips
         gen.failovers += resp.failovers
 
-    def punish(self, gen: Generation, reason: str) -> None:
+    def punish(self, gen: Generation, reason: str) -> NoReturn:
+        """Penalise and strike the delegate, and fail the plan."""
         host = self.host
         host.net.penalize(self.node, reason, host.inference.wrong_output_penalty)
         host.registry.record_failure(self.node, trio.current_time())
