@@ -11,8 +11,9 @@ peers; never delegated again), within `compute_delegate_budget` (past it: `Deleg
 and answers the tokens, who computed each expert, and its own round trips. The protocol's
 handler runs under `DELEGATE_HANDLER_TIMEOUT_S`, the longest budget, not the network's default.
 
-Client (`DelegateRunner`): one request per generation; its deadline is the budget plus one
-request timeout. A failure raises `PlanFailed`; a refusal (`is_refusal`) costs the delegate no
+Client (`DelegateRunner`): one request per generation; its deadline is the budget, plus the
+delegate's closing of its stage sessions (`CLOSE_TIMEOUT_S`) and one request timeout
+(`compute_delegate_deadline`). A failure raises `PlanFailed`; a refusal (`is_refusal`) costs the delegate no
 strike, a timeout, an unreachable delegate or a malformed answer does (the latter is also
 penalised). With probability `spot_check`, a greedy generation is checked here: one forward over
 prompt + returned tokens (the dynamic path, at the pinned heads) and every returned token must be
@@ -55,7 +56,7 @@ from node.experts.plan_wire import (
     is_refusal,
     validate_uses,
 )
-from node.experts.stage import MALFORMED_PENALTY, PlanHost
+from node.experts.stage import CLOSE_TIMEOUT_S, MALFORMED_PENALTY, PlanHost
 from node.experts.weights import ExpertKey
 from node.experts.wire import ExpertError, InvalidExpertMessage, decode_message
 from p2p.network import PeerId, RemoteError, RequestFailed
@@ -90,6 +91,11 @@ def find_wrong_greedy_token(logits: Tensor, tokens: list[int], tolerance: float)
         if float(row[token]) < best - tolerance * max(1.0, float(row.abs().max())):
             return step
     return None
+
+
+def compute_delegate_deadline(max_new_tokens: int, request_timeout_s: float) -> float:
+    """The requester's wait: the delegate's budget, its closing of stage sessions, one request timeout."""
+    return compute_delegate_budget(max_new_tokens) + CLOSE_TIMEOUT_S + request_timeout_s
 
 
 class DelegateServer:
@@ -165,7 +171,7 @@ class DelegateRunner:
         try:
             data = await host.net.request(
                 self.node, host.delegate_protocol, codec.encode(req),
-                timeout=compute_delegate_budget(max_new_tokens) + host.inference.request_timeout_s,
+                timeout=compute_delegate_deadline(max_new_tokens, host.inference.request_timeout_s),
                 max_response_bytes=MAX_DELEGATE_BYTES)
         except RequestFailed as err:
             if not (isinstance(err, RemoteError) and is_refusal(err.reason)):

@@ -64,13 +64,15 @@ def is_refusal(reason: str) -> bool:
 
 
 def compute_delegate_budget(max_new_tokens: int) -> float:
-    """Seconds a delegate may spend on a generation of `max_new_tokens`: it stops there, and its
-    requester waits that (plus one request timeout for the transfer), no longer."""
+    """Seconds a delegate may spend on a generation of `max_new_tokens`: it stops there (then
+    closes its own stage sessions, at most `CLOSE_TIMEOUT_S`), and its requester waits that plus
+    one request timeout for the transfer, no longer (`DelegateRunner`)."""
     return DELEGATE_BASE_S + DELEGATE_TOKEN_S * max_new_tokens
 
 
-DELEGATE_HANDLER_TIMEOUT_S = compute_delegate_budget(MAX_DELEGATE_TOKENS) + 1.0
-"""The server-side limit of the delegate protocol's handler (the longest delegation and a margin)."""
+DELEGATE_HANDLER_TIMEOUT_S = compute_delegate_budget(MAX_DELEGATE_TOKENS) + 2.0
+"""The server-side limit of the delegate protocol's handler: the longest budget, plus the close of
+the delegate's own stage sessions (`CLOSE_TIMEOUT_S`, shielded) and a margin."""
 
 
 class PlanUnsupported(PlanError):

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from chain import codec
-from node.experts.delegate import MAX_DELEGATE_WORK, DelegateServer
+from node.experts.delegate import MAX_DELEGATE_WORK, DelegateServer, compute_delegate_deadline
 from node.experts.inference import Generation
 from node.experts.plan import NoServingNode
 from node.experts.plan_select import AUTO, DYNAMIC, PIPELINE, STATIC_DELEGATE, Stage
@@ -31,7 +31,6 @@ from node.experts.plan_wire import (
     PlanUnsupported,
     StageBusy,
     StageRequest,
-    compute_delegate_budget,
     compute_heads_digest,
     encode_temperature,
 )
@@ -264,8 +263,8 @@ async def test_delegate_killed_falls_back_to_pipeline(tmp_path: Path, autojump_c
             took = trio.current_time() - began
             nursery.cancel_scope.cancel()
     assert gen.tokens == reference_tokens(model, PROMPT, 5)
-    deadline = compute_delegate_budget(5) + client.inference.request_timeout_s  # the delegate's budget, no more
-    assert deadline == 5.0 + 0.5 * 5 + 2.0
+    deadline = compute_delegate_deadline(5, client.inference.request_timeout_s)  # the delegate's budget, no more
+    assert deadline == 5.0 + 0.5 * 5 + 1.0 + 2.0
     assert deadline <= took < deadline + client.inference.request_timeout_s
     assert gen.fallbacks and gen.fallbacks[0].startswith("static_delegate")
     assert gen.plan["type"] == PIPELINE and "full" not in gen.plan["nodes"]
@@ -290,6 +289,23 @@ async def test_delegation_longer_than_the_network_request_timeout_completes(
     assert not gen.fallbacks and gen.plan["type"] == STATIC_DELEGATE and gen.round_trips == 1
     assert took > hub.handler_timeout
     assert gen.tokens == reference_tokens(model, PROMPT, 40)
+
+
+async def test_delegation_over_its_budget_is_stopped_and_replaced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With 600 ms links a token costs the delegate 1.2 s, over its 0.5 s a token: it stops at the
+    budget and says so; the requester falls back (no tokens were out) to a pipeline."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=5, faults=FaultConfig(latency_ms=(600.0, 600.0))) as hub:
+        client, servers = build(hub, view, blobs, BY_LAYER)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            gen = await client.generate_tokens(PROMPT, 20, plan=STATIC_DELEGATE)
+            nursery.cancel_scope.cancel()
+    assert gen.fallbacks[0].startswith("static_delegate") and "not generated within 15s" in gen.fallbacks[0]
+    assert all(s.delegates.inflight == 0 and s.delegates.work == 0 for s in servers.values())
+    assert gen.plan["type"] == PIPELINE and gen.tokens == reference_tokens(model, PROMPT, 20)
 
 
 class LyingDelegate(ExpertService):
