@@ -83,6 +83,7 @@ from p2p.network import (
     RequestHandler,
     RequestTimeout,
     Verdict,
+    validate_handler_timeout,
 )
 from p2p.peer_book import BookConfig
 
@@ -419,13 +420,15 @@ class Libp2pNetwork:
     # --- requests -------------------------------------------------------------------------------
 
     def set_request_handler(
-        self, protocol: str, handler: RequestHandler, max_request_bytes: int
+        self, protocol: str, handler: RequestHandler, max_request_bytes: int,
+        timeout_s: float | None = None,
     ) -> None:
         if protocol in self._server.entries:
             raise ValueError(f"{self.local_id} already serves {protocol}")
         if max_request_bytes < 0:
             raise ValueError(f"max_request_bytes must be >= 0, got {max_request_bytes}")
-        self._server.entries[protocol] = ServerEntry(handler, max_request_bytes)
+        validate_handler_timeout(timeout_s)
+        self._server.entries[protocol] = ServerEntry(handler, max_request_bytes, timeout_s)
         self._host.set_stream_handler(TProtocol(protocol), self._serve_stream)
         if self.config.persistent_streams:
             stream_protocol = TProtocol(compute_stream_protocol(protocol))

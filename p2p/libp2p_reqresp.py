@@ -54,6 +54,9 @@ class ServerEntry:
 
     handler: RequestHandler
     max_request_bytes: int
+    timeout_s: float | None = None
+    """How long the handler may run (None: the server's `timeout`); reading the request and
+    writing the answer keep the server's own."""
 
 
 async def read_exactly(stream: INetStream, size: int) -> bytes:
@@ -121,12 +124,14 @@ class RequestServer:
         self._slots.release()
 
     async def handle(self, entry: ServerEntry, peer: PeerId, protocol: str, data: bytes) -> tuple[int, bytes, str]:
-        """Run the handler within the server's `timeout`: (status, body, outcome)."""
+        """Run the handler within its entry's `timeout_s` (else the server's `timeout`):
+        (status, body, outcome)."""
+        limit = self.timeout if entry.timeout_s is None else entry.timeout_s
         status, body = STATUS_ERROR, encode_reason("handler timed out")
-        with trio.move_on_after(self.timeout) as scope:
+        with trio.move_on_after(limit) as scope:
             status, body = await self._run_handler(entry.handler, peer, protocol, data)
         if scope.cancelled_caught:
-            logger.warning("request handler for %s overran %.1fs", protocol, self.timeout)
+            logger.warning("request handler for %s overran %.1fs", protocol, limit)
             return status, body, "timed_out"
         return status, body, "served" if status == STATUS_OK else "failed"
 

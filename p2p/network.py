@@ -119,6 +119,12 @@ def _check_name(kind: str, value: str) -> None:
         raise ValueError(f"{kind} {value!r} must be non-empty [A-Za-z0-9_.-]")
 
 
+def validate_handler_timeout(timeout_s: float | None) -> None:
+    """`ValueError` unless None or positive and finite (a handler's own time limit)."""
+    if timeout_s is not None and not (timeout_s > 0 and math.isfinite(timeout_s)):
+        raise ValueError(f"handler timeout must be positive and finite, got {timeout_s}")
+
+
 def topic_name(network_id: str, name: str, version: int = 1) -> str:
     """The gossip topic `name` of network `network_id`: `/blyan/<network>/<name>/<version>`."""
     _check_name("network id", network_id)
@@ -232,10 +238,13 @@ class Network(Protocol):
         Raises `RequestTimeout`, `PeerUnreachable`, `ResponseTooLarge` or `RemoteError`."""
 
     def set_request_handler(
-        self, protocol: str, handler: RequestHandler, max_request_bytes: int
+        self, protocol: str, handler: RequestHandler, max_request_bytes: int,
+        timeout_s: float | None = None,
     ) -> None:
         """Serve `protocol`; larger requests are refused (`RemoteError` at the requester) and
-        their sender penalised. One handler per protocol: setting twice raises `ValueError`."""
+        their sender penalised. The handler runs at most `timeout_s` (None: the network's
+        default request timeout), then the requester is answered "handler timed out". One
+        handler per protocol: setting twice raises `ValueError`."""
 
     def peers(self) -> list[PeerId]:
         """Connected peers as observed so far, sorted."""

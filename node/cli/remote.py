@@ -218,7 +218,8 @@ def register(main: click.Group) -> None:
     @click.option("--plan", default="auto", show_default=True,
                   type=click.Choice(["auto", "dynamic", "static_delegate", "pipeline"]),
                   help="How the network runs it: per layer (dynamic), one delegate for the whole generation "
-                       "(static_delegate), a chain of layer-range stages (pipeline); auto: the fastest it supports.")
+                       "(static_delegate), a chain of layer-range stages (pipeline); auto: a chain if there "
+                       "is one, else per layer (never a delegate: its tokens are only spot-checked).")
     @rpc_options
     @click.option("--json", "as_json", is_flag=True, help="Print the node's answer (with its trace) as JSON.")
     def chat(client: RPCClient, data_dir: Path | None, prompt: str, max_tokens: int, temperature: float,

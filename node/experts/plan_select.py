@@ -13,8 +13,11 @@ Three plan types (`node.experts.plans` runs them):
   group, then most experts overall, then cost, then id.
 
 `auto` (`select_plan`) picks by a rule, not a measurement: dynamic when this node serves the
-whole group itself (no round trip), else a delegate that covers the whole group (one round trip
-per generation), else a pipeline chain (one per stage and token), else dynamic. A plan's
+whole group itself (no round trip), else a pipeline chain (one per stage and token), else
+dynamic. It never delegates: a delegate is chosen on its own announcements and only greedy
+generations within the window can be spot-checked (`node.experts.delegate`), so handing the
+default path to one would trust it unchecked; `static_delegate` is asked for explicitly, and
+refused when the prompt or the new tokens exceed what one delegation carries. A plan's
 signature is the hash of its type, nodes and ranges and the heads digest.
 """
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from chain import codec
 from chain.codec import U16, Hash32, Seq, Str, wire
 from node.experts.plan import LOCAL
-from node.experts.plan_wire import PlanUnsupported
+from node.experts.plan_wire import MAX_DELEGATE_TOKENS, MAX_PROMPT_TOKENS, PlanUnsupported
 from node.experts.registry import ExpertKey, ExpertRegistry
 from node.experts.wire import MAX_PEER_ID
 
@@ -133,24 +136,35 @@ def choose_delegate(candidates: Iterable[Candidate], group: frozenset[ExpertKey]
     return ranked[0] if ranked else None
 
 
+def validate_delegation(prompt_tokens: int, max_new_tokens: int) -> None:
+    """`PlanUnsupported` for a generation one delegate request cannot carry."""
+    if prompt_tokens > MAX_PROMPT_TOKENS:
+        raise PlanUnsupported(STATIC_DELEGATE, f"a prompt of {prompt_tokens} tokens: a delegation carries at most "
+                                               f"{MAX_PROMPT_TOKENS}")
+    if max_new_tokens > MAX_DELEGATE_TOKENS:
+        raise PlanUnsupported(STATIC_DELEGATE, f"{max_new_tokens} new tokens: a delegation asks at most "
+                                               f"{MAX_DELEGATE_TOKENS}")
+
+
 def select_plan(asked: str, candidates: list[Candidate], group: frozenset[ExpertKey], n_layers: int,
                 n_experts: int, heads_digest: bytes, allow_delegate: bool = True,
-                local: frozenset[ExpertKey] = frozenset()) -> PlanChoice:
+                local: frozenset[ExpertKey] = frozenset(), prompt_tokens: int = 1,
+                max_new_tokens: int = 1) -> PlanChoice:
     """The plan to run for `asked` (a plan type or "auto"); `PlanUnsupported` when the type asked
     cannot run on these candidates (dynamic always can: its own failures come later, per layer).
     `local`: the experts this node serves (the whole group: auto runs dynamic, no round trip;
-    whole layers: a LOCAL stage of a pipeline chain)."""
+    whole layers: a LOCAL stage of a pipeline chain). Auto never delegates (see the module)."""
     if asked not in (*PLAN_TYPES, AUTO):
         raise PlanUnsupported(asked, f"unknown plan type; one of {', '.join((AUTO, *PLAN_TYPES))}")
     if asked == DYNAMIC or (asked == AUTO and group and group <= local):
         return PlanChoice(DYNAMIC, (), heads_digest)
-    delegate = choose_delegate(candidates, group) if allow_delegate else None
     if asked == STATIC_DELEGATE:
+        if not allow_delegate:
+            raise PlanUnsupported(asked, "tokens were generated already: a delegate would restart")
+        validate_delegation(prompt_tokens, max_new_tokens)
+        delegate = choose_delegate(candidates, group)
         if delegate is None:
-            raise PlanUnsupported(asked, "no serving node to delegate to" if allow_delegate
-                                  else "tokens were generated already: a delegate would restart")
-        return PlanChoice(STATIC_DELEGATE, (Stage(delegate.node, 0, n_layers),), heads_digest)
-    if asked == AUTO and delegate is not None and group <= delegate.experts:
+            raise PlanUnsupported(asked, "no serving node to delegate to")
         return PlanChoice(STATIC_DELEGATE, (Stage(delegate.node, 0, n_layers),), heads_digest)
     chain = find_stage_chain([*candidates, Candidate(LOCAL, local, 0.0)] if local else candidates,
                              n_layers, n_experts)

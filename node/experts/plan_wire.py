@@ -34,6 +34,9 @@ MAX_USES = 1 << 16
 MAX_PROMPT_TOKENS = 8192
 MAX_DELEGATE_TOKENS = 256
 """New tokens one delegation may ask (as `blyan_generate`)."""
+DELEGATE_BASE_S = 5.0
+DELEGATE_TOKEN_S = 0.5
+"""A delegation of n new tokens may take DELEGATE_BASE_S + n x DELEGATE_TOKEN_S (`compute_delegate_budget`)."""
 MAX_TEMPERATURE = 10.0
 MAX_DELEGATE_BYTES = 4 * 1024 * 1024
 SESSION_ID_BYTES = 16
@@ -41,6 +44,35 @@ SESSION_ID_BYTES = 16
 
 class PlanError(ExpertError):
     """Root of the errors of the plan types."""
+
+
+REFUSAL = "refused: "
+"""How the reason of a refusal begins (`PlanRefusal`), so that a requester tells it on the wire
+from a failure."""
+
+
+class PlanRefusal(PlanError):
+    """An ordinary refusal (busy, a block behind, out of step, not a stage): no strike on the node."""
+
+    def __str__(self) -> str:
+        return REFUSAL + super().__str__()
+
+
+def is_refusal(reason: str) -> bool:
+    """Whether a remote error's reason is a `PlanRefusal`."""
+    return reason.startswith(REFUSAL)
+
+
+def compute_delegate_budget(max_new_tokens: int) -> float:
+    """Seconds a delegate may spend on a generation of `max_new_tokens`: it stops there (then
+    closes its own stage sessions, at most `CLOSE_TIMEOUT_S`), and its requester waits that plus
+    one request timeout for the transfer, no longer (`DelegateRunner`)."""
+    return DELEGATE_BASE_S + DELEGATE_TOKEN_S * max_new_tokens
+
+
+DELEGATE_HANDLER_TIMEOUT_S = compute_delegate_budget(MAX_DELEGATE_TOKENS) + 2.0
+"""The server-side limit of the delegate protocol's handler: the longest budget, plus the close of
+the delegate's own stage sessions (`CLOSE_TIMEOUT_S`, shielded) and a margin."""
 
 
 class PlanUnsupported(PlanError):
@@ -51,7 +83,7 @@ class PlanUnsupported(PlanError):
         super().__init__(f"plan {plan!r}: {reason}")
 
 
-class HeadsDiffer(PlanError):
+class HeadsDiffer(PlanRefusal):
     """A stage or delegate whose parameter-chain heads are not the requester's."""
 
     def __init__(self, mine: bytes, theirs: bytes) -> None:
@@ -59,16 +91,20 @@ class HeadsDiffer(PlanError):
         super().__init__(f"heads differ: here {mine.hex()[:16]}, asked {theirs.hex()[:16]}")
 
 
-class NotAStage(PlanError):
+class NotAStage(PlanRefusal):
     """A stage request for layers whose experts this node does not all serve."""
 
 
-class StageBusy(PlanError):
+class StageBusy(PlanRefusal):
     """No room for another session (count or memory), or too many steps at once."""
 
 
-class StageOutOfStep(PlanError):
+class StageOutOfStep(PlanRefusal):
     """A cached step whose session is unknown, busy, or stands at another position."""
+
+
+class DelegateOverBudget(PlanError):
+    """A delegated generation that ran past `compute_delegate_budget`: stopped, no tokens."""
 
 
 @wire

@@ -1,10 +1,16 @@
 """Running a generation under a plan type, with fallback (`generate_planned`).
 
-The plan is chosen once per generation (`node.experts.plan_select.select_plan`) and kept in a
-small cache by (type asked, expert group, heads digest); a cached plan is reused while its nodes
-are live and still serve their ranges. The expert group is the prompt's pre-route: embed,
-attention and router of layer 0 run here on the prompt (no round trip), naming the layer-0
-experts it needs; later layers depend on expert outputs, so their whole layer is in the group.
+The weights are pinned once per generation (`pin_weights`): the shared model, the expert heads
+and their digest, all of one version; every runner and spot check of the generation uses those
+(a block committed meanwhile changes none of them; a spot check skips when the digest moved, a
+delegate refuses a generation pinned at heads it no longer has). The plan is chosen once per
+generation (`node.experts.plan_select.select_plan`) and kept in a small cache by (type asked,
+expert group, heads digest); a cached plan is reused while its nodes are live and still serve
+their ranges. A `dynamic` choice is never cached: it has no nodes to go stale, so a cached one
+would outlive the announcements that would now make a pipeline possible. The expert group is
+the prompt's pre-route: embed, attention and router of layer 0 run here on the prompt (no round
+trip), naming the layer-0 experts it needs; later layers depend on expert outputs, so their
+whole layer is in the group.
 
 The step loop is `Executor.generate`'s, with the runner of the plan (dynamic: the executor;
 pipeline: `PipelineRunner`) and the same `select_step_input` rule. When a stage or the delegate
@@ -41,7 +47,7 @@ from node.experts.plan_select import (
     is_plan_live,
     select_plan,
 )
-from node.experts.plan_wire import PlanFailed, PlansExhausted, compute_heads_digest
+from node.experts.plan_wire import HeadsDiffer, PlanFailed, PlansExhausted, compute_heads_digest
 from node.experts.stage import PipelineRunner, PlanHost, RemoteCache
 from node.experts.weights import ExpertKey, get_expert_heads
 
@@ -81,14 +87,15 @@ def compute_prompt_group(model: Any, prompt: list[int]) -> frozenset[ExpertKey]:
 class PlanChooser:
     """Choosing (and caching) the plan of one generation on one host."""
 
-    def __init__(self, host: PlanHost, model: Any, group: frozenset[ExpertKey], digest: bytes) -> None:
-        self.host, self.model, self.group, self.digest = host, model, group, digest
+    def __init__(self, host: PlanHost, model: Any, group: frozenset[ExpertKey], heads: dict[ExpertKey, bytes],
+                 digest: bytes, prompt_tokens: int, max_new_tokens: int) -> None:
+        self.host, self.model, self.group, self.heads, self.digest = host, model, group, heads, digest
+        self.prompt_tokens, self.max_new_tokens = prompt_tokens, max_new_tokens
         self.exclude: set[str] = set()
 
     def choose(self, asked: str, allow_delegate: bool) -> PlanChoice:
         """The plan for `asked`: the cached one while it is live (first choice only), else `select_plan`."""
-        cfg, host = self.model.cfg, self.host
-        heads = get_expert_heads(host.view)
+        cfg, host, heads = self.model.cfg, self.host, self.heads
         candidates = get_candidates(host.registry, heads, trio.current_time(), self.exclude)
         local = frozenset(k for k, h in heads.items() if host.local.is_served(k, h))
         key = (asked, allow_delegate, self.group, self.digest)
@@ -96,25 +103,42 @@ class PlanChooser:
         if held is not None and is_plan_live(held, [*candidates, Candidate(LOCAL, local, 0.0)], cfg.n_experts):
             return held
         choice = select_plan(asked, candidates, self.group, cfg.n_layers, cfg.n_experts, self.digest,
-                             allow_delegate, local)
-        if not self.exclude:
+                             allow_delegate, local, self.prompt_tokens, self.max_new_tokens)
+        if not self.exclude and choice.kind != DYNAMIC:
             host.plan_cache.put(key, choice)
         return choice
 
 
+PIN_ATTEMPTS = 3
+
+
+async def pin_weights(host: PlanHost) -> tuple[Any, dict[ExpertKey, bytes], bytes]:
+    """(shared model, expert heads, heads digest) of one version: the digest is read before and
+    after the model loads, and the load repeated (at most `PIN_ATTEMPTS` times) while it moved."""
+    for _ in range(PIN_ATTEMPTS):
+        before = compute_heads_digest(host.view)
+        model = await host.shared_model()
+        digest = compute_heads_digest(host.view)
+        if digest == before:
+            return model, get_expert_heads(host.view), digest
+    raise PlanFailed("", f"the parameter chain moved during {PIN_ATTEMPTS} loads of the shared model")
+
+
 async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
                            seed: int = 0, use_cache: bool = True, plan: str = AUTO,
-                           allow_delegate: bool = True) -> Generation:
+                           allow_delegate: bool = True, heads_digest: bytes | None = None) -> Generation:
     """`MoEModel.generate` for one sequence under plan type `plan` ("auto": the rule of
     `select_plan`; without `allow_delegate`, as a delegate runs, never a delegate);
-    `PlanUnsupported` at once when a type asked cannot run."""
+    `PlanUnsupported` at once when a type asked cannot run; `HeadsDiffer` when `heads_digest`
+    (a delegate's requester pinned it) is not this node's."""
     if not prompt:
         raise ValueError("empty prompt")
-    model = await host.shared_model()
+    model, heads, digest = await pin_weights(host)
+    if heads_digest is not None and heads_digest != digest:
+        raise HeadsDiffer(digest, heads_digest)
     cfg = model.cfg
-    digest = compute_heads_digest(host.view)
     group = frozenset() if plan == DYNAMIC else await host.compute.run(compute_prompt_group, model, prompt)
-    chooser = PlanChooser(host, model, group, digest)
+    chooser = PlanChooser(host, model, group, heads, digest, len(prompt), max_new_tokens)
     choice = chooser.choose(plan, allow_delegate)
     gen = Generation(prompt=list(prompt), cache=use_cache and len(prompt) <= cfg.max_seq_len)
     generator = torch.Generator().manual_seed(seed)
@@ -122,10 +146,10 @@ async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: in
         gen.plan = choice.describe()
         try:
             if choice.kind == STATIC_DELEGATE:
-                await DelegateRunner(host, choice.stages[0].node, digest).run(
+                await DelegateRunner(host, choice.stages[0].node, model, heads, digest).run(
                     gen, max_new_tokens, temperature, seed, use_cache)
                 return gen
-            await run_steps(_runner(host, model, choice), gen, max_new_tokens, temperature, generator, use_cache)
+            await run_steps(_runner(host, model, heads, choice), gen, max_new_tokens, temperature, generator, use_cache)
             return gen
         except PlanFailed as err:
             logger.info("plan %s failed on %s: %s; falling back", choice.kind, err.node, err.reason)
@@ -135,10 +159,11 @@ async def generate_planned(host: PlanHost, prompt: list[int], max_new_tokens: in
     raise PlansExhausted(gen.fallbacks)
 
 
-def _runner(host: PlanHost, model: Any, choice: PlanChoice) -> DynamicRunner | PipelineRunner:
+def _runner(host: PlanHost, model: Any, heads: dict[ExpertKey, bytes],
+            choice: PlanChoice) -> DynamicRunner | PipelineRunner:
     if choice.kind == PIPELINE:
-        return PipelineRunner(host, model, choice.stages, choice.heads_digest)
-    return DynamicRunner(host.executor(model), get_expert_heads(host.view))
+        return PipelineRunner(host, model, choice.stages, heads, choice.heads_digest)
+    return DynamicRunner(host.executor(model), heads)
 
 
 async def run_steps(runner: DynamicRunner | PipelineRunner, gen: Generation, max_new_tokens: int,

@@ -62,6 +62,7 @@ from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materia
 from node.experts.placement import UNBOUNDED_BUDGET, Placer
 from node.experts.plan_select import AUTO, DYNAMIC, PlanCache
 from node.experts.plan_wire import (
+    DELEGATE_HANDLER_TIMEOUT_S,
     MAX_DELEGATE_BYTES,
     MAX_STAGE_BYTES,
     PROTOCOL_EXPERT_DELEGATE,
@@ -269,7 +270,8 @@ class ExpertService:
         self.net.subscribe(self.topic, self.on_announcement, max_bytes=MAX_ANNOUNCEMENT_BYTES)
         self.net.set_request_handler(self.protocol, self.on_forward, MAX_FORWARD_BYTES)
         self.net.set_request_handler(self.stage_protocol, self.stages.on_stage, MAX_STAGE_BYTES)
-        self.net.set_request_handler(self.delegate_protocol, self.delegates.on_delegate, MAX_DELEGATE_BYTES)
+        self.net.set_request_handler(self.delegate_protocol, self.delegates.on_delegate, MAX_DELEGATE_BYTES,
+                                     timeout_s=DELEGATE_HANDLER_TIMEOUT_S)
         self.net.on_peer_event(self._on_peer_event)
         heads_feed = self.feed.subscribe("experts", (Committed,), maxlen=FEED_QUEUE) if self.feed else None
         try:
@@ -547,9 +549,10 @@ class ExpertService:
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0,
                               seed: int = 0, use_cache: bool = True, plan: str = DYNAMIC,
-                              allow_delegate: bool = True) -> Generation:
-        """One generation under plan type `plan` (`node.experts.plans`)."""
-        return await generate_planned(self, prompt, max_tokens, temperature, seed, use_cache, plan, allow_delegate)
+                              allow_delegate: bool = True, heads_digest: bytes | None = None) -> Generation:
+        """One generation under plan type `plan` (`node.experts.plans`), at `heads_digest` when given."""
+        return await generate_planned(self, prompt, max_tokens, temperature, seed, use_cache, plan, allow_delegate,
+                                      heads_digest)
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, seed: int = 0,
                        use_cache: bool = True, plan: str = AUTO) -> dict:

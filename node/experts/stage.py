@@ -2,31 +2,40 @@
 
 Server (`StageServer.on_stage`, protocol `expert_stage`): a stage runs layers [first, end) --
 attention, router and experts -- on the hidden rows it is sent and answers the hidden rows after
-them. It refuses, before any compute: a malformed request (penalised), other heads
-(`HeadsDiffer`), a range whose experts it does not all serve (`NotAStage`: it would only proxy
-dynamic requests), more than `MAX_STAGE_INFLIGHT` steps at once or no room for a session
-(`StageBusy`), a cached step of an unknown or busy session or at another position
-(`StageOutOfStep`). Its experts run locally through the same `Executor.run_layers` as the
-generating node's (experts it lacks, e.g. after a head moved, go to peers dynamically). With the
-cache, a session keeps the keys and values of its layers; sessions are per requester, bounded
-(`MAX_SESSIONS`, `MAX_SESSIONS_PER_PEER`, `MAX_SESSION_BYTES` of caches), expire `SESSION_TTL_S` after their last step
-(swept on each request) or end with a close; a step that fails half-way drops its session (its
-cache holds some layers' keys and not others').
+them. It refuses, before any compute: a malformed request or rows (penalised; rows are decoded
+and checked before any session is touched), other heads (`HeadsDiffer`), a range whose experts
+it does not all serve (`NotAStage`: it would only proxy dynamic requests), more than
+`MAX_STAGE_INFLIGHT` steps at once, `MAX_STAGE_INFLIGHT_PER_PEER` of one requester, or no room
+for a session (`StageBusy`; a new session is reserved before the shared model loads, so
+concurrent opens cannot exceed the limits), a cached step of an unknown or busy session or at
+another position (`StageOutOfStep`). Its experts run locally through the same
+`Executor.run_layers` as the generating node's (experts it lacks, e.g. after a head moved, go to
+peers dynamically). With the cache, a session keeps the keys and values of its layers; sessions
+are per requester, bounded (`MAX_SESSIONS`, `MAX_SESSIONS_PER_PEER`, `MAX_SESSION_BYTES` of
+caches), expire `SESSION_TTL_S` after their last step (swept on each request) or end with a
+close; a step that fails half-way drops its session (its cache holds some layers' keys and not
+others').
 
 Client (`PipelineRunner`): the generating node embeds, sends each step through the chain of
 stages and runs the head (a LOCAL stage, a range it serves whole, runs here with its own cache);
 of the remote stages' layers it holds no keys, only the position where their caches stand
-(`RemoteCache`, which `select_step_input` reads as it reads a `KVCache`). A failed stage raises
-`PlanFailed` (a malformed answer also penalises it). With probability `spot_check`, a step that
-needs no earlier keys (stateless, or a session's first: the prompt) is recomputed here when this
-node can load every expert of the range; a disagreeing stage is penalised and the plan fails
-over. Later cached steps are not checked (this node holds none of the stage's keys).
+(`RemoteCache`, which `select_step_input` reads as it reads a `KVCache`). It keeps one session
+per stage, keyed by (node, first layer): a chain may use one node for two ranges. It runs at the
+weights pinned for the generation (shared model, expert heads, digest). A failed stage raises
+`PlanFailed`; a timeout, an unreachable stage or an invalid answer strikes it (the latter is
+also penalised), a refusal (`is_refusal`: busy, heads differ, out of step, not a stage) does
+not. With probability `spot_check`, a step that needs no earlier keys (stateless, or a session's
+first: the prompt) is recomputed here when this node can load every expert of the range and its
+digest is still the pinned one (else the recomputation would use other weights); a disagreeing
+stage is penalised and the plan fails over. Later cached steps are not checked (this node holds
+none of the stage's keys).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -49,13 +58,14 @@ from node.experts.plan_wire import (
     StageRequest,
     StageResponse,
     compute_heads_digest,
+    is_refusal,
     validate_stage_request,
     validate_uses,
 )
 from node.experts.registry import ExpertRegistry
 from node.experts.weights import ExpertKey, LocalExperts, ModelView, get_expert_heads
 from node.experts.wire import InvalidExpertMessage, decode_message, decode_rows, encode_rows, is_close
-from p2p.network import Network, PeerId, RequestFailed
+from p2p.network import Network, PeerId, RemoteError, RequestFailed
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +76,8 @@ SESSION_TTL_S = 60.0
 MAX_SESSION_BYTES = 256 << 20
 """KV caches all sessions may hold (each counted at its capacity)."""
 MAX_STAGE_INFLIGHT = 4
+MAX_STAGE_INFLIGHT_PER_PEER = 2
+"""So that one requester cannot take every step slot."""
 MALFORMED_PENALTY = 1.0
 CLOSE_TIMEOUT_S = 1.0
 
@@ -89,8 +101,8 @@ class PlanHost(Protocol):
     def executor(self, model: Any) -> Executor: ...
 
     async def generate_tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                              use_cache: bool = True, plan: str = "dynamic",
-                              allow_delegate: bool = True) -> Generation: ...
+                              use_cache: bool = True, plan: str = "dynamic", allow_delegate: bool = True,
+                              heads_digest: bytes | None = None) -> Generation: ...
 
 
 @dataclass(slots=True)
@@ -99,8 +111,8 @@ class StageSession:
     end: int
     heads_digest: bytes
     model: Any
-    """The shared model at open: a session runs on one version."""
-    cache: KVCache
+    """The shared model at open: a session runs on one version (None while it loads)."""
+    cache: KVCache | None
     nbytes: int
     expires_at: float
     busy: bool = False
@@ -124,6 +136,7 @@ class StageServer:
         self.host = host
         self.sessions: dict[tuple[PeerId, bytes], StageSession] = {}
         self.inflight = 0
+        self.inflight_by_peer: Counter[PeerId] = Counter()
         self.served_steps = 0
 
     def expire(self, now: float) -> None:
@@ -144,6 +157,11 @@ class StageServer:
             if key in self.sessions and not self.sessions[key].busy:
                 del self.sessions[key]
             return codec.encode(StageResponse(0, b"", (), 0))
+        try:
+            x = decode_rows(req.data, req.rows, req.d_model).view(1, req.rows, req.d_model)  # [1, T, D]
+        except InvalidExpertMessage:
+            host.net.penalize(requester, "malformed expert-stage rows", MALFORMED_PENALTY)
+            raise
         mine = compute_heads_digest(host.view)
         if req.heads_digest != mine:
             raise HeadsDiffer(mine, req.heads_digest)
@@ -151,12 +169,18 @@ class StageServer:
         self.validate_coverage(req.first, req.end, heads)
         if self.inflight >= MAX_STAGE_INFLIGHT:
             raise StageBusy(f"{self.inflight} stage steps in progress")
+        if self.inflight_by_peer[requester] >= MAX_STAGE_INFLIGHT_PER_PEER:
+            raise StageBusy(f"{MAX_STAGE_INFLIGHT_PER_PEER} stage steps of this requester in progress")
         self.inflight += 1
+        self.inflight_by_peer[requester] += 1
         try:
             session = await self.get_session(key, req) if req.cached else None
-            return await self.run_step(key, req, session, heads)
+            return await self.run_step(key, req, x, session, heads)
         finally:
             self.inflight -= 1
+            self.inflight_by_peer[requester] -= 1
+            if not self.inflight_by_peer[requester]:
+                del self.inflight_by_peer[requester]
 
     def validate_coverage(self, first: int, end: int, heads: dict[ExpertKey, bytes]) -> None:
         spec = self.host.view.spec
@@ -180,10 +204,17 @@ class StageServer:
                 raise StageBusy(f"{len(self.sessions)} sessions holding {used >> 20} MiB: no room for another")
             if sum(peer == key[0] for peer, _ in self.sessions) >= MAX_SESSIONS_PER_PEER:
                 raise StageBusy(f"{MAX_SESSIONS_PER_PEER} sessions of this requester already: no room for another")
-            model = await self.host.shared_model()
-            session = StageSession(req.first, req.end, req.heads_digest, model, KVCache(model.cfg), nbytes,
-                                   trio.current_time() + SESSION_TTL_S)
+            # reserved before the model loads, so that concurrent opens cannot exceed the limits
+            session = StageSession(req.first, req.end, req.heads_digest, None, None, nbytes,
+                                   trio.current_time() + SESSION_TTL_S, busy=True)
             self.sessions[key] = session
+            try:
+                session.model = await self.host.shared_model()
+            except BaseException:
+                self.sessions.pop(key, None)
+                raise
+            session.cache = KVCache(session.model.cfg)
+            session.busy = False
             return session
         if held is None:
             raise StageOutOfStep("unknown session (expired, closed, or never opened)")
@@ -194,10 +225,9 @@ class StageServer:
                                  f"not {req.start}")
         return held
 
-    async def run_step(self, key: tuple[PeerId, bytes], req: StageRequest, session: StageSession | None,
+    async def run_step(self, key: tuple[PeerId, bytes], req: StageRequest, x: Tensor, session: StageSession | None,
                        heads: dict[ExpertKey, bytes]) -> bytes:
         model = session.model if session is not None else await self.host.shared_model()
-        x = decode_rows(req.data, req.rows, req.d_model).view(1, req.rows, req.d_model)  # [1, T, D]
         gen = Generation(prompt=[])
         gen.rows_sent.append(0)
         gen.bytes_sent.append(0)
@@ -229,11 +259,13 @@ class StageServer:
 class PipelineRunner:
     """The requester's side: embed here, each stage of the chain in turn, head here."""
 
-    def __init__(self, host: PlanHost, model: Any, stages: tuple[Stage, ...], heads_digest: bytes) -> None:
-        self.host, self.model, self.stages, self.heads_digest = host, model, stages, heads_digest
+    def __init__(self, host: PlanHost, model: Any, stages: tuple[Stage, ...], heads: dict[ExpertKey, bytes],
+                 heads_digest: bytes) -> None:
+        self.host, self.model, self.stages, self.heads, self.heads_digest = host, model, stages, heads, heads_digest
         self.compute = host.compute
-        self.sessions = {s.node: host.rng.randbytes(16) for s in stages if s.node != LOCAL}
-        self.opened: set[str] = set()
+        self.sessions = {(s.node, s.first): host.rng.randbytes(16) for s in stages if s.node != LOCAL}
+        """One session per remote stage: a chain may use one node for two ranges."""
+        self.opened: set[tuple[str, int]] = set()
         self.local_cache: KVCache | None = None
         """Keys and values of the LOCAL stage's layers."""
 
@@ -253,7 +285,7 @@ class PipelineRunner:
         for stage in self.stages:
             if stage.node == LOCAL:  # a range this node serves whole: no round trip
                 x = await self.host.executor(self.model).run_layers(
-                    x, range(stage.first, stage.end), get_expert_heads(self.host.view), gen,
+                    x, range(stage.first, stage.end), self.heads, gen,
                     None if cache is None else self.local_cache, trace)  # [1, T, D]
             else:
                 x = await self.run_stage(stage, x, cache, start, gen, trace)  # [1, T, D]
@@ -266,20 +298,21 @@ class PipelineRunner:
                         trace: list[dict[int, str]]) -> Tensor:
         host, cfg = self.host, self.model.cfg
         T, D = x.shape[1], x.shape[2]
-        req = StageRequest(self.sessions[stage.node], self.heads_digest, stage.first, stage.end, cache is not None,
-                           start, D, T, encode_rows(x.reshape(T, D)), False)
+        req = StageRequest(self.sessions[(stage.node, stage.first)], self.heads_digest, stage.first, stage.end,
+                           cache is not None, start, D, T, encode_rows(x.reshape(T, D)), False)
         payload = codec.encode(req)
         gen.round_trips += 1
         gen.rows_sent[-1] += T
         gen.bytes_sent[-1] += len(payload)
         began = trio.current_time()
         if cache is not None:
-            self.opened.add(stage.node)
+            self.opened.add((stage.node, stage.first))
         try:
             data = await host.net.request(stage.node, host.stage_protocol, payload,
                                           timeout=host.inference.request_timeout_s, max_response_bytes=MAX_STAGE_BYTES)
         except RequestFailed as err:
-            host.registry.record_failure(stage.node, trio.current_time())
+            if not (isinstance(err, RemoteError) and is_refusal(err.reason)):  # a refusal is no strike
+                host.registry.record_failure(stage.node, trio.current_time())
             raise PlanFailed(stage.node, f"stage [{stage.first}, {stage.end}): {err.reason}") from err
         try:
             resp = decode_message(StageResponse, data, MAX_STAGE_BYTES)
@@ -305,10 +338,11 @@ class PipelineRunner:
         """With probability `spot_check`, when this node can load every expert of the range,
         recompute a step that needs no earlier keys (stateless, or a session's first) here; a
         stage whose rows disagree beyond `tolerance` is penalised and the plan fails over."""
-        host, cfg = self.host, self.model.cfg
+        host, cfg, heads = self.host, self.model.cfg, self.heads
         if host.inference.spot_check <= 0 or host.rng.random() >= host.inference.spot_check:
             return
-        heads = get_expert_heads(host.view)
+        if compute_heads_digest(host.view) != self.heads_digest:  # this node's weights moved on: no reference
+            return
         keys = [(layer, e) for layer in range(stage.first, stage.end) for e in range(cfg.n_experts)]
         if not all(host.local.can_load(k, heads.get(k, b"")) for k in keys):
             return
@@ -330,9 +364,10 @@ class PipelineRunner:
         """End the sessions opened (best effort: an unanswered close only leaves one to expire)."""
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
             for stage in self.stages:
-                if stage.node not in self.opened:
+                if (stage.node, stage.first) not in self.opened:
                     continue
-                req = StageRequest(self.sessions[stage.node], self.heads_digest, 0, 0, False, 0, 0, 0, b"", True)
+                req = StageRequest(self.sessions[(stage.node, stage.first)], self.heads_digest, 0, 0, False, 0, 0, 0,
+                                   b"", True)
                 try:
                     await self.host.net.request(stage.node, self.host.stage_protocol, codec.encode(req),
                                                 timeout=CLOSE_TIMEOUT_S, max_response_bytes=1024)

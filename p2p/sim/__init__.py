@@ -25,7 +25,10 @@ quick (validate, push to a channel). At most `max_in_flight_per_link` messages a
 a link; beyond that gossip copies are dropped (`dropped_overflow`) and requests time out.
 
 Requests travel the same heap; the receiver runs the handler in its own task (bounded by
-`max_inbound_requests`), and the response flies back after a delay sampled on the reverse link.
+`max_inbound_requests`) for at most its protocol's `timeout_s`, else the hub's `handler_timeout`
+(10 s, as libp2p's `request_timeout`), or until the requester's deadline if that comes first
+("handler timed out" past the limit), and the response flies back after a delay sampled on the
+reverse link.
 Loss and duplication apply to gossip only: requests ride a reliable stream. What a request to an
 unreachable peer does:
 

@@ -16,6 +16,7 @@ from p2p.network import (
     PeerId,
     PeerScores,
     RequestHandler,
+    validate_handler_timeout,
 )
 from p2p.sim.ports import Switchboard
 from p2p.sim.requests import send_request
@@ -37,7 +38,8 @@ class SimNetwork:
         self._hub = hub
         self._alive = True
         self._gossip: dict[str, tuple[GossipHandler, int]] = {}
-        self._handlers: dict[str, tuple[RequestHandler, int]] = {}
+        self._handlers: dict[str, tuple[RequestHandler, int, float | None]] = {}
+        """protocol -> (handler, request cap, the handler's own time limit or None)."""
         self._callbacks: list[PeerEventCallback] = []
         self._view: set[PeerId] = set()
         self._scores = PeerScores(hub.score_config)
@@ -84,11 +86,13 @@ class SimNetwork:
         return await send_request(self._hub, self, peer, protocol, bytes(data), timeout, max_response_bytes)
 
     def set_request_handler(
-        self, protocol: str, handler: RequestHandler, max_request_bytes: int
+        self, protocol: str, handler: RequestHandler, max_request_bytes: int,
+        timeout_s: float | None = None,
     ) -> None:
         if protocol in self._handlers:
             raise ValueError(f"{self.local_id} already serves {protocol}")
-        self._handlers[protocol] = (handler, max_request_bytes)
+        validate_handler_timeout(timeout_s)
+        self._handlers[protocol] = (handler, max_request_bytes, timeout_s)
 
     def peers(self) -> list[PeerId]:
         return sorted(self._view) if self._alive else []

@@ -50,6 +50,7 @@ class SimNetworkHub:
         score_config: ScoreConfig | None = None,
         max_in_flight_per_link: int = 1024,
         max_inbound_requests: int = 64,
+        handler_timeout: float = 10.0,
         trace_limit: int = 0,
         tick_s: float = 0.0,
         peers_per_node: int = 0,
@@ -67,6 +68,9 @@ class SimNetworkHub:
         self.score_config = score_config or ScoreConfig()
         self.max_in_flight_per_link = max_in_flight_per_link
         self.max_inbound_requests = max_inbound_requests
+        self.handler_timeout = handler_timeout
+        """How long a handler set without its own `timeout_s` may run (as
+        `Libp2pConfig.request_timeout`): past it the requester is answered "handler timed out"."""
         self.stats = SimStats()
         self._log = TraceLog(trace_limit)
         self.trace: deque[TraceEvent] = self._log.events

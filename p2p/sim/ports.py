@@ -35,6 +35,7 @@ class Switchboard(Protocol):
     stats: SimStats
     score_config: ScoreConfig
     max_inbound_requests: int
+    handler_timeout: float
     _nursery: trio.Nursery | None
     _nodes: dict[PeerId, Endpoint]
     _subscribers: dict[str, list]

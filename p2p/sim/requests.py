@@ -62,6 +62,7 @@ def accept_request(hub: Switchboard, net: Endpoint, item: Delivery) -> None:
     hub._record("request", item.src, net.local_id, item.name, item.data)
     entry = net._handlers.get(item.name)
     handler: RequestHandler | None = None
+    limit = hub.handler_timeout
     error: str | None = None
     if entry is None:
         error = f"unsupported protocol {item.name}"
@@ -72,13 +73,15 @@ def accept_request(hub: Switchboard, net: Endpoint, item: Delivery) -> None:
         error = "overloaded"
     else:
         handler = entry[0]
+        limit = limit if entry[2] is None else entry[2]
         net._inbound += 1
     hub._begin_work()
-    hub._nursery.start_soon(_serve, hub, net, item, handler, error)
+    hub._nursery.start_soon(_serve, hub, net, item, handler, error, limit)
 
 
 async def _serve(
-    hub: Switchboard, net: Endpoint, item: Delivery, handler: RequestHandler | None, error: str | None
+    hub: Switchboard, net: Endpoint, item: Delivery, handler: RequestHandler | None, error: str | None,
+    limit: float,
 ) -> None:
     """Run the handler (if the request was admitted) and fly the response back."""
     scope = trio.CancelScope()
@@ -89,7 +92,7 @@ async def _serve(
                 return
             response = b""
             if handler is not None:
-                response, error = await _run_handler(net, item, handler)
+                response, error = await _run_handler(net, item, handler, limit)
             await trio.sleep(hub._sample_delay(net.local_id, item.src))
             _respond(hub, net, item, response, error)
     finally:
@@ -99,10 +102,14 @@ async def _serve(
         hub._finish_work()
 
 
-async def _run_handler(net: Endpoint, item: Delivery, handler: RequestHandler) -> tuple[bytes, str | None]:
-    """(response, None) or (b"", error). The handler gets the requester's deadline."""
+async def _run_handler(
+    net: Endpoint, item: Delivery, handler: RequestHandler, limit: float
+) -> tuple[bytes, str | None]:
+    """(response, None) or (b"", error). The handler runs until the server's `limit` (its
+    protocol's `timeout_s`, else the hub's `handler_timeout`) or the requester's deadline,
+    whichever comes first (past the deadline no answer would be read)."""
     where = f"request handler of {net.local_id} for {item.name}"
-    with trio.move_on_at(item.deadline):
+    with trio.move_on_at(min(item.deadline, trio.current_time() + limit)):
         try:
             response = await handler(item.src, item.data)
         except BlyanError as err:

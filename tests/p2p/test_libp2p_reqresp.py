@@ -68,6 +68,17 @@ async def test_request_handler_overrunning_the_server_limit() -> None:
             await b.request(a.local_id, ECHO, b"x", timeout=5.0)
 
 
+async def test_request_handler_with_its_own_limit_outlasts_the_server_default() -> None:
+    async with star(2, request_timeout=0.3) as (a, b):
+
+        async def slow(requester: str, data: bytes) -> bytes:
+            await trio.sleep(0.6)
+            return b"done"
+
+        a.set_request_handler(ECHO, slow, max_request_bytes=1024, timeout_s=5.0)
+        assert await b.request(a.local_id, ECHO, b"x", timeout=5.0) == b"done"
+
+
 async def test_request_over_the_server_cap_is_refused_and_penalised() -> None:
     async with star(2) as (a, b):
         a.set_request_handler(ECHO, echo, max_request_bytes=100)

@@ -69,6 +69,30 @@ async def test_request_timeout(autojump_clock: trio.testing.MockClock) -> None:
         assert trio.current_time() - start < 1.1
 
 
+async def test_handler_limit_is_the_hubs_unless_the_protocol_sets_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As on libp2p: a handler runs at most `handler_timeout` (the network's request timeout),
+    or its protocol's own `timeout_s`, however long the requester would wait."""
+    LONG = protocol_name("testnet", "long")
+
+    async def slow(requester: str, data: bytes) -> bytes:
+        await trio.sleep(12.0)
+        return b"late"
+
+    async with SimNetworkHub(seed=13, faults=FaultConfig.fixed(10.0), handler_timeout=10.0) as hub:
+        a, b = hub.add_node("a"), hub.add_node("b")
+        b.set_request_handler(PING, slow, max_request_bytes=64)
+        b.set_request_handler(LONG, slow, max_request_bytes=64, timeout_s=15.0)
+        with pytest.raises(ValueError, match="handler timeout"):
+            b.set_request_handler(protocol_name("testnet", "bad"), slow, max_request_bytes=64, timeout_s=0.0)
+        start = trio.current_time()
+        with pytest.raises(RemoteError, match="handler timed out"):
+            await a.request("b", PING, b"", timeout=60.0)
+        assert trio.current_time() - start == pytest.approx(10.02)
+        assert await a.request("b", LONG, b"", timeout=60.0) == b"late"
+
+
 async def test_request_across_a_partition_times_out(autojump_clock: trio.testing.MockClock) -> None:
     async with SimNetworkHub(seed=14) as hub:
         a, b = hub.add_node("a"), hub.add_node("b")

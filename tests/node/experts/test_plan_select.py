@@ -8,10 +8,12 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chain import codec
+from node.experts.delegate import find_wrong_greedy_token
 from node.experts.plan import LOCAL
 from node.experts.plan_select import (
     AUTO,
@@ -117,7 +119,7 @@ def test_auto_rule_and_explicit_refusals() -> None:
     group = frozenset({(0, 0)}) | layers(1, 2, 3)
     full = Candidate("full", layers(0, 1, 2, 3), 0.2)
     halves = [Candidate("h0", layers(0, 1), 0.1), Candidate("h1", layers(2, 3), 0.1)]
-    assert select_plan(AUTO, [full, *halves], group, L, E, DIGEST).kind == STATIC_DELEGATE
+    assert select_plan(AUTO, [full, *halves], group, L, E, DIGEST).nodes == ["full"]  # a chain of one, no delegate
     assert select_plan(AUTO, halves, group, L, E, DIGEST).kind == PIPELINE
     assert select_plan(AUTO, halves[:1], group, L, E, DIGEST).kind == DYNAMIC
     assert select_plan(AUTO, [full], group, L, E, DIGEST, local=group).kind == DYNAMIC  # all served here
@@ -127,6 +129,12 @@ def test_auto_rule_and_explicit_refusals() -> None:
         select_plan(PIPELINE, halves[:1], group, L, E, DIGEST)
     with pytest.raises(PlanUnsupported, match="no serving node"):
         select_plan(STATIC_DELEGATE, [], group, L, E, DIGEST)
+    with pytest.raises(PlanUnsupported, match="a prompt of 8193 tokens"):  # more than one request carries
+        select_plan(STATIC_DELEGATE, [full], group, L, E, DIGEST, prompt_tokens=8193)
+    with pytest.raises(PlanUnsupported, match="257 new tokens"):
+        select_plan(STATIC_DELEGATE, [full], group, L, E, DIGEST, max_new_tokens=257)
+    assert select_plan(STATIC_DELEGATE, [full], group, L, E, DIGEST, prompt_tokens=8192,
+                       max_new_tokens=256).nodes == ["full"]
     with pytest.raises(PlanUnsupported, match="unknown plan type"):
         select_plan("fast", halves, group, L, E, DIGEST)
 
@@ -203,3 +211,20 @@ def test_invalid_uses() -> None:
             validate_uses(bad, range(1, 2), 1, E, 2)
     with pytest.raises(InvalidExpertMessage, match="more routed experts"):
         validate_uses((*ok, ExpertUse(0, 1, 1, "c")), range(1, 2), 1, E, 2, rows=1)
+
+
+@given(st.lists(st.floats(-50, 50, allow_nan=False), min_size=2, max_size=16), st.data())
+def test_greedy_check_accepts_near_ties_and_catches_others(row: list[float], data: st.DataObject) -> None:
+    """A token within tolerance of the maximum logit passes (an honest delegate's near-tie);
+    one below it by more is caught, at its step."""
+    logits = torch.tensor([row, row])  # [2, V]
+    best = max(row)
+    scale = max(1.0, max(abs(v) for v in row))
+    token = data.draw(st.integers(0, len(row) - 1))
+    ok = row[token] >= best - 1e-4 * scale
+    argmax = int(torch.argmax(logits[0]))
+    assert find_wrong_greedy_token(logits, [argmax, argmax], 1e-4) is None
+    assert find_wrong_greedy_token(logits, [argmax, token], 1e-4) == (None if ok else 1)
+    tied = torch.tensor([[1.0, 1.0 - 1e-6, -3.0]])  # float noise between two near-equal logits
+    assert find_wrong_greedy_token(tied, [1], 1e-4) is None
+    assert find_wrong_greedy_token(tied, [2], 1e-4) == 0

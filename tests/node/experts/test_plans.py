@@ -7,6 +7,8 @@ under `autojump_clock` with inline compute; waits are on conditions, never sleep
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,16 @@ import trio
 import trio.testing
 
 from chain import codec
-from node.experts.plan_select import AUTO, DYNAMIC, PIPELINE, STATIC_DELEGATE
+from node.experts.delegate import MAX_DELEGATE_WORK, DelegateServer, compute_delegate_deadline
+from node.experts.inference import Generation
+from node.experts.plan import NoServingNode
+from node.experts.plan_select import AUTO, DYNAMIC, PIPELINE, STATIC_DELEGATE, Stage
 from node.experts.plan_wire import (
+    MAX_DELEGATE_BYTES,
     DelegateRequest,
+    DelegateResponse,
+    HeadsDiffer,
+    PlanFailed,
     PlansExhausted,
     PlanUnsupported,
     StageBusy,
@@ -26,10 +35,11 @@ from node.experts.plan_wire import (
     encode_temperature,
 )
 from node.experts.service import ExpertService
-from node.experts.stage import StageServer
-from node.experts.wire import encode_rows
+from node.experts.stage import PipelineRunner
+from node.experts.weights import get_expert_heads
+from node.experts.wire import decode_message, encode_rows
 from p2p.network import RemoteError
-from p2p.sim import SimNetworkHub
+from p2p.sim import FaultConfig, SimNetworkHub
 from tests.node.experts.test_inference import (
     PROMPT,
     SPEC,
@@ -92,13 +102,15 @@ async def test_every_plan_matches_single_process(
     assert all(not s.stages.sessions for s in servers.values()), "sessions are closed at the end"
 
 
-async def test_auto_picks_delegate_then_pipeline_then_dynamic(
+async def test_auto_picks_pipeline_then_dynamic_and_never_a_delegate(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """A node announcing every expert is not handed the generation unchecked: auto runs it as a
+    one-stage pipeline (each step checkable). Auto's dynamic choice is not cached."""
     view, blobs, model = build_weights(tmp_path / "blobs")
     everything = tuple(n for layer in range(SPEC.n_layers) for n in whole_layer(layer))
     expected = reference_tokens(model, PROMPT, 4)
-    for layout, kind in (({**BY_LAYER, "full": everything}, STATIC_DELEGATE), (BY_LAYER, PIPELINE),
+    for layout, kind in (({**BY_LAYER, "full": everything}, PIPELINE), (BY_LAYER, PIPELINE),
                          ({f"n{i}": ring(i) for i in range(4)}, DYNAMIC)):
         async with SimNetworkHub(seed=3) as hub:
             client, servers = build(hub, view, blobs, layout)
@@ -112,10 +124,32 @@ async def test_auto_picks_delegate_then_pipeline_then_dynamic(
                 nursery.cancel_scope.cancel()
         assert first["plan"]["type"] == kind and first["tokens"] == expected == again["tokens"]
         assert again["plan"]["signature"] == first["plan"]["signature"]
-        assert len(client.plan_cache.entries) == 1  # the repeated prompt reused the cached plan
-        if kind == STATIC_DELEGATE:
-            assert first["plan"]["nodes"] == ["full"] and first["round_trips"] == 1
-            assert first["remote_round_trips"] == 0  # it serves every expert itself
+        assert all(s.delegates.served == 0 for s in servers.values())
+        if kind == DYNAMIC:
+            assert not client.plan_cache.entries  # a dynamic choice is made afresh each time
+        else:
+            assert len(client.plan_cache.entries) == 1  # the repeated prompt reused the cached plan
+        if "full" in layout:
+            assert first["plan"]["nodes"] == ["full"] and first["round_trips"] == 4  # one stage, one per token
+
+
+async def test_auto_does_not_pin_dynamic_before_announcements(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Before any announcement auto falls back to dynamic; once a chain is announced, the next
+    generation of the same prompt runs it (the early dynamic choice was not cached)."""
+    view, blobs, _ = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=4) as hub:
+        client, servers = build(hub, view, blobs, BY_LAYER)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            with pytest.raises(NoServingNode):  # nobody serves anything yet: dynamic, and it fails
+                await client.generate_tokens(PROMPT, 2, plan=AUTO)
+            assert not client.plan_cache.entries
+            await start_all(nursery, hub, list(servers.values()))
+            gen = await client.generate_tokens(PROMPT, 2, plan=AUTO)
+            nursery.cancel_scope.cancel()
+    assert gen.plan["type"] == PIPELINE
 
 
 async def test_unknown_plan_is_refused(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
@@ -225,14 +259,113 @@ async def test_delegate_killed_falls_back_to_pipeline(tmp_path: Path, autojump_c
         async with trio.open_nursery() as nursery:
             await start_all(nursery, hub, [*servers.values(), client])
             began = trio.current_time()
-            gen = await client.generate_tokens(PROMPT, 5, plan=AUTO)
+            gen = await client.generate_tokens(PROMPT, 5, plan=STATIC_DELEGATE)
             took = trio.current_time() - began
             nursery.cancel_scope.cancel()
     assert gen.tokens == reference_tokens(model, PROMPT, 5)
-    deadline = client.inference.request_timeout_s * (1 + 5)  # the delegate's: it may wait on its own peers
+    deadline = compute_delegate_deadline(5, client.inference.request_timeout_s)  # the delegate's budget, no more
+    assert deadline == 5.0 + 0.5 * 5 + 1.0 + 2.0
     assert deadline <= took < deadline + client.inference.request_timeout_s
     assert gen.fallbacks and gen.fallbacks[0].startswith("static_delegate")
     assert gen.plan["type"] == PIPELINE and "full" not in gen.plan["nodes"]
+
+
+async def test_delegation_longer_than_the_network_request_timeout_completes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The delegate protocol's handler runs under its own limit, not the network's 10 s: with
+    150 ms links a 40-token delegation (one stage round trip per token on the delegate) takes
+    over 12 s and is answered."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=5, faults=FaultConfig(latency_ms=(150.0, 150.0))) as hub:
+        assert hub.handler_timeout == 10.0
+        client, servers = build(hub, view, blobs, BY_LAYER)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            began = trio.current_time()
+            gen = await client.generate_tokens(PROMPT, 40, plan=STATIC_DELEGATE)
+            took = trio.current_time() - began
+            nursery.cancel_scope.cancel()
+    assert not gen.fallbacks and gen.plan["type"] == STATIC_DELEGATE and gen.round_trips == 1
+    assert took > hub.handler_timeout
+    assert gen.tokens == reference_tokens(model, PROMPT, 40)
+
+
+async def test_delegation_over_its_budget_is_stopped_and_replaced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With 600 ms links a token costs the delegate 1.2 s, over its 0.5 s a token: it stops at the
+    budget and says so; the requester falls back (no tokens were out) to a pipeline."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=5, faults=FaultConfig(latency_ms=(600.0, 600.0))) as hub:
+        client, servers = build(hub, view, blobs, BY_LAYER)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            gen = await client.generate_tokens(PROMPT, 20, plan=STATIC_DELEGATE)
+            nursery.cancel_scope.cancel()
+    assert gen.fallbacks[0].startswith("static_delegate") and "not generated within 15s" in gen.fallbacks[0]
+    assert all(s.delegates.inflight == 0 and s.delegates.work == 0 for s in servers.values())
+    assert gen.plan["type"] == PIPELINE and gen.tokens == reference_tokens(model, PROMPT, 20)
+
+
+class LyingDelegate(ExpertService):
+    """Answers a delegation with greedy's tokens shifted by one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self.delegates.on_delegate
+
+        async def on_delegate(requester: str, data: bytes) -> bytes:
+            resp = decode_message(DelegateResponse, await honest(requester, data), MAX_DELEGATE_BYTES)
+            return codec.encode(replace(resp, tokens=tuple((t + 1) % SPEC.vocab_size for t in resp.tokens)))
+
+        self.delegates.on_delegate = on_delegate
+
+
+@pytest.mark.parametrize("liar", [False, True])
+async def test_delegate_tokens_are_spot_checked(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, liar: bool
+) -> None:
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    everything = tuple(n for layer in range(SPEC.n_layers) for n in whole_layer(layer))
+    async with SimNetworkHub(seed=6) as hub:
+        client, servers = build(hub, view, blobs, {**BY_LAYER, "full": everything},
+                                cls={"full": LyingDelegate if liar else ExpertService}, spot_check=1.0)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            gen = await client.generate_tokens(PROMPT, 5, plan=STATIC_DELEGATE)
+            sampled = await client.generate_tokens(PROMPT, 5, 0.8, 7, plan=STATIC_DELEGATE)
+            nursery.cancel_scope.cancel()
+    assert gen.tokens == reference_tokens(model, PROMPT, 5) and gen.spot_checks >= 1
+    if liar:
+        assert gen.fallbacks[0].startswith("static_delegate") and "spot check" in gen.fallbacks[0]
+        assert "full" in gen.faults and client.net.score("full") < 0
+        assert gen.plan["type"] != STATIC_DELEGATE
+        assert sampled.plan["type"] == STATIC_DELEGATE and sampled.spot_checks == 0  # sampling: not checked
+    else:
+        assert not gen.fallbacks and not gen.faults and gen.plan["type"] == STATIC_DELEGATE
+        assert client.net.score("full") == 0
+        assert sampled.tokens == reference_tokens(model, PROMPT, 5, 0.8, 7)
+
+
+async def test_pipeline_chain_using_one_node_twice_keeps_a_session_per_stage(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A serves layers {0, 1, 4, 5}, B {2, 3}: the chain is A[0,2), B[2,4), A[4,6); A holds two sessions."""
+    spec = dataclasses.replace(SPEC, n_layers=6)
+    view, blobs, model = build_weights(tmp_path / "blobs", spec)
+    a = tuple(f"layer{layer}.expert{e}" for layer in (0, 1, 4, 5) for e in range(spec.n_experts))
+    b = tuple(f"layer{layer}.expert{e}" for layer in (2, 3) for e in range(spec.n_experts))
+    async with SimNetworkHub(seed=7) as hub:
+        client, servers = build(hub, view, blobs, {"A": a, "B": b})
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            gen = await client.generate_tokens(PROMPT, 4, plan=PIPELINE)
+            nursery.cancel_scope.cancel()
+    assert [(s["node"], s["layers"]) for s in gen.plan["stages"]] == [("A", [0, 2]), ("B", [2, 4]), ("A", [4, 6])]
+    assert not gen.fallbacks and gen.tokens == reference_tokens(model, PROMPT, 4)
+    assert client.registry.nodes["A"].strikes == 0
+    assert all(not s.stages.sessions for s in servers.values()), "each stage's session is closed"
 
 
 async def test_stage_refuses_what_can_never_succeed(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
@@ -302,8 +435,11 @@ async def test_stage_sessions_are_bounded_and_expire(
             await trio.sleep(stage_module.SESSION_TTL_S + 1)  # the mock clock: the sessions' idle time runs out
             await asker.request("a0", stage.stage_protocol, open_session(b"z" * 16), timeout=2.0)
             assert list(stage.stages.sessions) == [("asker", b"z" * 16)]
+            step = StageRequest(bytes([0]) * 16, compute_heads_digest(view), 0, 1, True, 1, SPEC.d_model, 1, row,
+                                False)
+            with pytest.raises(RemoteError, match="unknown session"):  # the expired one is gone
+                await asker.request("a0", stage.stage_protocol, codec.encode(step), timeout=2.0)
             nursery.cancel_scope.cancel()
-    assert isinstance(stage.stages, StageServer)
 
 
 async def test_delegate_refuses_malformed_and_other_heads(
@@ -391,3 +527,96 @@ async def test_plans_are_bounded_then_exhausted(tmp_path: Path, autojump_clock: 
             nursery.cancel_scope.cancel()
     assert len(caught.value.failures) == client.inference.max_attempts
     assert all("full" in f for f in caught.value.failures)
+    assert all(client.registry.nodes[f"r{i}"].strikes == 0 for i in range(5)), "a refusal is no strike"
+
+
+class SilentStage(ExpertService):
+    """Announces a whole layer and never answers a stage step."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+        async def on_stage(requester: str, data: bytes) -> bytes:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        self.stages.on_stage = on_stage
+
+
+async def test_a_silent_stage_is_struck_a_refusing_one_is_not(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    view, blobs, _ = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=9) as hub:
+        client, servers = build(hub, view, blobs, {"a0": whole_layer(0), "busy": whole_layer(1),
+                                                   "gone": whole_layer(1), "a1": whole_layer(1)},
+                                cls={"busy": RefusingStage, "gone": SilentStage})
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            client.registry.nodes["a1"].strikes = 2  # so that "busy", then "gone" are chosen first
+            client.registry.nodes["a1"].latency_s = 10.0
+            gen = await client.generate_tokens(PROMPT, 2, plan=PIPELINE)
+            nursery.cancel_scope.cancel()
+    assert [f.split(":")[0] for f in gen.fallbacks] == ["pipeline", "pipeline"]
+    assert client.registry.nodes["busy"].strikes == 0
+    assert client.registry.nodes["gone"].strikes == 1
+    assert gen.plan["nodes"] == ["a0", "a1"]
+
+
+async def test_spot_check_skips_when_the_heads_moved(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The recomputation would use other weights than the stage's pinned ones: no check, no
+    penalty; at the pinned heads the same wrong rows are caught."""
+    view, blobs, model = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=10) as hub:
+        client, servers = build(hub, view, blobs, BY_LAYER, spot_check=1.0, local_fallback=True)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, hub, [*servers.values(), client])
+            shared = await client.shared_model()
+            heads = get_expert_heads(client.view)
+            chain = (Stage("a0", 0, 1), Stage("a1", 1, 2))
+            x = torch.randn(1, 3, SPEC.d_model)
+            wrong = torch.zeros(1, 3, SPEC.d_model)
+            moved = PipelineRunner(client, shared, chain, heads, b"\x07" * 32)  # pinned at older heads
+            await moved.spot_check(chain[0], x, wrong, False, Generation(prompt=[]))
+            assert client.net.score("a0") == 0
+            pinned = PipelineRunner(client, shared, chain, heads, compute_heads_digest(client.view))
+            with pytest.raises(PlanFailed, match="spot check"):
+                await pinned.spot_check(chain[0], x, wrong, False, Generation(prompt=[]))
+            assert client.net.score("a0") < 0
+            with pytest.raises(HeadsDiffer):  # a delegate pinned at heads this node lacks refuses
+                await servers["a0"].generate_tokens(PROMPT, 2, plan=AUTO, allow_delegate=False,
+                                                    heads_digest=b"\x07" * 32)
+            nursery.cancel_scope.cancel()
+
+
+def test_delegations_are_limited_per_requester_and_by_work() -> None:
+    server = DelegateServer(None)  # type: ignore[arg-type]  # reserve and release touch no host
+    server.reserve("p", 10)
+    with pytest.raises(StageBusy, match="of this requester"):
+        server.reserve("p", 10)
+    server.reserve("q", 10)
+    with pytest.raises(StageBusy, match="2 delegated generations"):
+        server.reserve("r", 10)
+    server.release("p", 10)
+    server.release("q", 10)
+    assert server.inflight == 0 and server.work == 0 and not server.by_peer
+    server.reserve("p", MAX_DELEGATE_WORK)  # the largest request fits alone
+    with pytest.raises(StageBusy, match="prompt x new tokens"):
+        server.reserve("q", 1)
+
+
+async def test_stage_refuses_non_finite_rows_before_opening_a_session(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    view, blobs, _ = build_weights(tmp_path / "blobs")
+    async with SimNetworkHub(seed=11) as hub:
+        _, servers = build(hub, view, blobs, {"a0": whole_layer(0)})
+        asker, stage = hub.add_node("asker"), servers["a0"]
+        bad = encode_rows(torch.full((1, SPEC.d_model), float("nan")))
+        req = StageRequest(b"n" * 16, compute_heads_digest(view), 0, 1, True, 0, SPEC.d_model, 1, bad, False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stage.run)
+            with pytest.raises(RemoteError, match="non-finite"):
+                await asker.request("a0", stage.stage_protocol, codec.encode(req), timeout=2.0)
+            nursery.cancel_scope.cancel()
+    assert not stage.stages.sessions and stage.net.score("asker") < 0
