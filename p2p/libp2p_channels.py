@@ -62,9 +62,11 @@ streams before it is tried again (it may have registered the protocol since)."""
 REFUSED_RETRY_S = 10.0
 """How long a peer that refused a persistent stream (it serves as many as it may) is asked
 over per-request streams before it is tried again."""
-MAX_ANSWER_WAIT_S = 120.0
+MAX_ANSWER_WAIT_S = 300.0
 """Longest an abandoned request may stay unanswered before its channel closes (a server
-answers or times out each request within its handler timeout; one that does not is broken)."""
+answers or times out each request within its handler timeout; one that does not is broken).
+Above every protocol's handler limit (`timeout_s` of `set_request_handler`: the longest,
+a whole delegated generation, is about 135 s), so a slow honest answer never closes it."""
 
 
 def compute_free_id(start: int, is_taken: Callable[[int], bool]) -> int:

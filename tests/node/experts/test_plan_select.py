@@ -228,3 +228,12 @@ def test_greedy_check_accepts_near_ties_and_catches_others(row: list[float], dat
     tied = torch.tensor([[1.0, 1.0 - 1e-6, -3.0]])  # float noise between two near-equal logits
     assert find_wrong_greedy_token(tied, [1], 1e-4) is None
     assert find_wrong_greedy_token(tied, [2], 1e-4) == 0
+
+
+def test_a_delegation_ends_before_a_persistent_stream_gives_up_on_its_answer() -> None:
+    """A requester that gave up on a delegation keeps its stream until the late answer; the
+    channel closes only after MAX_ANSWER_WAIT_S, which must outlast the delegate's handler."""
+    from node.experts.plan_wire import DELEGATE_HANDLER_TIMEOUT_S
+    from p2p.libp2p_channels import MAX_ANSWER_WAIT_S
+
+    assert DELEGATE_HANDLER_TIMEOUT_S < MAX_ANSWER_WAIT_S
