@@ -17,13 +17,20 @@ Generation can keep a `KVCache`: the keys and values of positions already run, s
 token runs one row through the model instead of the whole context. Positions are absolute and
 learned, so the cache holds only positions 0..max_seq_len-1; the rule for what a step runs is
 `select_step_input`, shared with the distributed executor.
+
+Several sequences, each with its own cache and its own number of new rows, can take a step in
+one pass (`embed_seqs`, `attn_forward_seqs`: the steps of concurrent generations, prompts and
+single tokens alike): every projection runs once over all their rows, attention per sequence
+over its own keys. A row's
+values are those of its sequence run alone up to float rounding (a matmul over M rows may round
+differently in the last bit from one over a single row).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -186,17 +193,46 @@ class Attention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)  # 3 x [B, T, D]
         H = self.n_heads
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
-        past = 0 if cache is None else cache.lengths[layer]
-        k_all, v_all = (k, v) if cache is None else cache.append(layer, k, v)  # [B, H, P+T, Dh]
-        if past == 0:  # nothing before x: as without a cache, operation for operation
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Dh]
-        elif T == 1:  # one new row sees every key
-            y = F.scaled_dot_product_attention(q, k_all, v_all)  # [B, H, 1, Dh]
-        else:  # row i is position past+i: it sees keys 0..past+i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)  # [T, P+T]
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # [B, H, T, Dh]
+        y = _attend(q, k, v, cache, layer)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
         return x + self.proj(y)  # [B, T, D]
+
+    def forward_seqs(self, x: Tensor, lengths: Sequence[int], caches: Sequence[KVCache | None],
+                     layer: int = 0) -> Tensor:
+        """One step of each of M sequences at once: `x` [1, N, D] holds their rows one sequence
+        after another (`lengths`, summing to N), sequence i after the positions of `caches[i]`
+        (single-sequence caches, appended; None: no cache). Projections run over all N rows;
+        each sequence attends over its own keys, as `forward` does for it alone."""
+        _, N, D = x.shape
+        if x.shape[0] != 1 or sum(lengths) != N or len(caches) != len(lengths) or min(lengths, default=0) < 1:
+            raise ValueError(f"forward_seqs takes [1, N, D] and M lengths summing to N, M caches: got "
+                             f"{list(x.shape)}, {list(lengths)}, {len(caches)} caches")
+        for T, c in zip(lengths, caches, strict=True):  # all checked before any cache is appended
+            if c is not None and (c.lengths[layer] + T > c.capacity or (c.keys[layer] is not None
+                                                                         and c.keys[layer].shape[0] != 1)):
+                raise ValueError(f"a cache of {c.lengths[layer]} positions cannot take {T} more of one sequence")
+        H = self.n_heads
+        q, k, v = self.qkv(self.norm(x)).split(D, dim=-1)  # 3 x [1, N, D]
+        ys, at = [], 0
+        for T, cache in zip(lengths, caches, strict=True):
+            qi, ki, vi = (t[:, at : at + T].view(1, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # [1, H, T, Dh]
+            ys.append(_attend(qi, ki, vi, cache, layer).transpose(1, 2).reshape(1, T, D))  # [1, T, D]
+            at += T
+        return x + self.proj(torch.cat(ys, dim=1))  # [1, N, D]
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    """Causal attention of new rows `q`, `k`, `v` [B, H, T, Dh]; with a cache, over its positions
+    and then theirs (they are appended)."""
+    T = q.shape[2]
+    past = 0 if cache is None else cache.lengths[layer]
+    k_all, v_all = (k, v) if cache is None else cache.append(layer, k, v)  # [B, H, P+T, Dh]
+    if past == 0:  # nothing before: as without a cache, operation for operation
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Dh]
+    if T == 1:  # one new row sees every key
+        return F.scaled_dot_product_attention(q, k_all, v_all)  # [B, H, 1, Dh]
+    mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)  # [T, P+T]: row i sees 0..past+i
+    return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # [B, H, T, Dh]
 
 
 class Router(nn.Module):
@@ -304,6 +340,16 @@ class MoEModel(nn.Module):
     def attn_forward(self, layer: int, x: Tensor, cache: KVCache | None = None) -> Tensor:
         """Attention of `x` [B, T, D]; with a cache, `x` follows its positions and is appended."""
         return self.layers[layer].attn(x, cache, layer)  # [B, T, D]
+
+    def embed_seqs(self, idxs: Sequence[Tensor], starts: Sequence[int]) -> Tensor:
+        """Embeddings of M sequences' tokens one sequence after another, [1, N, D]: `idxs[i]`
+        [1, T_i] at positions starts[i]..starts[i]+T_i-1."""
+        return torch.cat([self.embed_tokens(idx, start) for idx, start in zip(idxs, starts, strict=True)], dim=1)
+
+    def attn_forward_seqs(self, layer: int, x: Tensor, lengths: Sequence[int],
+                          caches: Sequence[KVCache | None]) -> Tensor:
+        """Attention of M sequences' rows `x` [1, N, D], each after its own cache (`Attention.forward_seqs`)."""
+        return self.layers[layer].attn.forward_seqs(x, lengths, caches, layer)  # [1, N, D]
 
     def route(self, layer: int, x: Tensor) -> Routing:
         """The top-k experts and gates for each token of hidden states `x` [B, T, D]."""

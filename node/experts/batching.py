@@ -331,6 +331,20 @@ class RequestBatcher(_Gatherer):
             del self._joined[id(member)]
             self._poke()
 
+    @contextmanager
+    def parked(self, member: object) -> Iterator[None]:
+        """While inside, `member` counts as having a request waiting: it waits on work that
+        another member carries here (`node.experts.lockstep`: a decode step run for it)."""
+        key = id(member)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._poke()
+        try:
+            yield
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+
     async def request(self, member: object, peer: str, req: ForwardRequest, payload: bytes,
                       timeout: float) -> dict[int, Tensor]:
         """Expert -> output rows [n_e, D] for `req` (`payload` is its encoding), sent to `peer`

@@ -174,22 +174,81 @@ class Executor:
         gen.bytes_sent.append(0)
         start = 0 if cache is None else cache.length
         x = await self.compute.run(_no_grad(model.embed_tokens), idx, start)  # [B, T, D]
-        x = await self.run_layers(x, range(model.cfg.n_layers), heads, gen, cache, trace)  # [B, T, D]
-        logits = await self.compute.run(_no_grad(model.head_forward), x)  # [B, T, V]
+        x, last = await self._run_layers(x, range(model.cfg.n_layers), heads, gen, trace,
+                                         lambda layer, x: model.attn_forward(layer, x, cache))
+        logits = await self.compute.run(_no_grad(_combine_then), last, x, model.head_forward)  # [B, T, V]
         return logits, trace
+
+    async def forward_seqs(self, idxs: list[Tensor], caches: list[KVCache | None], heads: dict[ExpertKey, bytes],
+                           gens: list[Generation]) -> tuple[list[Tensor], list[list[dict[int, str]]]]:
+        """One step of each of M generations as one forward: per sequence its logits [1, T_i, V]
+        of `idxs[i]` [1, T_i] (following `caches[i]` as in `forward`), and per layer who computed
+        its experts. Each layer's experts are asked once per node for the rows of all M.
+
+        Each `gens[i]` gets the entries `forward` gives it: its positions, its own rows sent
+        (retries excluded) and that share of the bytes; and the round trips, failovers, spot
+        checks and faults of the shared forward, which its step waited on.
+        """
+        model, shared = self.model, Generation(prompt=[], rows_sent=[0], bytes_sent=[0])
+        lengths = [idx.shape[1] for idx in idxs]
+        starts = [0 if c is None else c.length for c in caches]
+        x = await self.compute.run(_no_grad(model.embed_seqs), idxs, starts)  # [1, N, D]
+        traces: list[list[dict[int, str]]] = [[] for _ in idxs]
+        sent = [0] * len(idxs)
+
+        def attend(layer: int, x: Tensor) -> Tensor:
+            return model.attn_forward_seqs(layer, x, lengths, caches)  # [1, N, D]
+
+        def record(layer: int, choices: list[list[int]], used: dict[int, str]) -> None:
+            at = 0
+            for i, T in enumerate(lengths):
+                mine = choices[at : at + T]
+                traces[i].append({e: used[e] for e in sorted({e for row in mine for e in row})})
+                sent[i] += sum(used[e] != LOCAL for row in mine for e in row)
+                at += T
+
+        x, last = await self._run_layers(x, range(model.cfg.n_layers), heads, shared, [], attend, record)
+        logits = await self.compute.run(_no_grad(_combine_then), last, x, model.head_forward)  # [1, N, V]
+        out, at = [], 0
+        for gen, T, rows in zip(gens, lengths, sent, strict=True):
+            out.append(logits[:, at : at + T])  # [1, T, V]
+            at += T
+            gen.positions.append(T)
+            gen.rows_sent.append(rows)
+            gen.bytes_sent.append(shared.bytes_sent[0] * rows // max(shared.rows_sent[0], 1))
+            gen.round_trips += shared.round_trips
+            gen.failovers += shared.failovers
+            gen.spot_checks += shared.spot_checks
+            gen.faults.extend(shared.faults)
+        return out, traces
 
     async def run_layers(self, x: Tensor, layers: range, heads: dict[ExpertKey, bytes], gen: Generation,
                          cache: KVCache | None, trace: list[dict[int, str]]) -> Tensor:
         """Hidden states [B, T, D] through `layers` (attention, router, experts); one entry per
         layer appended to `trace`. A pipeline stage runs its range with this."""
         model = self.model
+        x, last = await self._run_layers(x, layers, heads, gen, trace,
+                                         lambda layer, x: model.attn_forward(layer, x, cache))
+        return await self.compute.run(_no_grad(_combine_then), last, x, None)  # [B, T, D]
+
+    async def _run_layers(self, x: Tensor, layers: range, heads: dict[ExpertKey, bytes], gen: Generation,
+                          trace: list[dict[int, str]], attend: Callable[[int, Tensor], Tensor],
+                          record: Callable[[int, list[list[int]], dict[int, str]], None] | None = None,
+                          ) -> tuple[Tensor, tuple[Routing, dict[int, Tensor]] | None]:
+        """`layers` up to the last one's expert outputs, which are returned (with its routing)
+        for the caller to add (`_combine_then`) in its next piece of local work. Between two
+        layers' experts the local work is one trip to the compute thread: the last layer's
+        combine, then `attend(layer, x)` and the router (operation for operation as apart)."""
+        last = None
         for layer in layers:
-            x = await self.compute.run(_no_grad(model.attn_forward), layer, x, cache)  # [B, T, D]
-            routing = await self.compute.run(_no_grad(model.route), layer, x)
-            outputs, used = await self.run_experts(layer, routing.hidden, routing.experts.tolist(), heads, gen)
-            x = await self.compute.run(_no_grad(_combine), routing, outputs, x)  # [B, T, D]
+            x, routing = await self.compute.run(_no_grad(_enter_layer), self.model, layer, x, last, attend)
+            choices = routing.experts.tolist()  # N x [k]
+            outputs, used = await self.run_experts(layer, routing.hidden, choices, heads, gen)
+            last = (routing, outputs)
             trace.append(used)
-        return x
+            if record is not None:
+                record(layer, choices, used)
+        return x, last
 
     async def run_experts(self, layer: int, hidden: Tensor, choices: list[list[int]],
                           heads: dict[ExpertKey, bytes], gen: Generation) -> tuple[dict[int, Tensor], dict[int, str]]:
@@ -242,11 +301,11 @@ class Executor:
 
     async def _compute_local(self, layer: int, task: NodeTask, hidden: Tensor,
                              heads: dict[ExpertKey, bytes]) -> dict[int, Tensor]:
-        out = {}
-        for expert, rows in task.experts.items():
-            x = hidden[torch.tensor(rows)]  # [n_e, D]
-            out[expert] = await self.compute.run(self.local.forward, (layer, expert), heads[(layer, expert)], x)
-        return out
+        def run() -> dict[int, Tensor]:  # every expert of the task in one trip to the compute thread
+            return {e: self.local.forward((layer, e), heads[(layer, e)], hidden[torch.tensor(rows)])  # [n_e, D]
+                    for e, rows in task.experts.items()}
+
+        return await self.compute.run(run)
 
     async def _request(self, layer: int, task: NodeTask, hidden: Tensor, heads: dict[ExpertKey, bytes],
                        gen: Generation) -> dict[int, Tensor]:
@@ -295,6 +354,21 @@ def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _combine(routing: Routing, outputs: dict[int, Tensor], x: Tensor) -> Tensor:
     return x + combine_expert_outputs(routing, outputs).view_as(x)  # [B, T, D]
+
+
+def _combine_then(last: tuple[Routing, dict[int, Tensor]] | None, x: Tensor,
+                  then: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """`x` [B, T, D] with the last layer's expert outputs added (if any), then `then` of it."""
+    if last is not None:
+        x = _combine(*last, x)  # [B, T, D]
+    return x if then is None else then(x)
+
+
+def _enter_layer(model: MoEModel, layer: int, x: Tensor, last: tuple[Routing, dict[int, Tensor]] | None,
+                 attend: Callable[[int, Tensor], Tensor]) -> tuple[Tensor, Routing]:
+    """The previous layer's combine (if any), then `layer`'s attention and router."""
+    x = attend(layer, _combine_then(last, x, None))  # [B, T, D]
+    return x, model.route(layer, x)
 
 
 def _pick(last: Tensor, temperature: float, generator: torch.Generator) -> Tensor:

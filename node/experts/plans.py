@@ -24,8 +24,9 @@ deadlines. `Generation.fallbacks` records each failed plan and why.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from torch import Tensor
 from gpu.model import KVCache, select_step_input
 from node.experts.delegate import DelegateRunner
 from node.experts.inference import Executor, Generation, _pick
+from node.experts.lockstep import LockstepDecoder
 from node.experts.plan import LOCAL
 from node.experts.plan_select import (
     AUTO,
@@ -55,19 +57,44 @@ logger = logging.getLogger(__name__)
 
 
 class DynamicRunner:
-    def __init__(self, executor: Executor, heads: dict[ExpertKey, bytes]) -> None:
+    def __init__(self, executor: Executor, heads: dict[ExpertKey, bytes], heads_digest: bytes = b"",
+                 lockstep: LockstepDecoder | None = None) -> None:
         self.executor, self.heads = executor, heads
         self.model, self.compute = executor.model, executor.compute
+        self.lockstep = lockstep
+        """Where decode steps join other generations' (`node.experts.lockstep`); None: alone."""
+        self._key = (id(self.model), heads_digest)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.executor.model.cfg)
 
-    def joined(self) -> AbstractContextManager[None]:
-        """While inside, this generation is one the node's request batcher waits for."""
-        return self.executor.batcher.joined(self.executor)
+    @contextlib.contextmanager
+    def joined(self) -> Iterator[None]:
+        """While inside, this generation is one that the node's request batcher and lockstep
+        decoder wait for."""
+        with self.executor.batcher.joined(self.executor):
+            if self.lockstep is None:
+                yield
+                return
+            with self.lockstep.joined(self._key, self):
+                yield
 
     async def forward(self, idx: Tensor, cache: KVCache | None, gen: Generation) -> tuple[Tensor, list]:
-        return await self.executor.forward(idx, self.heads, gen, cache)
+        """One step, in lockstep with the other generations running at the same version."""
+        if self.lockstep is None:
+            return await self.executor.forward(idx, self.heads, gen, cache)
+        logits, trace, _ = await self.lockstep.step(self._key, self, self.executor, self.heads, idx, cache, gen)
+        return logits, trace
+
+    async def next_token(self, idx: Tensor, cache: KVCache | None, gen: Generation,
+                         pick: Callable[[Tensor], Tensor]) -> tuple[Tensor, list]:
+        """`forward`, then the token [1, 1] that `pick` chooses from its last logits [1, V]."""
+        if self.lockstep is None:
+            logits, trace = await self.executor.forward(idx, self.heads, gen, cache)
+            return await self.compute.run(pick, logits[:, -1, :]), trace  # [1, 1]
+        _, trace, token = await self.lockstep.step(self._key, self, self.executor, self.heads, idx, cache, gen, pick)
+        assert token is not None  # a step given a pick returns its token
+        return token, trace
 
     async def close(self) -> None:
         return None
@@ -163,7 +190,7 @@ def _runner(host: PlanHost, model: Any, heads: dict[ExpertKey, bytes],
             choice: PlanChoice) -> DynamicRunner | PipelineRunner:
     if choice.kind == PIPELINE:
         return PipelineRunner(host, model, choice.stages, heads, choice.heads_digest)
-    return DynamicRunner(host.executor(model), heads)
+    return DynamicRunner(host.executor(model), heads, choice.heads_digest, host.lockstep)
 
 
 async def run_steps(runner: DynamicRunner | PipelineRunner, gen: Generation, max_new_tokens: int,
@@ -172,6 +199,7 @@ async def run_steps(runner: DynamicRunner | PipelineRunner, gen: Generation, max
     taking over from another first replays the steps already run."""
     S = runner.model.cfg.max_seq_len
     idx = torch.tensor([gen.prompt + gen.tokens], dtype=torch.long)  # [1, L]
+    pick = functools.partial(_pick, temperature=temperature, generator=generator)
     joined = runner.joined() if isinstance(runner, DynamicRunner) else contextlib.nullcontext()
     try:
         with joined:
@@ -179,8 +207,7 @@ async def run_steps(runner: DynamicRunner | PipelineRunner, gen: Generation, max
             while len(gen.tokens) < max_new_tokens:
                 start = trio.current_time()
                 step, cache = select_step_input(idx, cache, S)  # [1, T_step]
-                logits, trace = await runner.forward(step, cache, gen)
-                token = await runner.compute.run(_pick, logits[:, -1, :], temperature, generator)  # [1, 1]
+                token, trace = await runner.next_token(step, cache, gen, pick)  # [1, 1]
                 idx = torch.cat([idx, token], dim=1)  # [1, L+1]
                 gen.tokens.append(int(token))
                 gen.latency_s.append(trio.current_time() - start)

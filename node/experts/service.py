@@ -58,6 +58,7 @@ from node.experts.bundle_blobs import BlobRef, BlobUnavailable, fetch_blob
 from node.experts.config import ExpertsConfig
 from node.experts.delegate import DelegateServer
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, ThreadCompute
+from node.experts.lockstep import LockstepDecoder
 from node.experts.materialise import DeltaBlobMissing, MaterialiseError, Materialiser
 from node.experts.placement import UNBOUNDED_BUDGET, Placer
 from node.experts.plan_select import AUTO, DYNAMIC, PlanCache
@@ -242,6 +243,8 @@ class ExpertService:
         """Concurrent forward requests of a layer computed as one (`node.experts.batching`)."""
         self.batcher = RequestBatcher(net, self.protocol, penalty=self.inference.wrong_output_penalty)
         """Concurrent generations' requests to a peer for a layer sent as one."""
+        self.lockstep = LockstepDecoder(self.batcher, max_delay_s=self.batcher.config.max_delay_s)
+        """Concurrent generations' decode steps run as one forward (`node.experts.lockstep`)."""
         self._shared: _SharedModel | None = None
         self._announce_now = trio.Event()
         self._tokenizer: ByteTokenizer | BlockTokenizer | None = None
@@ -588,7 +591,8 @@ class ExpertService:
             "served_requests": self.served_requests,
             "stages": self.stages.describe(), "delegated_generations": self.delegates.served,
             "batching": {"pool_batches": self.pool.batches_run, "pool_merged": self.pool.requests_merged,
-                         "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged},
+                         "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged,
+                         "decode_forwards": self.lockstep.steps_run, "decode_steps": self.lockstep.rows_run},
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -45,6 +46,7 @@ from torch import Tensor
 from chain import codec
 from gpu.model import KVCache
 from node.experts.inference import Compute, Executor, Generation, InferenceConfig, _no_grad
+from node.experts.lockstep import LockstepDecoder
 from node.experts.plan import LOCAL
 from node.experts.plan_select import PlanCache, Stage
 from node.experts.plan_wire import (
@@ -95,6 +97,7 @@ class PlanHost(Protocol):
     stage_protocol: str
     delegate_protocol: str
     plan_cache: PlanCache
+    lockstep: LockstepDecoder
 
     async def shared_model(self) -> Any: ...
 
@@ -293,6 +296,12 @@ class PipelineRunner:
             cache.length += T
         logits = await self.host.compute.run(_no_grad(self.model.head_forward), x)  # [1, T, V]
         return logits, trace
+
+    async def next_token(self, idx: Tensor, cache: RemoteCache | None, gen: Generation,
+                         pick: Callable[[Tensor], Tensor]) -> tuple[Tensor, list]:
+        """`forward`, then the token [1, 1] that `pick` chooses from its last logits [1, V]."""
+        logits, trace = await self.forward(idx, cache, gen)
+        return await self.compute.run(pick, logits[:, -1, :]), trace
 
     async def run_stage(self, stage: Stage, x: Tensor, cache: RemoteCache | None, start: int, gen: Generation,
                         trace: list[dict[int, str]]) -> Tensor:
