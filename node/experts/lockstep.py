@@ -96,7 +96,7 @@ class LockstepDecoder:
         self.steps_run = 0
         """Forwards run (of one sequence or several)."""
         self.rows_run = 0
-        """Decode steps run in them (one per sequence and token)."""
+        """Sequences' steps run in them (a prompt or a token each)."""
 
     # --- membership ------------------------------------------------------------------------
 

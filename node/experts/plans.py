@@ -62,7 +62,7 @@ class DynamicRunner:
         self.executor, self.heads = executor, heads
         self.model, self.compute = executor.model, executor.compute
         self.lockstep = lockstep
-        """Where decode steps join other generations' (`node.experts.lockstep`); None: alone."""
+        """Where steps join other generations' (`node.experts.lockstep`); None: alone."""
         self._key = (id(self.model), heads_digest)
 
     def new_cache(self) -> KVCache:
@@ -90,7 +90,7 @@ class DynamicRunner:
                          pick: Callable[[Tensor], Tensor]) -> tuple[Tensor, list]:
         """`forward`, then the token [1, 1] that `pick` chooses from its last logits [1, V]."""
         if self.lockstep is None:
-            logits, trace = await self.executor.forward(idx, self.heads, gen, cache)
+            logits, trace = await self.forward(idx, cache, gen)
             return await self.compute.run(pick, logits[:, -1, :]), trace  # [1, 1]
         _, trace, token = await self.lockstep.step(self._key, self, self.executor, self.heads, idx, cache, gen, pick)
         assert token is not None  # a step given a pick returns its token

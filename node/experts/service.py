@@ -244,7 +244,7 @@ class ExpertService:
         self.batcher = RequestBatcher(net, self.protocol, penalty=self.inference.wrong_output_penalty)
         """Concurrent generations' requests to a peer for a layer sent as one."""
         self.lockstep = LockstepDecoder(self.batcher, max_delay_s=self.batcher.config.max_delay_s)
-        """Concurrent generations' decode steps run as one forward (`node.experts.lockstep`)."""
+        """Concurrent generations' steps run as one forward (`node.experts.lockstep`)."""
         self._shared: _SharedModel | None = None
         self._announce_now = trio.Event()
         self._tokenizer: ByteTokenizer | BlockTokenizer | None = None
@@ -592,7 +592,7 @@ class ExpertService:
             "stages": self.stages.describe(), "delegated_generations": self.delegates.served,
             "batching": {"pool_batches": self.pool.batches_run, "pool_merged": self.pool.requests_merged,
                          "sent_requests": self.batcher.batches_run, "sent_merged": self.batcher.requests_merged,
-                         "decode_forwards": self.lockstep.steps_run, "decode_steps": self.lockstep.rows_run},
+                         "lockstep_forwards": self.lockstep.steps_run, "lockstep_steps": self.lockstep.rows_run},
             "serving": [{"layer": layer, "expert": e, "block_hash": h.hex()}
                         for (layer, e), h in sorted(self.local.served.items())],
             "registry": self.registry.describe(now),

@@ -480,5 +480,6 @@ async def test_describe_counts_batches(tmp_path: Path, autojump_clock: trio.test
             nursery.cancel_scope.cancel()
     assert client.describe()["batching"] == {"pool_batches": 0, "pool_merged": 0,
                                              "sent_requests": gen.round_trips, "sent_merged": 0,
-                                             "decode_forwards": len(gen.positions), "decode_steps": len(gen.positions)}
+                                             "lockstep_forwards": len(gen.positions),
+                                             "lockstep_steps": len(gen.positions)}
     assert sum(s.describe()["batching"]["pool_batches"] for s in servers) == gen.round_trips
