@@ -54,8 +54,9 @@ def _single_process(root: Path, data_dir: Path, prompt_ids: list[int], tokens: i
     "Greedy; the two produce the same tokens (tests/node/test_devnet_inference.py checks it).",
     "inference.concurrent16 and inference.layer_b*: a devnet with the `bench` preset (d_model 256, "
     "d_ff 1024, 8 experts x 4 layers, random weights: speed only). concurrent16: 16 `blyan_generate` "
-    "calls at once on node 0 (greedy, KV cache) against the same 16 one at a time; node 0 groups "
-    "their requests per peer and layer, servers pool concurrent requests (node.experts.batching); "
+    "calls at once on node 0 (greedy, KV cache) against the same 16 one at a time; node 0 runs "
+    "their steps in lockstep, one forward for all (node.experts.lockstep), servers pool concurrent "
+    "requests (node.experts.batching); "
     "'same tokens' counts generations whose tokens equal their solo run. layer_b*: one MoE layer "
     "(route here, one request per serving daemon, combine here) from a libp2p host in the bench "
     "process to nodes 0 and 2 (which serve all 8 experts between them), against "
